@@ -1,0 +1,50 @@
+"""Ray actors: thin wrappers that each own one plain object (Sample Factory's learner/worker split)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import ray
+import torch
+
+from metarl_ray.batch import TaskRollouts
+from metarl_ray.config import TrainConfig
+from metarl_ray.envs import TaskSpec
+from metarl_ray.learner import Learner
+from metarl_ray.rollout import RolloutWorker, SamplePlan
+
+
+@ray.remote
+class RolloutActor:
+    def __init__(self, config: TrainConfig) -> None:
+        # One core per actor: policy inference is tiny, simulation is the cost.
+        torch.set_num_threads(1)
+        self.worker = RolloutWorker(config.env, config.policy, config.maml, config.ppo, config.run.seed)
+
+    def sample(self, meta_params: dict[str, np.ndarray], tasks: Sequence[TaskSpec], iteration: int,
+               plan: SamplePlan | None = None) -> list[TaskRollouts]:
+        return self.worker.sample(meta_params, tasks, iteration, plan)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+@ray.remote
+class LearnerActor:
+    def __init__(self, config: TrainConfig, device: str, num_threads: int) -> None:
+        torch.set_num_threads(max(1, num_threads))
+        self.learner = Learner(config, device)
+
+    def get_params(self) -> dict[str, np.ndarray]:
+        return self.learner.get_params()
+
+    def update(self, *rollouts_per_worker: list[TaskRollouts]) -> dict[str, float]:
+        return self.learner.update([task for rollouts in rollouts_per_worker for task in rollouts])
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.learner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.learner.load_state_dict(state)

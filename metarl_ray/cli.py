@@ -1,0 +1,197 @@
+"""``metarl`` command line: train, eval, doctor.
+
+Every value is validated before anything starts; a user mistake prints one line naming the flag, the
+value and what is allowed, and exits with status 2 without writing anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from metarl_ray.config import (
+    FIELD_SECTION,
+    SECTIONS,
+    TEST_MODE_OVERRIDES,
+    ConfigError,
+    TrainConfig,
+    build_config,
+    config_from_dict,
+    load_yaml_overrides,
+    merge_overrides,
+)
+
+logger = logging.getLogger("metarl_ray")
+EXIT_USAGE = 2
+
+# Seed-project spellings that map onto a field of another name.
+ALIASES = {"env_name": "benchmark", "batch_size": "episodes_per_task"}
+BOOLEAN_FLAGS = {"first_order", "resume", "test_mode", "use_amp"}
+# Fields a resumed run must keep: changing them would not match the checkpoint.
+FIXED_ON_RESUME = ("env", "policy")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def _field_help(section: str, name: str) -> str:
+    """The docstring under a config field, so each flag's help is written once, beside its field."""
+    match = re.search(rf'^    {name}: .*\n    """(.*?)"""', inspect.getsource(SECTIONS[section]), re.MULTILINE)
+    return match.group(1) if match else ""
+
+
+def _add_flag(parser: argparse.ArgumentParser, name: str, dest: str, help_text: str) -> None:
+    spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    if dest in BOOLEAN_FLAGS:
+        parser.add_argument(*spellings, dest=dest, action="store_const", const=True, default=argparse.SUPPRESS, help=help_text)
+    else:
+        parser.add_argument(*spellings, dest=dest, metavar="VALUE", default=argparse.SUPPRESS, help=help_text)
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="metarl train", description="Meta-train a policy with MAML+PPO on Meta-World.")
+    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="YAML file of settings (flags override it)")
+    parser.add_argument("--env", metavar="NAME", default=argparse.SUPPRESS, help="environment suite: metaworld (the only one)")
+    for name, section in FIELD_SECTION.items():
+        _add_flag(parser, name, name, _field_help(section, name))
+    for alias, dest in ALIASES.items():
+        _add_flag(parser, alias, dest, f"same as --{dest}")
+    return parser
+
+
+def _explicit_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    values = vars(args)
+    if "env" in values and values["env"] != "metaworld":
+        raise ConfigError(f"--env={values['env']!r}: expected metaworld")
+    file_overrides = load_yaml_overrides(values["config"]) if "config" in values else {}
+    flag_overrides: dict[str, dict[str, Any]] = {}
+    for name, value in values.items():
+        if name in FIELD_SECTION:
+            flag_overrides.setdefault(FIELD_SECTION[name], {})[name] = value
+    return merge_overrides(file_overrides, flag_overrides)
+
+
+def resolve_train(argv: Sequence[str]) -> tuple[TrainConfig, Path, Path | None]:
+    """Config, run directory and checkpoint to resume from; raises ConfigError, writes nothing."""
+    from metarl_ray.checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, run_path_of
+    from metarl_ray.run_dir import default_run_name
+
+    explicit = _explicit_overrides(_train_parser().parse_args(argv))
+    test_mode = bool(explicit.get("run", {}).get("test_mode", False))
+    config = build_config(merge_overrides(TEST_MODE_OVERRIDES if test_mode else {}, explicit))
+    if not (config.run.resume or config.run.checkpoint_path):
+        run_path = Path(config.run.output_dir) / (config.run.run_name or default_run_name(config))
+        if run_path.exists():
+            raise ConfigError(f"--run_name={config.run.run_name!r}: {run_path} already exists; pass --resume to continue it or choose another name")
+        return config, run_path, None
+
+    if config.run.checkpoint_path:
+        checkpoint = resolve_checkpoint(config.run.checkpoint_path)
+        if checkpoint is None:
+            raise ConfigError(f"--checkpoint_path={config.run.checkpoint_path!r}: no checkpoint there")
+        run_path = run_path_of(checkpoint)
+    elif config.run.run_name:
+        run_path = Path(config.run.output_dir) / config.run.run_name
+        checkpoint = latest_checkpoint(run_path)
+        if checkpoint is None:
+            raise ConfigError(f"--run_name={config.run.run_name!r}: no checkpoint in {run_path} to resume from")
+    else:
+        raise ConfigError("--resume=True: needs --run_name NAME or --checkpoint_path PATH to say which run")
+    try:
+        saved = config_from_dict(load_checkpoint(checkpoint)["config"])
+    except ConfigError:
+        raise
+    except Exception as error:  # a damaged file is the user's input here, not our bug
+        raise ConfigError(f"--checkpoint_path={str(checkpoint)!r}: unreadable checkpoint ({type(error).__name__})") from None
+    # A resumed run keeps its saved settings; flags given now override them (e.g. --num_epochs).
+    resumed = build_config(explicit, base=saved)
+    for section in FIXED_ON_RESUME:
+        for key, value in dataclasses.asdict(getattr(resumed, section)).items():
+            if value != getattr(getattr(saved, section), key):
+                raise ConfigError(f"--{key}={value!r}: differs from the resumed run's {getattr(getattr(saved, section), key)!r}; env and policy settings cannot change on resume")
+    resumed = dataclasses.replace(resumed, run=dataclasses.replace(resumed.run, run_name=run_path.name, output_dir=str(run_path.parent)))
+    return resumed, run_path, checkpoint
+
+
+def cmd_train(argv: Sequence[str]) -> int:
+    from metarl_ray.trainer import train
+
+    config, run_path, checkpoint = resolve_train(argv)
+    run_path = train(config, run_path, checkpoint)
+    print(run_path)
+    return 0
+
+
+def _eval_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="metarl eval", description="Meta-test a checkpoint with Meta-World's protocol.")
+    parser.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint file or run directory (then its latest)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--goals_per_class", "--goals-per-class", type=int, default=None, metavar="N",
+                        help="held-out goals per task class (default 10; 1 for test-mode runs)")
+    parser.add_argument("--num_evals", "--num-evals", type=int, default=1, metavar="N", help="rounds of the official ML protocol")
+    parser.add_argument("--mt_episodes", "--mt-episodes", type=int, default=None, metavar="N",
+                        help="episodes per task for MT benchmarks (default 50; 2 for test-mode runs)")
+    parser.add_argument("--seed", type=int, default=None, help="benchmark seed (default: the run's)")
+    parser.add_argument("--no_official", "--no-official", action="store_true", help="skip Meta-World's own evaluation")
+    return parser
+
+
+def cmd_eval(argv: Sequence[str]) -> int:
+    from metarl_ray.checkpoint import resolve_checkpoint
+    from metarl_ray.evaluation import evaluate_checkpoint
+
+    args = _eval_parser().parse_args(argv)
+    if resolve_checkpoint(args.checkpoint) is None:
+        raise ConfigError(f"--checkpoint={args.checkpoint!r}: expected a checkpoint file or a run directory with checkpoints")
+    for name in ("goals_per_class", "num_evals", "mt_episodes"):
+        value = getattr(args, name)
+        if value is not None and not 1 <= value <= 10_000:
+            raise ConfigError(f"--{name}={value!r}: expected an integer in [1, 10000]")
+    result = evaluate_checkpoint(args.checkpoint, args.goals_per_class, args.num_evals, args.mt_episodes,
+                                 args.seed, official=not args.no_official)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(result)))
+        return 0
+    official = "n/a" if result.success_rate_official is None else f"{result.success_rate_official:.3f}"
+    print(f"{result.benchmark}: success {result.success_rate:.3f} (official {official}), "
+          f"return {result.mean_return:.1f}; before adaptation success {result.pre_adapt_success_rate:.3f}")
+    for name, entry in sorted(result.per_task.items()):
+        print(f"  {name:28s} " + "  ".join(f"{key} {value:.3f}" for key, value in entry.items()))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    commands = {"train": cmd_train, "eval": cmd_eval, "doctor": None}
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: metarl {train,eval,doctor} [options]   (metarl COMMAND --help for options)")
+        return 0 if argv else EXIT_USAGE
+    if argv[0] not in commands:
+        print(f"metarl: error: command {argv[0]!r}: expected one of train, eval, doctor", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if argv[0] == "doctor":
+            from metarl_ray.doctor import run_doctor
+
+            return run_doctor()
+        return commands[argv[0]](argv[1:])
+    except ConfigError as error:
+        print(f"metarl: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("metarl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""Typed, frozen configuration: one small dataclass per concern.
+
+Every field is validated in ``__post_init__``; a bad value raises :class:`ConfigError`, whose message
+names the field (as its command-line flag), the value and what is allowed. The CLI prints that one
+line and exits non-zero before anything is started or written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ML_BENCHMARKS = ("ML1", "ML10", "ML45")
+MT_BENCHMARKS = ("MT1", "MT10", "MT50")
+BENCHMARKS = ML_BENCHMARKS + MT_BENCHMARKS
+NOT_AVAILABLE_YET = "not available yet"
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration mistake; its message is one line."""
+
+
+def _check(condition: bool, flag: str, value: Any, allowed: str) -> None:
+    if not condition:
+        raise ConfigError(f"--{flag}={value!r}: {allowed}")
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    benchmark: str = "ML1"
+    """Meta-World benchmark: ML1, ML10, ML45 (meta-learning) or MT1, MT10, MT50 (multi-task)."""
+    task: str | None = "reach-v3"
+    """Task class for ML1/MT1, e.g. reach-v3; ignored by the other benchmarks."""
+    max_episode_length: int = 500
+    """Steps per episode (Meta-World's own horizon is 500)."""
+    reward_function_version: str = "v2"
+    """Meta-World reward function version: v1 or v2."""
+
+    def __post_init__(self) -> None:
+        _check(self.benchmark in BENCHMARKS, "benchmark", self.benchmark, f"expected one of {', '.join(BENCHMARKS)}")
+        if self.benchmark in ("ML1", "MT1"):
+            from metarl_ray.envs import all_task_names  # lazy: importing Meta-World is slow
+
+            names = all_task_names()
+            _check(self.task in names, "task", self.task, f"expected a Meta-World v3 task such as reach-v3 ({len(names)} known)")
+        _check(1 <= self.max_episode_length <= 10_000, "max_episode_length", self.max_episode_length, "expected an integer in [1, 10000]")
+        _check(self.reward_function_version in ("v1", "v2"), "reward_function_version", self.reward_function_version, "expected v1 or v2")
+
+    @property
+    def is_meta_learning(self) -> bool:
+        return self.benchmark in ML_BENCHMARKS
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    policy_type: str = "mlp"
+    """Policy family: mlp (ssm comes with its own issue)."""
+    hidden_size: int = 128
+    """Width of each hidden layer."""
+    num_hidden_layers: int = 2
+    """Number of hidden layers of the MLP."""
+    init_log_std: float = 0.0
+    """Initial log standard deviation of the Gaussian action distribution."""
+
+    def __post_init__(self) -> None:
+        if self.policy_type == "ssm":
+            raise ConfigError(f"--policy_type='ssm': {NOT_AVAILABLE_YET} (SSM policies land with issue 3); use mlp")
+        _check(self.policy_type == "mlp", "policy_type", self.policy_type, "expected mlp (or ssm once available)")
+        _check(1 <= self.hidden_size <= 8192, "hidden_size", self.hidden_size, "expected an integer in [1, 8192]")
+        _check(1 <= self.num_hidden_layers <= 16, "num_hidden_layers", self.num_hidden_layers, "expected an integer in [1, 16]")
+        _check(-10.0 <= self.init_log_std <= 2.0, "init_log_std", self.init_log_std, "expected a number in [-10, 2]")
+
+
+@dataclass(frozen=True)
+class MAMLConfig:
+    num_tasks: int = 10
+    """Tasks per meta-batch (meta batch size)."""
+    episodes_per_task: int = 10
+    """Episodes collected per task for each inner step and for the query set (seed name: batch_size)."""
+    inner_lr: float = 0.1
+    """Step size of the inner-loop policy-gradient step."""
+    num_inner_steps: int = 1
+    """Inner-loop adaptation steps, each on fresh episodes."""
+    first_order: bool = False
+    """Drop the second-order term of the meta-gradient (first-order MAML)."""
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.num_tasks <= 1000, "num_tasks", self.num_tasks, "expected an integer in [1, 1000]")
+        _check(1 <= self.episodes_per_task <= 1000, "episodes_per_task", self.episodes_per_task, "expected an integer in [1, 1000]")
+        _check(0.0 < self.inner_lr <= 10.0, "inner_lr", self.inner_lr, "expected a number in (0, 10]")
+        _check(1 <= self.num_inner_steps <= 20, "num_inner_steps", self.num_inner_steps, "expected an integer in [1, 20]")
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    meta_lr: float = 1e-3
+    """Adam step size of the meta-update."""
+    num_ppo_epochs: int = 5
+    """Outer epochs over the query data, each re-deriving the adaptation."""
+    clip_eps: float = 0.2
+    """PPO ratio clipping range."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 1.0
+    """GAE lambda (1.0 as in the Meta-World+ MAML baselines)."""
+    grad_clip: float = 1.0
+    """Max global norm of the meta-gradient."""
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.meta_lr <= 1.0, "meta_lr", self.meta_lr, "expected a number in (0, 1]")
+        _check(1 <= self.num_ppo_epochs <= 100, "num_ppo_epochs", self.num_ppo_epochs, "expected an integer in [1, 100]")
+        _check(0.0 < self.clip_eps < 1.0, "clip_eps", self.clip_eps, "expected a number in (0, 1)")
+        _check(0.0 < self.gamma <= 1.0, "gamma", self.gamma, "expected a number in (0, 1]")
+        _check(0.0 <= self.gae_lambda <= 1.0, "gae_lambda", self.gae_lambda, "expected a number in [0, 1]")
+        _check(self.grad_clip > 0.0, "grad_clip", self.grad_clip, "expected a number > 0")
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    num_rollout_workers: int | None = None
+    """Rollout actors; default: one per CPU that Ray sees (at most one per task)."""
+
+    def __post_init__(self) -> None:
+        if self.num_rollout_workers is not None:
+            _check(1 <= self.num_rollout_workers <= 1024, "num_rollout_workers", self.num_rollout_workers, "expected an integer in [1, 1024]")
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    device: str = "auto"
+    """Learner device: auto (a GPU when the cluster has one), cpu or cuda."""
+    use_amp: bool = False
+    """Mixed precision on the learner (lands with its own issue)."""
+    gradient_accumulation_steps: int = 1
+    """Split the meta-batch into this many chunks (lands with its own issue)."""
+
+    def __post_init__(self) -> None:
+        _check(self.device in ("auto", "cpu", "cuda"), "device", self.device, "expected auto, cpu or cuda")
+        if self.use_amp:
+            raise ConfigError(f"--use_amp=True: {NOT_AVAILABLE_YET}; leave it off")
+        if self.gradient_accumulation_steps != 1:
+            raise ConfigError(f"--gradient_accumulation_steps={self.gradient_accumulation_steps!r}: {NOT_AVAILABLE_YET}; only 1 is supported")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    num_epochs: int = 100
+    """Meta-training iterations (seed name: num_epochs)."""
+    seed: int = 0
+    """Seed of task sampling, action noise and initial weights."""
+    output_dir: str = "runs"
+    """Folder that holds run directories."""
+    run_name: str | None = None
+    """Run directory name; default: benchmark, task, time and a random suffix."""
+    checkpoint_every: int = 10
+    """Write a checkpoint every this many iterations (and always at the end)."""
+    resume: bool = False
+    """Continue the run named by --run_name or --checkpoint_path from its latest checkpoint."""
+    checkpoint_path: str | None = None
+    """Checkpoint file or run directory to resume from."""
+    test_mode: bool = False
+    """Tiny budgets for smoke tests: 2 iterations, 2 tasks, 2 short episodes per task."""
+    ray_address: str | None = None
+    """Ray cluster to join; default: RAY_ADDRESS if set, else a local in-process Ray."""
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.num_epochs <= 10_000_000, "num_epochs", self.num_epochs, "expected an integer >= 1")
+        _check(0 <= self.seed < 2**32, "seed", self.seed, "expected an integer in [0, 2**32)")
+        _check(bool(self.output_dir), "output_dir", self.output_dir, "expected a non-empty path")
+        if self.run_name is not None:
+            _check(bool(self.run_name) and "/" not in self.run_name and self.run_name not in (".", ".."), "run_name", self.run_name, "expected a plain folder name without '/'")
+        _check(1 <= self.checkpoint_every <= 10_000_000, "checkpoint_every", self.checkpoint_every, "expected an integer >= 1")
+        if self.checkpoint_path is not None:
+            _check(Path(self.checkpoint_path).exists(), "checkpoint_path", self.checkpoint_path, "expected an existing checkpoint file or run directory")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    maml: MAMLConfig = field(default_factory=MAMLConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS: dict[str, type] = {"env": EnvConfig, "policy": PolicyConfig, "maml": MAMLConfig, "ppo": PPOConfig,
+            "rollout": RolloutConfig, "learner": LearnerConfig, "run": RunConfig}
+
+# Test mode shrinks budgets; flags given explicitly still win over these.
+TEST_MODE_OVERRIDES: dict[str, dict[str, Any]] = {
+    "env": {"max_episode_length": 50},
+    "maml": {"num_tasks": 2, "episodes_per_task": 2},
+    "ppo": {"num_ppo_epochs": 2},
+    "rollout": {"num_rollout_workers": 2},
+    "run": {"num_epochs": 2, "checkpoint_every": 1},
+}
+
+FIELD_SECTION: dict[str, str] = {f.name: section for section, cls in SECTIONS.items() for f in fields(cls)}
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def coerce(name: str, raw: Any, annotation: Any) -> Any:
+    """Convert a raw value (a CLI string or a YAML scalar) to the field's type, or raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null")):
+            return None
+        return coerce(name, raw, options[0])
+    if annotation is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return raw.lower() in ("true", "1", "yes")
+        raise ConfigError(f"--{name}={raw!r}: expected true or false")
+    if annotation is int:
+        if isinstance(raw, bool):
+            raise ConfigError(f"--{name}={raw!r}: expected an integer")
+        try:
+            value = float(raw) if isinstance(raw, str) else raw
+            if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+                return int(value)
+            if isinstance(value, int):
+                return value
+        except ValueError:
+            pass
+        raise ConfigError(f"--{name}={raw!r}: expected an integer")
+    if annotation is float:
+        if isinstance(raw, bool):
+            raise ConfigError(f"--{name}={raw!r}: expected a number")
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"--{name}={raw!r}: expected a number") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"--{name}={raw!r}: expected a finite number")
+        return value
+    if annotation is str:
+        if isinstance(raw, (dict, list)):
+            raise ConfigError(f"--{name}={raw!r}: expected a string")
+        return str(raw)
+    raise TypeError(f"unsupported annotation {annotation!r} for {name}")
+
+
+def build_config(overrides: dict[str, dict[str, Any]] | None = None, base: TrainConfig | None = None) -> TrainConfig:
+    """Build a TrainConfig from ``base`` (default: defaults) with per-section raw overrides."""
+    base = base or TrainConfig()
+    overrides = overrides or {}
+    sections: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        hints = _field_types(cls)
+        values = dataclasses.asdict(getattr(base, section))
+        for key, raw in overrides.get(section, {}).items():
+            if key not in hints:
+                raise ConfigError(f"{section}.{key}={raw!r}: unknown setting; allowed: {', '.join(sorted(hints))}")
+            values[key] = coerce(key, raw, hints[key])
+        sections[section] = values
+    # Construct only after every value is coerced, so the first error reported is the user's.
+    return TrainConfig(**{section: SECTIONS[section](**values) for section, values in sections.items()})
+
+
+def merge_overrides(*layers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    merged: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        for section, values in layer.items():
+            merged.setdefault(section, {}).update(values)
+    return merged
+
+
+def load_yaml_overrides(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read a YAML config: either sections (``maml: {inner_lr: 0.1}``) or flat flag names."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config={str(path)!r}: expected an existing YAML file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        line = getattr(getattr(error, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise ConfigError(f"--config={str(path)!r}: not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config={str(path)!r}: expected a mapping of sections or settings")
+    overrides: dict[str, dict[str, Any]] = {}
+    for key, value in data.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}={value!r}: expected a mapping of settings in section {key}")
+            overrides.setdefault(key, {}).update(value)
+        elif key in FIELD_SECTION:
+            overrides.setdefault(FIELD_SECTION[key], {})[key] = value
+        else:
+            raise ConfigError(f"{key}={value!r}: unknown setting in {path.name}; allowed sections: {', '.join(SECTIONS)}")
+    return overrides
+
+
+def config_from_dict(data: dict[str, dict[str, Any]]) -> TrainConfig:
+    """Rebuild a TrainConfig saved with ``to_dict`` (run directories, checkpoints)."""
+    overrides = {section: dict(values) for section, values in data.items() if section in SECTIONS}
+    # Where a run resumed from is history, not a setting of the run itself.
+    overrides.setdefault("run", {}).update(resume=False, checkpoint_path=None)
+    return build_config(overrides)

@@ -1,0 +1,122 @@
+"""The rollout loop: a worker steps one Meta-World env per task in lockstep, with one batched policy
+call per time step, and runs each task's inner adaptation itself, so a meta-iteration costs one
+parameter broadcast and one gather. Plain Python; the Ray actor in ``actors.py`` only wraps it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from metarl_ray.advantages import compute_advantages
+from metarl_ray.batch import EpisodeBatch, TaskRollouts
+from metarl_ray.config import EnvConfig, MAMLConfig, PolicyConfig, PPOConfig
+from metarl_ray.envs import ACTION_DIM, OBS_DIM, TaskSpec, make_task_env
+from metarl_ray.maml import TensorBatch, adapt
+from metarl_ray.policy import BatchedActor, Params, build_policy, params_from_numpy
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    """How many episodes to collect per task in each phase of one sample call."""
+
+    num_support_episodes: int  # per inner step
+    num_query_episodes: int
+    deterministic_query: bool = False  # evaluation acts with the mean action after adapting
+    adapt: bool = True  # False: query episodes with the meta-parameters only (multi-task evaluation)
+
+
+class RolloutWorker:
+    def __init__(self, env_config: EnvConfig, policy_config: PolicyConfig, maml_config: MAMLConfig,
+                 ppo_config: PPOConfig, seed: int) -> None:
+        self.env_config = env_config
+        self.maml_config = maml_config
+        self.ppo_config = ppo_config
+        self.seed = seed
+        self.policy = build_policy(OBS_DIM, ACTION_DIM, policy_config)
+        self.actor = BatchedActor(self.policy)
+        self._env_pool: dict[str, list[Any]] = {}
+
+    def _envs_for(self, tasks: Sequence[TaskSpec]) -> list[Any]:
+        """One env per task; envs are created once per class and reused across iterations."""
+        envs, used = [], {}
+        for spec in tasks:
+            pool = self._env_pool.setdefault(spec.env_name, [])
+            index = used.get(spec.env_name, 0)
+            if index == len(pool):
+                pool.append(make_task_env(spec.env_name, self.env_config))
+            used[spec.env_name] = index + 1
+            env = pool[index]
+            env.set_task(spec.task)
+            envs.append(env)
+        return envs
+
+    def sample(self, meta_params: dict[str, np.ndarray], tasks: Sequence[TaskSpec], iteration: int,
+               plan: SamplePlan | None = None) -> list[TaskRollouts]:
+        """Support episodes -> inner step (x num_inner_steps) -> query episodes, for every task."""
+        plan = plan or SamplePlan(self.maml_config.episodes_per_task, self.maml_config.episodes_per_task)
+        envs = self._envs_for(tasks)
+        # Noise streams keyed by (seed, iteration, slot): results do not depend on how tasks are split.
+        rngs = [np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, iteration, spec.slot])))
+                for spec in tasks]
+        params: list[Params] = [params_from_numpy(meta_params)] * len(tasks)
+        supports: list[list[EpisodeBatch]] = [[] for _ in tasks]
+        for _ in range(self.maml_config.num_inner_steps if plan.adapt else 0):
+            batches = self.collect(envs, params, rngs, plan.num_support_episodes)
+            for index, batch in enumerate(batches):
+                supports[index].append(batch)
+                params[index] = self._adapt_one(params[index], batch)
+        queries = self.collect(envs, params, rngs, plan.num_query_episodes, plan.deterministic_query)
+        return [TaskRollouts(spec.slot, spec.env_name, spec.goal_index, tuple(support), query)
+                for spec, support, query in zip(tasks, supports, queries)]
+
+    def _adapt_one(self, params: Params, batch: EpisodeBatch) -> Params:
+        leaf_params = {name: p.detach().requires_grad_(True) for name, p in params.items()}
+        adapted = adapt(self.policy, leaf_params, [TensorBatch.from_numpy(batch)], self.maml_config.inner_lr,
+                        create_graph=False)
+        return {name: p.detach() for name, p in adapted.items()}
+
+    def collect(self, envs: Sequence[Any], params: Sequence[Params], rngs: Sequence[np.random.Generator],
+                num_episodes: int, deterministic: bool = False) -> list[EpisodeBatch]:
+        """``num_episodes`` full-length episodes per env, all envs stepped in lockstep."""
+        num_envs, horizon = len(envs), self.env_config.max_episode_length
+        observations = np.zeros((num_envs, num_episodes, horizon, OBS_DIM), dtype=np.float32)
+        actions = np.zeros((num_envs, num_episodes, horizon, ACTION_DIM), dtype=np.float32)
+        rewards = np.zeros((num_envs, num_episodes, horizon), dtype=np.float32)
+        log_probs = np.zeros((num_envs, num_episodes, horizon), dtype=np.float32)
+        successes = np.zeros((num_envs, num_episodes), dtype=bool)
+        distribution = self.actor.bind(list(params))
+        with torch.no_grad():
+            log_std = distribution(torch.zeros(num_envs, OBS_DIM))[1].expand(num_envs, ACTION_DIM).numpy()  # (K, A)
+        for episode in range(num_episodes):
+            # Noise for a whole episode per env at once: one generator call instead of one per step.
+            noise = np.zeros((num_envs, horizon, ACTION_DIM), dtype=np.float32)
+            if not deterministic:
+                noise = np.stack([rng.standard_normal((horizon, ACTION_DIM), dtype=np.float32) for rng in rngs])
+            scaled_noise = np.exp(log_std)[:, None, :] * noise  # (K, T, A)
+            obs = np.stack([env.reset()[0] for env in envs]).astype(np.float32)  # (K, D)
+            for t in range(horizon):
+                observations[:, episode, t] = obs
+                with torch.no_grad():
+                    mean = distribution(torch.from_numpy(obs))[0].numpy()  # (K, A)
+                step_actions = mean + scaled_noise[:, t]
+                actions[:, episode, t] = step_actions
+                for k, env in enumerate(envs):
+                    next_obs, reward, _, _, info = env.step(step_actions[k])
+                    rewards[k, episode, t] = reward
+                    successes[k, episode] |= bool(info["success"])
+                    obs[k] = next_obs
+            # log N(a; mu, sigma) with a = mu + sigma * eps depends only on eps and log sigma.
+            log_probs[:, episode] = (-0.5 * noise**2 - log_std[:, None, :] - 0.5 * np.log(2 * np.pi)).sum(-1)
+        return [
+            EpisodeBatch(observations[k], actions[k], rewards[k], log_probs[k],
+                         compute_advantages(observations[k], rewards[k], self.ppo_config.gamma, self.ppo_config.gae_lambda),
+                         successes[k])
+            for k in range(num_envs)
+        ]

@@ -1,0 +1,135 @@
+"""The meta-training loop: sample tasks -> rollouts with inner adaptation (actors) -> meta-update
+(learner) -> log / checkpoint. Ray lives here and in ``actors.py`` only."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import ray
+import torch
+
+from metarl_ray.checkpoint import load_checkpoint, save_checkpoint
+from metarl_ray.config import ConfigError, TrainConfig
+from metarl_ray.envs import BenchmarkTasks, TaskSampler, TaskSpec
+from metarl_ray.run_dir import METRICS_FILE, MetricsLog, attach_log_file, write_config
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LearnerPlacement:
+    device: str  # "cpu" or "cuda"
+    num_gpus: int
+    num_threads: int
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Join the given (or RAY_ADDRESS) cluster, else start Ray in-process; shut down only what we started."""
+    if ray.is_initialized():
+        yield
+        return
+    # address="local" never joins a stale cluster left in Ray's temp dir.
+    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", logging_level=logging.WARNING,
+             log_to_driver=True, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def place_learner(device: str) -> LearnerPlacement:
+    num_gpus = int(ray.cluster_resources().get("GPU", 0))
+    if device == "cuda" and num_gpus == 0:
+        raise ConfigError("--device='cuda': the Ray cluster has no GPU; use auto or cpu")
+    use_gpu = device == "cuda" or (device == "auto" and num_gpus > 0)
+    # On CPU the learner reserves no core: it is idle while the rollout actors simulate, and they are
+    # idle while it learns, so it may use every core then.
+    return LearnerPlacement("cuda" if use_gpu else "cpu", 1 if use_gpu else 0, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def default_num_rollout_workers(config: TrainConfig) -> int:
+    requested = config.rollout.num_rollout_workers or int(ray.cluster_resources().get("CPU", 1))
+    return max(1, min(requested, config.maml.num_tasks))  # a worker without tasks would idle
+
+
+def split_tasks(tasks: Sequence[TaskSpec], num_workers: int) -> list[list[TaskSpec]]:
+    """Contiguous, near-equal chunks: each worker steps its chunk's envs in lockstep."""
+    bounds = [round(i * len(tasks) / num_workers) for i in range(num_workers + 1)]
+    return [list(tasks[bounds[i]:bounds[i + 1]]) for i in range(num_workers)]
+
+
+def train(config: TrainConfig, run_path: Path, resume_from: Path | None = None) -> Path:
+    """Meta-train; returns the run directory. Ray is started in-process unless already running."""
+    state = load_checkpoint(resume_from) if resume_from is not None else None
+    with ray_session(config.run.ray_address):
+        placement = place_learner(config.learner.device)
+        num_workers = default_num_rollout_workers(config)
+        run_path.mkdir(parents=True, exist_ok=True)
+        write_config(run_path, config)
+        log_handler = attach_log_file(run_path)
+        try:
+            return _train_loop(config, run_path, state, placement, num_workers)
+        finally:
+            logging.getLogger("metarl_ray").removeHandler(log_handler)
+            log_handler.close()
+
+
+def _train_loop(config: TrainConfig, run_path: Path, state: dict[str, Any] | None,
+                placement: LearnerPlacement, num_workers: int) -> Path:
+    from metarl_ray.actors import LearnerActor, RolloutActor
+
+    sampler = TaskSampler(BenchmarkTasks(config.env, config.run.seed).train_tasks(), config.run.seed)
+    learner = LearnerActor.options(num_cpus=0, num_gpus=placement.num_gpus).remote(
+        config, placement.device, placement.num_threads)
+    workers = [RolloutActor.options(num_cpus=1).remote(config) for _ in range(num_workers)]
+    start_iteration, env_steps_total = 0, 0
+    if state is not None:
+        ray.get(learner.load_state_dict.remote(state["learner"]))
+        sampler.load_state_dict(state["task_sampler"])
+        start_iteration, env_steps_total = int(state["iteration"]), int(state["env_steps_total"])
+        logger.info("resumed %s at iteration %d (%d env steps)", run_path, start_iteration, env_steps_total)
+    metrics_log = MetricsLog(run_path / METRICS_FILE, keep_up_to_iteration=start_iteration)
+    logger.info("run %s: %s, %d rollout workers, learner on %s", run_path, config.env.benchmark, num_workers,
+                placement.device)
+
+    for iteration in range(start_iteration, config.run.num_epochs):
+        started = time.perf_counter()
+        tasks = sampler.sample(config.maml.num_tasks)
+        # Publish the meta-parameters once; every worker reads the same object.
+        params_ref = learner.get_params.remote()
+        sample_refs = [worker.sample.remote(params_ref, chunk, iteration)
+                       for worker, chunk in zip(workers, split_tasks(tasks, num_workers))]
+        ray.wait(sample_refs, num_returns=len(sample_refs), fetch_local=False)
+        sampled = time.perf_counter()
+        # The learner takes the rollouts straight from the object store; the driver never copies them.
+        metrics = ray.get(learner.update.remote(*sample_refs))
+        learned = time.perf_counter()
+
+        env_steps_total += int(metrics["env_steps"])
+        row = {"iteration": iteration + 1, "env_steps_total": env_steps_total, **metrics,
+               "time/sample_s": sampled - started, "time/learn_s": learned - sampled,
+               "time/iteration_s": learned - started,
+               "env_steps_per_s": metrics["env_steps"] / (sampled - started)}
+        metrics_log.append(row)
+        logger.info("iter %d/%d steps %d | pre %.1f (succ %.2f) -> post %.1f (succ %.2f) | kl %.4f | sample %.1fs learn %.1fs",
+                    iteration + 1, config.run.num_epochs, env_steps_total, row["pre_adapt/return"],
+                    row["pre_adapt/success"], row["post_adapt/return"], row["post_adapt/success"], row["kl"],
+                    row["time/sample_s"], row["time/learn_s"])
+        if (iteration + 1) % config.run.checkpoint_every == 0 or iteration + 1 == config.run.num_epochs:
+            path = save_checkpoint(run_path, iteration + 1, {
+                "iteration": iteration + 1,
+                "env_steps_total": env_steps_total,
+                "config": config.to_dict(),
+                "learner": ray.get(learner.state_dict.remote()),
+                "task_sampler": sampler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+            })
+            logger.info("checkpoint %s", path)
+    return run_path
