@@ -22,10 +22,11 @@ from metarl_ray.checkpoint import load_checkpoint, resolve_checkpoint
 from metarl_ray.config import TrainConfig, config_from_dict
 from metarl_ray.envs import ACTION_DIM, OBS_DIM, BenchmarkTasks, fixed_task_specs, make_eval_vector_env
 from metarl_ray.maml import TensorBatch, adapt
-from metarl_ray.policy import BatchedActor, Params, build_policy, detached_params
+from metarl_ray.policy import BatchedActor, Params, build_policy, detached_params, gaussian_log_prob
 from metarl_ray.rollout import RolloutWorker, SamplePlan
 
 logger = logging.getLogger(__name__)
+Step = tuple[np.ndarray, np.ndarray, float, float]  # observation, action, reward, sampling log-prob
 ADAPTATION_EPISODES = 10  # Meta-World's protocol
 EVALUATION_EPISODES = 3
 
@@ -56,8 +57,8 @@ class MAMLAgent:
 
     def init(self) -> None:
         self._params: list[Params] | None = None  # per sub-env, set on first use
-        self._open: list[list[tuple[np.ndarray, np.ndarray, float]]] = []
-        self._episodes: list[list[list[tuple[np.ndarray, np.ndarray, float]]]] = []
+        self._open: list[list[Step]] = []
+        self._episodes: list[list[list[Step]]] = []
 
     def _params_for(self, num_envs: int) -> list[Params]:
         if self._params is None:
@@ -71,12 +72,15 @@ class MAMLAgent:
         with torch.no_grad():
             mean, log_std = self.actor.bind(self._params_for(len(obs)))(obs)
             actions = mean + log_std.exp() * torch.randn(mean.shape, generator=self.generator)
-        return actions.numpy().astype(np.float64), {}
+            log_probs = gaussian_log_prob(mean, log_std, actions)
+        # The inner step's importance ratio needs the sampling log-probs (see maml.inner_loss).
+        return actions.numpy().astype(np.float64), {"log_probs": log_probs.numpy()}
 
     def step(self, timestep: Any) -> None:
         for env_index in range(len(timestep.observation)):
             self._open[env_index].append((timestep.observation[env_index], timestep.action[env_index],
-                                          float(timestep.reward[env_index])))
+                                          float(timestep.reward[env_index]),
+                                          float(timestep.aux_policy_outputs["log_probs"][env_index])))
             if timestep.terminated[env_index] or timestep.truncated[env_index]:
                 self._episodes[env_index].append(self._open[env_index])
                 self._open[env_index] = []
@@ -102,14 +106,14 @@ class MAMLAgent:
         """Memoryless policy: nothing to reset."""
 
 
-def episodes_to_batch(episodes: list[list[tuple[np.ndarray, np.ndarray, float]]], config: TrainConfig) -> EpisodeBatch:
+def episodes_to_batch(episodes: list[list[Step]], config: TrainConfig) -> EpisodeBatch:
     horizon = min(len(episode) for episode in episodes)  # equal unless an episode ended early
     obs = np.array([[step[0] for step in ep[:horizon]] for ep in episodes], dtype=np.float32)
     actions = np.array([[step[1] for step in ep[:horizon]] for ep in episodes], dtype=np.float32)
     rewards = np.array([[step[2] for step in ep[:horizon]] for ep in episodes], dtype=np.float32)
     advantages = compute_advantages(obs, rewards, config.ppo.gamma, config.ppo.gae_lambda)
-    zeros = np.zeros(rewards.shape, dtype=np.float32)
-    return EpisodeBatch(obs, actions, rewards, zeros, advantages, np.zeros(len(episodes), dtype=bool))
+    log_probs = np.array([[step[3] for step in ep[:horizon]] for ep in episodes], dtype=np.float32)
+    return EpisodeBatch(obs, actions, rewards, log_probs, advantages, np.zeros(len(episodes), dtype=bool))
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """MAML with a PPO outer objective (MAML+PPO), written in the words of the papers.
 
-Inner step (ProMP's LVC objective, Rothfuss et al. 2019): on support episodes D_i collected by pi_theta,
-    L_in(theta) = -mean_t[ pi_theta(a|s) / stop_grad(pi_theta(a|s)) * A_t ],   theta'_i = theta - alpha * grad L_in.
-Its value and gradient equal the vanilla policy gradient; its Hessian is the one the meta-gradient needs.
+Inner step (ProMP's LVC objective, Rothfuss et al. 2019): on support episodes D_i collected by pi_theta_o,
+    L_in(theta) = -mean_t[ pi_theta(a|s) / pi_theta_o(a|s) * A_t ],   theta'_i = theta - alpha * grad L_in,
+evaluated at theta = theta_o. Its value and gradient equal the vanilla policy gradient; its Hessian is
+the one the meta-gradient needs.
 
 Outer step: PPO's clipped surrogate on query episodes D'_i collected by the adapted policy theta'_o,i,
     L_out(theta) = -mean_i mean_t min(r_t A'_t, clip(r_t, 1-eps, 1+eps) A'_t),  r_t = pi_{theta'_i(theta)} / pi_{theta'_o,i},
@@ -55,9 +56,16 @@ class TaskTensors:
 
 
 def inner_loss(policy: nn.Module, params: Params, batch: TensorBatch) -> torch.Tensor:
+    """ProMP's LVC objective J(theta) = mean_t[ pi_theta(a|s) / pi_theta_o(a|s) * A_t ], theta_o the
+    sampling parameters (their log-probs were recorded at sampling time).
+
+    At theta = theta_o it equals the vanilla policy gradient in value and gradient, and its Hessian adds
+    the score-function term of the support data's dependence on theta (ProMP, Sec. 5). Because the
+    denominator is recorded data rather than a stop-gradient of the same expression, this is a genuine
+    function of theta, so its meta-gradient is checkable by finite differences.
+    """
     new_log_probs = log_prob(policy, params, batch.observations, batch.actions)
-    # LVC: ratio == 1 in value, but carries d log pi / d theta into the Hessian (ProMP, eq. 7).
-    ratio = torch.exp(new_log_probs - new_log_probs.detach())
+    ratio = torch.exp(new_log_probs - batch.log_probs)
     return -(ratio * batch.advantages).mean()
 
 

@@ -1,0 +1,101 @@
+"""Config validation and the command line: bad input -> one line, exit 2, nothing written."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from metarl_ray.cli import resolve_train
+from metarl_ray.config import ConfigError, EnvConfig, MAMLConfig, build_config, load_yaml_overrides
+
+SEED_COMMAND = ("--env metaworld --env_name MT10 --num_tasks 10 --num_epochs 100 --inner_lr 0.01 --meta_lr 0.001 "
+                "--batch_size 20 --policy_type mlp --grad_clip 0.3 --num_inner_steps 3 --hidden_size 128 "
+                "--first_order --resume --checkpoint_path PATH --run_name NAME --device cpu "
+                "--max_episode_length 1000 --test_mode")
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "metarl_ray", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_seed_project_flags_parse_with_underscores_and_hyphens(tmp_path):
+    for spelling in (SEED_COMMAND, SEED_COMMAND.replace("_", "-").replace("--env-name", "--env_name")):
+        argv = spelling.replace("--resume --checkpoint_path PATH ", "").replace("--resume --checkpoint-path PATH ", "").split()
+        config, run_path, checkpoint = resolve_train(argv + ["--output_dir", str(tmp_path)])
+        assert checkpoint is None and run_path == tmp_path / "NAME"
+        assert config.env.benchmark == "MT10" and config.env.max_episode_length == 1000
+        assert config.maml.num_tasks == 10 and config.maml.episodes_per_task == 20
+        assert config.maml.inner_lr == 0.01 and config.maml.num_inner_steps == 3 and config.maml.first_order
+        assert config.ppo.meta_lr == 0.001 and config.ppo.grad_clip == 0.3
+        assert config.policy.hidden_size == 128 and config.learner.device == "cpu"
+        # explicit flags win over test-mode presets; unset ones take the presets
+        assert config.run.num_epochs == 100 and config.run.test_mode and config.rollout.num_rollout_workers == 2
+
+
+def test_yaml_sections_and_flat_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"maml": {"inner_lr": 0.05}, "meta_lr": 0.002}))
+    config = build_config(load_yaml_overrides(path))
+    assert config.maml.inner_lr == 0.05 and config.ppo.meta_lr == 0.002
+    path.write_text("maml: {inner_lrr: 1}")
+    with pytest.raises(ConfigError, match="inner_lrr"):
+        build_config(load_yaml_overrides(path))
+
+
+@pytest.mark.parametrize("section, values, flag", [
+    (EnvConfig, {"benchmark": "ML7"}, "--benchmark='ML7'"),
+    (EnvConfig, {"benchmark": "ML1", "task": "fly-v3"}, "--task='fly-v3'"),
+    (MAMLConfig, {"inner_lr": -1.0}, "--inner_lr=-1.0"),
+    (MAMLConfig, {"num_inner_steps": 0}, "--num_inner_steps=0"),
+])
+def test_invalid_values_name_the_flag_and_the_allowed_range(section, values, flag):
+    with pytest.raises(ConfigError) as error:
+        section(**values)
+    assert str(error.value).startswith(flag) and "expected" in str(error.value)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--inner_lr", "abc"], "--inner_lr='abc': expected a number"),
+    (["--inner-lr", "-0.5"], "--inner_lr=-0.5: expected a number in (0, 10]"),
+    (["--num_tasks", "2.5"], "--num_tasks='2.5': expected an integer"),
+    (["--env_name", "ML3"], "--benchmark='ML3'"),
+    (["--policy_type", "ssm"], "not available yet"),
+    (["--use_amp"], "not available yet"),
+    (["--gradient_accumulation_steps", "4"], "not available yet"),
+    (["--device", "tpu"], "--device='tpu': expected auto, cpu or cuda"),
+    (["--env", "mujoco"], "--env='mujoco': expected metaworld"),
+    (["--bogus", "1"], "unrecognized arguments: --bogus"),
+    (["--resume"], "needs --run_name NAME or --checkpoint_path PATH"),
+    (["--checkpoint_path", "/nonexistent/ckpt.pt"], "--checkpoint_path='/nonexistent/ckpt.pt'"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, fragment):
+    result = run_cli("train", "--output_dir", str(tmp_path / "runs"), *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_existing_run_directory_is_never_overwritten(tmp_path):
+    run = tmp_path / "runs" / "keep"
+    run.mkdir(parents=True)
+    (run / "metrics.parquet").write_bytes(b"precious")
+    result = run_cli("train", "--output_dir", str(tmp_path / "runs"), "--run_name", "keep", cwd=tmp_path)
+    assert result.returncode == 2 and "already exists" in result.stderr
+    assert (run / "metrics.parquet").read_bytes() == b"precious"
+
+
+def test_eval_of_missing_checkpoint_is_one_line(tmp_path):
+    result = run_cli("eval", "--checkpoint", str(tmp_path / "nope"), cwd=tmp_path)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "--checkpoint=" in result.stderr
+
+
+def test_help_lists_each_flag_with_its_doc():
+    result = subprocess.run([sys.executable, "-m", "metarl_ray", "train", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "--inner_lr" in result.stdout and "--inner-lr" in result.stdout
+    assert "Step size of the inner-loop policy-gradient step" in " ".join(result.stdout.split())
