@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Callable
 
@@ -36,6 +37,22 @@ class GaussianMLPPolicy(nn.Module):
         """(..., obs_dim) -> mean (..., act_dim), log_std (act_dim,)."""
         return self.mean_net(observations), self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
+    def forward_per_env(self, stacked: Params, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` with a different parameter set per env, stacked on a leading K dim.
+
+        observations (K, obs_dim) -> mean (K, act_dim), log_std (K, act_dim). The same maths as
+        ``forward`` written with batched matmuls: ~7x faster than ``vmap(functional_call)`` at K = 10
+        on a CPU, and this call runs once per env step during adapted rollouts.
+        """
+        hidden = observations.unsqueeze(1)  # (K, 1, D)
+        for index, module in enumerate(self.mean_net):
+            if isinstance(module, nn.Linear):
+                weight, bias = stacked[f"mean_net.{index}.weight"], stacked[f"mean_net.{index}.bias"]  # (K, O, I), (K, O)
+                hidden = torch.baddbmm(bias.unsqueeze(1), hidden, weight.transpose(1, 2))  # (K, 1, O)
+            else:
+                hidden = module(hidden)
+        return hidden.squeeze(1), stacked["log_std"].clamp(LOG_STD_MIN, LOG_STD_MAX)
+
 
 def build_policy(obs_dim: int, action_dim: int, config: PolicyConfig) -> nn.Module:
     if config.policy_type == "mlp":
@@ -68,10 +85,12 @@ def params_from_numpy(arrays: dict, device: torch.device | str = "cpu") -> Param
 
 
 class BatchedActor:
-    """Samples actions for K envs at once, each env with its own parameter set (K tasks, K adaptations)."""
+    """Action distributions for K envs at once, each env with its own parameter set (K tasks, K
+    adaptations). Owns its policy module as scratch space: ``bind`` may overwrite its parameters."""
 
     def __init__(self, policy: nn.Module) -> None:
-        self.policy = policy
+        self.policy = copy.deepcopy(policy)
+        policy = self.policy
 
         def distribution(params: Params, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return functional_call(policy, params, (obs,))
@@ -82,7 +101,13 @@ class BatchedActor:
         """Fix the parameters once per collection: observations (K, D) -> mean (K, A), log_std (K|1, A)."""
         first = params_per_env[0]
         if all(p is first for p in params_per_env):
-            # Before adaptation every env shares the meta-parameters: one plain batched call.
-            return lambda observations: functional_call(self.policy, first, (observations,))
+            # Before adaptation every env shares the meta-parameters: load them into the (scratch)
+            # module and call it directly, which skips functional_call's per-call overhead.
+            with torch.no_grad():
+                for name, parameter in self.policy.named_parameters():
+                    parameter.copy_(first[name])
+            return self.policy
         stacked = {name: torch.stack([p[name] for p in params_per_env]) for name in first}
+        if hasattr(self.policy, "forward_per_env"):
+            return lambda observations: self.policy.forward_per_env(stacked, observations)
         return lambda observations: self._per_env(stacked, observations)

@@ -1,0 +1,123 @@
+"""Rollout throughput: env steps/s of MAML rollout collection with 1 and 2 rollout workers (real Ray
+actors, the same code path as training: support episodes, inner step, query episodes) against the raw
+rate of one process stepping the same Meta-World tasks with random actions, measured in the same run.
+
+    python benchmarks/throughput.py            # ML10 tasks, 20 per meta-batch, 500-step episodes
+Goal: collection with N workers >= 0.8 x N x raw rate (N = 2 on this machine).
+Writes benchmarks/results/throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from metarl_ray.config import build_config
+from metarl_ray.envs import ACTION_DIM, OBS_DIM, BenchmarkTasks, TaskSampler, make_task_env
+from metarl_ray.policy import build_policy, detached_params, params_to_numpy
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def raw_rate(config, specs, num_episodes: int) -> float:
+    """One process, one env per task, random actions, the same episodes as one collection pass."""
+    envs = []
+    for spec in specs:
+        env = make_task_env(spec.env_name, config.env)
+        env.set_task(spec.task)
+        envs.append(env)
+    rng = np.random.default_rng(0)
+    steps, started = 0, time.perf_counter()
+    for _ in range(num_episodes):
+        for env in envs:
+            env.reset()
+        for _ in range(config.env.max_episode_length):
+            for env in envs:
+                env.step(rng.uniform(-1.0, 1.0, ACTION_DIM))
+                steps += 1
+    return steps / (time.perf_counter() - started)
+
+
+def collection_rate(config, specs_per_iteration, num_workers: int) -> float:
+    import ray
+
+    from metarl_ray.actors import RolloutActor
+    from metarl_ray.trainer import split_tasks
+
+    workers = [RolloutActor.options(num_cpus=1).remote(config) for _ in range(num_workers)]
+    params_ref = ray.put(params_to_numpy(detached_params(build_policy(OBS_DIM, ACTION_DIM, config.policy))))
+
+    def one_iteration(iteration: int, specs) -> int:
+        refs = [w.sample.remote(params_ref, chunk, iteration) for w, chunk in zip(workers, split_tasks(specs, num_workers))]
+        return sum(task.num_steps for chunk in ray.get(refs) for task in chunk)
+
+    one_iteration(0, specs_per_iteration[0])  # warm-up: env creation and imports are not throughput
+    steps, started = 0, time.perf_counter()
+    for iteration, specs in enumerate(specs_per_iteration[1:], start=1):
+        steps += one_iteration(iteration, specs)
+    elapsed = time.perf_counter() - started
+    for worker in workers:
+        ray.kill(worker)
+    return steps / elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--benchmark", default="ML10")
+    parser.add_argument("--task", default=None)
+    parser.add_argument("--num_tasks", type=int, default=20)
+    parser.add_argument("--episodes_per_task", type=int, default=2)
+    parser.add_argument("--max_episode_length", type=int, default=500)
+    parser.add_argument("--iterations", type=int, default=2, help="timed iterations after one warm-up")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--output", default=str(RESULTS / "throughput.json"))
+    args = parser.parse_args()
+
+    import ray
+
+    config = build_config({"env": {"benchmark": args.benchmark, "task": args.task, "max_episode_length": args.max_episode_length},
+                           "maml": {"num_tasks": args.num_tasks, "episodes_per_task": args.episodes_per_task}})
+    sampler = TaskSampler(BenchmarkTasks(config.env, 0).train_tasks(), 0)
+    specs_per_iteration = [sampler.sample(args.num_tasks) for _ in range(args.iterations + 1)]
+    # Support + query passes of one iteration: (num_inner_steps + 1) x episodes_per_task episodes per task.
+    episodes_per_pass = (config.maml.num_inner_steps + 1) * args.episodes_per_task
+    raw = raw_rate(config, specs_per_iteration[1], episodes_per_pass)
+    print(f"raw (1 process, random actions): {raw:.0f} steps/s", flush=True)
+
+    results = {}
+    ray.init(address="local", num_cpus=max(args.workers), include_dashboard=False, logging_level="ERROR")
+    try:
+        for num_workers in args.workers:
+            rate = collection_rate(config, specs_per_iteration, num_workers)
+            ratio = rate / (num_workers * raw)
+            results[str(num_workers)] = {"steps_per_s": round(rate, 1), "ratio_to_n_x_raw": round(ratio, 3),
+                                         "goal_met": ratio >= 0.8}
+            print(f"collection, {num_workers} worker(s): {rate:.0f} steps/s = {ratio:.2f} x ({num_workers} x raw)", flush=True)
+    finally:
+        ray.shutdown()
+
+    report = {
+        "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.machine()},
+        "setup": {"benchmark": args.benchmark, "task": args.task, "num_tasks": args.num_tasks,
+                  "episodes_per_task": args.episodes_per_task, "max_episode_length": args.max_episode_length,
+                  "num_inner_steps": config.maml.num_inner_steps, "timed_iterations": args.iterations},
+        "raw_steps_per_s": round(raw, 1),
+        "collection": results,
+        "goal": "collection with N workers >= 0.8 x N x raw rate",
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
