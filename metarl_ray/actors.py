@@ -34,7 +34,8 @@ class RolloutActor:
 @ray.remote
 class LearnerActor:
     def __init__(self, config: TrainConfig, device: str, num_threads: int) -> None:
-        torch.set_num_threads(max(1, num_threads))
+        # Never more threads than this node has cores, whatever the cluster's total.
+        torch.set_num_threads(max(1, min(num_threads, os.cpu_count() or 1)))
         self.learner = Learner(config, device)
 
     def get_params(self) -> dict[str, np.ndarray]:

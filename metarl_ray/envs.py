@@ -131,7 +131,9 @@ def make_eval_vector_env(env_config: EnvConfig, seed: int, meta_batch_size: int,
                             total_tasks_per_cls=total_tasks_per_cls, **extra, **common)
     elif env_config.benchmark == "MT1":
         kwargs = {k: v for k, v in common.items() if k != "vector_strategy"}
-        envs = gym.vector.SyncVectorEnv([lambda: gym.make("Meta-World/MT1", env_name=env_config.task, **kwargs)])
+        # Meta-World's evaluation reads infos["final_info"], which only same-step autoreset provides.
+        envs = gym.vector.SyncVectorEnv([lambda: gym.make("Meta-World/MT1", env_name=env_config.task, **kwargs)],
+                                        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     else:
         envs = gym.make_vec(f"Meta-World/{env_config.benchmark}", **common)
     for sub_env in envs.envs:

@@ -55,3 +55,12 @@ def test_resume_continues_the_iteration_counter_and_eval_reports_both_metrics(tr
     for key in ("success_rate", "success_rate_official", "mean_return", "mean_return_official", "pre_adapt_success_rate"):
         assert math.isfinite(result[key]) and (key.startswith("mean") or 0.0 <= result[key] <= 1.0), key
     assert set(result["per_task"]) == {"reach-v3"}
+
+
+def test_multi_task_benchmark_trains_and_evaluates_with_metaworlds_mt_protocol(tmp_path):
+    metarl("train", "--env_name", "MT1", "--task", "reach-v3", "--test_mode", "--num_epochs", "1",
+           "--output_dir", str(tmp_path / "runs"), "--run_name", "mt", cwd=tmp_path)
+    result = json.loads(metarl("eval", "--checkpoint", str(tmp_path / "runs" / "mt"), "--json", cwd=tmp_path).stdout)
+    assert result["benchmark"] == "MT1" and result["protocol"]["split"] == "train"
+    assert math.isfinite(result["success_rate_official"]) and math.isfinite(result["mean_return_official"])
+    assert set(result["per_task"]) == {"reach-v3"}
