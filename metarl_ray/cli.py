@@ -30,6 +30,7 @@ from metarl_ray.config import (
 
 logger = logging.getLogger("metarl_ray")
 EXIT_USAGE = 2
+GOALS_PER_CLASS = 50  # Meta-World generates 50 goals per task class and split
 
 # Seed-project spellings that map onto a field of another name.
 ALIASES = {"env_name": "benchmark", "batch_size": "episodes_per_task"}
@@ -80,9 +81,21 @@ def _explicit_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return merge_overrides(file_overrides, flag_overrides)
 
 
+def _read_checkpoint(path: Path, flag: str) -> dict[str, Any]:
+    from metarl_ray.checkpoint import load_checkpoint
+
+    try:
+        state = load_checkpoint(path)
+        if "config" not in state or "learner" not in state:
+            raise KeyError("config/learner")
+        return state
+    except Exception as error:  # a damaged or foreign file is the user's input here, not our bug
+        raise ConfigError(f"--{flag}={str(path)!r}: unreadable checkpoint ({type(error).__name__})") from None
+
+
 def resolve_train(argv: Sequence[str]) -> tuple[TrainConfig, Path, Path | None]:
     """Config, run directory and checkpoint to resume from; raises ConfigError, writes nothing."""
-    from metarl_ray.checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, run_path_of
+    from metarl_ray.checkpoint import latest_checkpoint, resolve_checkpoint, run_path_of
     from metarl_ray.run_dir import default_run_name
 
     explicit = _explicit_overrides(_train_parser().parse_args(argv))
@@ -106,12 +119,7 @@ def resolve_train(argv: Sequence[str]) -> tuple[TrainConfig, Path, Path | None]:
             raise ConfigError(f"--run_name={config.run.run_name!r}: no checkpoint in {run_path} to resume from")
     else:
         raise ConfigError("--resume=True: needs --run_name NAME or --checkpoint_path PATH to say which run")
-    try:
-        saved = config_from_dict(load_checkpoint(checkpoint)["config"])
-    except ConfigError:
-        raise
-    except Exception as error:  # a damaged file is the user's input here, not our bug
-        raise ConfigError(f"--checkpoint_path={str(checkpoint)!r}: unreadable checkpoint ({type(error).__name__})") from None
+    saved = config_from_dict(_read_checkpoint(checkpoint, "checkpoint_path")["config"])
     # A resumed run keeps its saved settings; flags given now override them (e.g. --num_epochs).
     resumed = build_config(explicit, base=saved)
     for section in FIXED_ON_RESUME:
@@ -150,13 +158,16 @@ def cmd_eval(argv: Sequence[str]) -> int:
     from metarl_ray.evaluation import evaluate_checkpoint
 
     args = _eval_parser().parse_args(argv)
-    if resolve_checkpoint(args.checkpoint) is None:
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    if checkpoint is None:
         raise ConfigError(f"--checkpoint={args.checkpoint!r}: expected a checkpoint file or a run directory with checkpoints")
-    for name in ("goals_per_class", "num_evals", "mt_episodes"):
+    limits = {"goals_per_class": GOALS_PER_CLASS, "num_evals": 1000, "mt_episodes": 10_000}
+    for name, upper in limits.items():
         value = getattr(args, name)
-        if value is not None and not 1 <= value <= 10_000:
-            raise ConfigError(f"--{name}={value!r}: expected an integer in [1, 10000]")
-    result = evaluate_checkpoint(args.checkpoint, args.goals_per_class, args.num_evals, args.mt_episodes,
+        if value is not None and not 1 <= value <= upper:
+            raise ConfigError(f"--{name}={value!r}: expected an integer in [1, {upper}]")
+    _read_checkpoint(checkpoint, "checkpoint")
+    result = evaluate_checkpoint(checkpoint, args.goals_per_class, args.num_evals, args.mt_episodes,
                                  args.seed, official=not args.no_official)
     if args.json:
         print(json.dumps(dataclasses.asdict(result)))

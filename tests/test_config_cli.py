@@ -99,3 +99,27 @@ def test_help_lists_each_flag_with_its_doc():
     assert result.returncode == 0
     assert "--inner_lr" in result.stdout and "--inner-lr" in result.stdout
     assert "Step size of the inner-loop policy-gradient step" in " ".join(result.stdout.split())
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--goals_per_class", "51"], "--goals_per_class=51: expected an integer in [1, 50]"),
+    (["--num_evals", "x"], "--num_evals"),
+])
+def test_eval_rejects_bad_values_in_one_line(tmp_path, args, fragment):
+    from metarl_ray.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "run", 1, {"iteration": 1, "config": {}, "learner": {}})
+    result = run_cli("eval", "--checkpoint", str(tmp_path / "run"), *args, cwd=tmp_path)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and fragment in result.stderr
+
+
+def test_corrupt_checkpoint_is_a_one_line_error_for_eval_and_resume(tmp_path):
+    bad = tmp_path / "runs" / "r" / "checkpoints"
+    bad.mkdir(parents=True)
+    (bad / "checkpoint_000001.pt").write_bytes(b"\x00garbage")
+    for args in (["eval", "--checkpoint", str(bad.parent)],
+                 ["train", "--resume", "--run_name", "r", "--output_dir", str(tmp_path / "runs")]):
+        result = run_cli(*args, cwd=tmp_path)
+        assert result.returncode == 2 and "unreadable checkpoint" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert (bad / "checkpoint_000001.pt").read_bytes() == b"\x00garbage"
