@@ -30,7 +30,7 @@ def initial_checkpoint(run_path: Path, out_dir: Path) -> Path:
     from metarl_ray.run_dir import read_config_dict
 
     config = config_from_dict(read_config_dict(run_path))
-    learner = Learner(config, "cpu")
+    learner = Learner(config.policy, config.maml, config.ppo, config.run.seed, "cpu")
     return save_checkpoint(out_dir, 0, {"iteration": 0, "env_steps_total": 0, "config": config.to_dict(),
                                         "learner": learner.state_dict(), "task_sampler": {}})
 

@@ -10,7 +10,7 @@ import ray
 import torch
 
 from metarl_ray.batch import TaskRollouts
-from metarl_ray.config import TrainConfig
+from metarl_ray.config import EnvConfig, MAMLConfig, PolicyConfig, PPOConfig
 from metarl_ray.envs import TaskSpec
 from metarl_ray.learner import Learner
 from metarl_ray.rollout import RolloutWorker, SamplePlan
@@ -18,25 +18,24 @@ from metarl_ray.rollout import RolloutWorker, SamplePlan
 
 @ray.remote
 class RolloutActor:
-    def __init__(self, config: TrainConfig) -> None:
+    def __init__(self, env_config: EnvConfig, policy_config: PolicyConfig, maml_config: MAMLConfig,
+                 ppo_config: PPOConfig, seed: int) -> None:
         # One core per actor: policy inference is tiny, simulation is the cost.
         torch.set_num_threads(1)
-        self.worker = RolloutWorker(config.env, config.policy, config.maml, config.ppo, config.run.seed)
+        self.worker = RolloutWorker(env_config, policy_config, maml_config, ppo_config, seed)
 
     def sample(self, meta_params: dict[str, np.ndarray], tasks: Sequence[TaskSpec], iteration: int,
                plan: SamplePlan | None = None) -> list[TaskRollouts]:
         return self.worker.sample(meta_params, tasks, iteration, plan)
 
-    def pid(self) -> int:
-        return os.getpid()
-
 
 @ray.remote
 class LearnerActor:
-    def __init__(self, config: TrainConfig, device: str, num_threads: int) -> None:
+    def __init__(self, policy_config: PolicyConfig, maml_config: MAMLConfig, ppo_config: PPOConfig, seed: int,
+                 device: str, num_threads: int) -> None:
         # Never more threads than this node has cores, whatever the cluster's total.
         torch.set_num_threads(max(1, min(num_threads, os.cpu_count() or 1)))
-        self.learner = Learner(config, device)
+        self.learner = Learner(policy_config, maml_config, ppo_config, seed, device)
 
     def get_params(self) -> dict[str, np.ndarray]:
         return self.learner.get_params()

@@ -8,7 +8,11 @@ same advantages from the same data.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 
 def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
@@ -42,6 +46,7 @@ def fit_linear_baseline(observations: np.ndarray, returns: np.ndarray, reg_coef:
         if np.all(np.isfinite(coeffs)):
             return coeffs
         reg_coef *= 10.0
+    logger.warning("linear baseline: no finite fit even with ridge %.0e; using a zero baseline for this batch", reg_coef)
     return np.zeros(gram.shape[0])
 
 

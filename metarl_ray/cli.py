@@ -35,8 +35,9 @@ GOALS_PER_CLASS = 50  # Meta-World generates 50 goals per task class and split
 # Seed-project spellings that map onto a field of another name.
 ALIASES = {"env_name": "benchmark", "batch_size": "episodes_per_task"}
 BOOLEAN_FLAGS = {"first_order", "resume", "test_mode", "use_amp"}
-# Fields a resumed run must keep: changing them would not match the checkpoint.
-FIXED_ON_RESUME = ("env", "policy")
+# Settings a resumed run must keep (None: the whole section): changing them would not match the
+# checkpoint, or (the seed) would silently swap the benchmark's train and test goals.
+FIXED_ON_RESUME: dict[str, list[str] | None] = {"env": None, "policy": None, "run": ["seed"]}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -95,7 +96,6 @@ def _read_checkpoint(path: Path, flag: str) -> dict[str, Any]:
 
 def resolve_train(argv: Sequence[str]) -> tuple[TrainConfig, Path, Path | None]:
     """Config, run directory and checkpoint to resume from; raises ConfigError, writes nothing."""
-    from metarl_ray.checkpoint import latest_checkpoint, resolve_checkpoint, run_path_of
     from metarl_ray.run_dir import default_run_name
 
     explicit = _explicit_overrides(_train_parser().parse_args(argv))
@@ -107,27 +107,55 @@ def resolve_train(argv: Sequence[str]) -> tuple[TrainConfig, Path, Path | None]:
             raise ConfigError(f"--run_name={config.run.run_name!r}: {run_path} already exists; pass --resume to continue it or choose another name")
         return config, run_path, None
 
+    run_path, checkpoint = _resume_target(config)
+    state = _read_checkpoint(checkpoint, "checkpoint_path")
+    saved = _saved_config(state, checkpoint)
+    # A resumed run keeps its saved settings; flags given now override them (e.g. --num_epochs).
+    resumed = build_config(explicit, base=saved)
+    for section, keys in FIXED_ON_RESUME.items():
+        for key in keys or [f.name for f in dataclasses.fields(getattr(saved, section))]:
+            value, before = getattr(getattr(resumed, section), key), getattr(getattr(saved, section), key)
+            if value != before:
+                raise ConfigError(f"--{key}={value!r}: differs from the resumed run's {before!r}; env, policy and seed cannot change on resume")
+    if resumed.run.num_epochs <= int(state["iteration"]):
+        raise ConfigError(f"--num_epochs={resumed.run.num_epochs}: the run is already at iteration {state['iteration']}; pass a larger --num_epochs to train further")
+    resumed = dataclasses.replace(resumed, run=dataclasses.replace(resumed.run, run_name=run_path.name, output_dir=str(run_path.parent)))
+    return resumed, run_path, checkpoint
+
+
+def _resume_target(config: TrainConfig) -> tuple[Path, Path]:
+    """The run directory and checkpoint a resume continues; only ever the run's latest checkpoint,
+    since continuing from an older one would overwrite the later checkpoints and metrics."""
+    from metarl_ray.checkpoint import latest_checkpoint, resolve_checkpoint, run_path_of
+
     if config.run.checkpoint_path:
         checkpoint = resolve_checkpoint(config.run.checkpoint_path)
         if checkpoint is None:
             raise ConfigError(f"--checkpoint_path={config.run.checkpoint_path!r}: no checkpoint there")
         run_path = run_path_of(checkpoint)
-    elif config.run.run_name:
+        latest = latest_checkpoint(run_path)
+        if latest is not None and latest.resolve() != checkpoint.resolve():
+            raise ConfigError(f"--checkpoint_path={config.run.checkpoint_path!r}: not the latest checkpoint of {run_path} "
+                              f"({latest.name} is); resuming from it would overwrite later results")
+        if config.run.run_name and config.run.run_name != run_path.name:
+            raise ConfigError(f"--run_name={config.run.run_name!r}: the checkpoint belongs to run {run_path.name!r}")
+        return run_path, checkpoint
+    if config.run.run_name:
         run_path = Path(config.run.output_dir) / config.run.run_name
         checkpoint = latest_checkpoint(run_path)
         if checkpoint is None:
             raise ConfigError(f"--run_name={config.run.run_name!r}: no checkpoint in {run_path} to resume from")
-    else:
-        raise ConfigError("--resume=True: needs --run_name NAME or --checkpoint_path PATH to say which run")
-    saved = config_from_dict(_read_checkpoint(checkpoint, "checkpoint_path")["config"])
-    # A resumed run keeps its saved settings; flags given now override them (e.g. --num_epochs).
-    resumed = build_config(explicit, base=saved)
-    for section in FIXED_ON_RESUME:
-        for key, value in dataclasses.asdict(getattr(resumed, section)).items():
-            if value != getattr(getattr(saved, section), key):
-                raise ConfigError(f"--{key}={value!r}: differs from the resumed run's {getattr(getattr(saved, section), key)!r}; env and policy settings cannot change on resume")
-    resumed = dataclasses.replace(resumed, run=dataclasses.replace(resumed.run, run_name=run_path.name, output_dir=str(run_path.parent)))
-    return resumed, run_path, checkpoint
+        return run_path, checkpoint
+    raise ConfigError("--resume=True: needs --run_name NAME or --checkpoint_path PATH to say which run")
+
+
+def _saved_config(state: dict[str, Any], checkpoint: Path) -> TrainConfig:
+    try:
+        return config_from_dict(state["config"])
+    except ConfigError:
+        raise
+    except Exception as error:
+        raise ConfigError(f"--checkpoint_path={str(checkpoint)!r}: unreadable config in checkpoint ({type(error).__name__})") from None
 
 
 def cmd_train(argv: Sequence[str]) -> int:
@@ -148,7 +176,6 @@ def _eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_evals", "--num-evals", type=int, default=1, metavar="N", help="rounds of the official ML protocol")
     parser.add_argument("--mt_episodes", "--mt-episodes", type=int, default=None, metavar="N",
                         help="episodes per task for MT benchmarks (default 50; 2 for test-mode runs)")
-    parser.add_argument("--seed", type=int, default=None, help="benchmark seed (default: the run's)")
     parser.add_argument("--no_official", "--no-official", action="store_true", help="skip Meta-World's own evaluation")
     return parser
 
@@ -168,13 +195,15 @@ def cmd_eval(argv: Sequence[str]) -> int:
             raise ConfigError(f"--{name}={value!r}: expected an integer in [1, {upper}]")
     _read_checkpoint(checkpoint, "checkpoint")
     result = evaluate_checkpoint(checkpoint, args.goals_per_class, args.num_evals, args.mt_episodes,
-                                 args.seed, official=not args.no_official)
+                                 official=not args.no_official)
     if args.json:
         print(json.dumps(dataclasses.asdict(result)))
         return 0
     official = "n/a" if result.success_rate_official is None else f"{result.success_rate_official:.3f}"
+    official_return = "n/a" if result.mean_return_official is None else f"{result.mean_return_official:.1f}"
     print(f"{result.benchmark}: success {result.success_rate:.3f} (official {official}), "
-          f"return {result.mean_return:.1f}; before adaptation success {result.pre_adapt_success_rate:.3f}")
+          f"return {result.mean_return:.1f} (official {official_return}); "
+          f"before adaptation success {result.pre_adapt_success_rate:.3f}")
     for name, entry in sorted(result.per_task.items()):
         print(f"  {name:28s} " + "  ".join(f"{key} {value:.3f}" for key, value in entry.items()))
     return 0

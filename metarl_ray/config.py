@@ -165,7 +165,7 @@ class RunConfig:
     checkpoint_path: str | None = None
     """Checkpoint file or run directory to resume from."""
     test_mode: bool = False
-    """Tiny budgets for smoke tests: 2 iterations, 2 tasks, 2 short episodes per task."""
+    """Tiny budgets for smoke tests: 2 iterations, 2 tasks (so up to 2 workers), 2 episodes of 50 steps."""
     ray_address: str | None = None
     """Ray cluster to join; default: RAY_ADDRESS if set, else a local in-process Ray."""
 
@@ -202,7 +202,6 @@ TEST_MODE_OVERRIDES: dict[str, dict[str, Any]] = {
     "env": {"max_episode_length": 50},
     "maml": {"num_tasks": 2, "episodes_per_task": 2},
     "ppo": {"num_ppo_epochs": 2},
-    "rollout": {"num_rollout_workers": 2},
     "run": {"num_epochs": 2, "checkpoint_every": 1},
 }
 

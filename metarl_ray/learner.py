@@ -8,16 +8,16 @@ import numpy as np
 import torch
 
 from metarl_ray.batch import TaskRollouts
-from metarl_ray.config import TrainConfig
+from metarl_ray.config import MAMLConfig, PolicyConfig, PPOConfig
 from metarl_ray.envs import ACTION_DIM, OBS_DIM
-from metarl_ray.maml import MAMLPPO, TaskTensors
+from metarl_ray.maml import MAMLPPO, MetaLearner, TaskTensors
 from metarl_ray.policy import build_policy, params_to_numpy
 
 
 def rollout_metrics(rollouts: Sequence[TaskRollouts]) -> dict[str, float]:
     """Pre-adaptation (first support batch) and post-adaptation (query) return and success."""
     return {
-        "env_steps": float(sum(task.num_steps for task in rollouts)),
+        "rollout/env_steps": float(sum(task.num_steps for task in rollouts)),
         "pre_adapt/return": float(np.mean([task.support[0].episode_returns.mean() for task in rollouts])),
         "pre_adapt/success": float(np.mean([task.support[0].successes.mean() for task in rollouts])),
         "post_adapt/return": float(np.mean([task.query.episode_returns.mean() for task in rollouts])),
@@ -26,12 +26,14 @@ def rollout_metrics(rollouts: Sequence[TaskRollouts]) -> dict[str, float]:
 
 
 class Learner:
-    def __init__(self, config: TrainConfig, device: str) -> None:
+    def __init__(self, policy_config: PolicyConfig, maml_config: MAMLConfig, ppo_config: PPOConfig, seed: int,
+                 device: str) -> None:
         self.device = torch.device(device)
+        self.ppo_config = ppo_config
         # The same seed gives the same initial meta-parameters on every machine.
-        torch.manual_seed(config.run.seed)
-        self.policy = build_policy(OBS_DIM, ACTION_DIM, config.policy).to(self.device)
-        self.algorithm = MAMLPPO(self.policy, config.maml, config.ppo)
+        torch.manual_seed(seed)
+        self.policy = build_policy(OBS_DIM, ACTION_DIM, policy_config).to(self.device)
+        self.algorithm: MetaLearner = MAMLPPO(self.policy, maml_config, ppo_config)
 
     def get_params(self) -> dict[str, np.ndarray]:
         return params_to_numpy(dict(self.policy.named_parameters()))
@@ -53,6 +55,8 @@ class Learner:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.policy.load_state_dict(state["policy"])
         self.algorithm.optimizer.load_state_dict(state["optimizer"])  # Adam moves its state to the params' device
+        for group in self.algorithm.optimizer.param_groups:  # a resumed run may be given a new --meta_lr
+            group["lr"] = self.ppo_config.meta_lr
 
 
 def _to_cpu(value: Any) -> Any:

@@ -80,7 +80,9 @@ def adapt(policy: nn.Module, params: Params, support: Sequence[TensorBatch], inn
 
 
 class MetaLearner(Protocol):
-    """What the training loop needs of a meta-learner."""
+    """What the learner needs of a meta-learner; MAML+PPO is the first."""
+
+    optimizer: torch.optim.Optimizer
 
     def adapt(self, params: Params, support: Sequence[TensorBatch], create_graph: bool) -> Params: ...
 
@@ -125,9 +127,6 @@ class MAMLPPO:
         """``num_ppo_epochs`` Adam steps on the outer loss; backward per task keeps one task's
         second-order graph in memory at a time."""
         metrics: dict[str, float] = {}
-        with torch.no_grad():
-            inner = [inner_loss(self.policy, self.meta_params(), task.support[0]) for task in tasks]
-            metrics["loss/inner"] = float(torch.stack(inner).mean())
         for epoch in range(self.ppo.num_ppo_epochs):
             self.optimizer.zero_grad(set_to_none=True)
             losses, kls, clips = [], [], []
@@ -141,8 +140,8 @@ class MAMLPPO:
             self.optimizer.step()
             if epoch == 0:
                 metrics["loss/outer"] = float(np.mean(losses))
-                metrics["grad_norm"] = float(grad_norm)
+                metrics["ppo/grad_norm"] = float(grad_norm)
         metrics["loss/outer_last_epoch"] = float(np.mean(losses))
-        metrics["kl"] = float(np.mean(kls))
-        metrics["clip_fraction"] = float(np.mean(clips))
+        metrics["ppo/kl"] = float(np.mean(kls))
+        metrics["ppo/clip_fraction"] = float(np.mean(clips))
         return metrics

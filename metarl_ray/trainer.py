@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import ray
-import torch
 
 from metarl_ray.checkpoint import load_checkpoint, save_checkpoint
 from metarl_ray.config import ConfigError, TrainConfig
@@ -55,7 +54,10 @@ def place_learner(device: str) -> LearnerPlacement:
 
 
 def default_num_rollout_workers(config: TrainConfig) -> int:
-    requested = config.rollout.num_rollout_workers or int(ray.cluster_resources().get("CPU", 1))
+    num_cpus = int(ray.cluster_resources().get("CPU", 1))
+    requested = config.rollout.num_rollout_workers or num_cpus
+    if requested > num_cpus:  # each actor needs one CPU: more would wait forever for a slot
+        raise ConfigError(f"--num_rollout_workers={requested}: the Ray cluster has {num_cpus} CPUs; expected at most {num_cpus}")
     return max(1, min(requested, config.maml.num_tasks))  # a worker without tasks would idle
 
 
@@ -71,7 +73,8 @@ def train(config: TrainConfig, run_path: Path, resume_from: Path | None = None) 
     with ray_session(config.run.ray_address):
         placement = place_learner(config.learner.device)
         num_workers = default_num_rollout_workers(config)
-        run_path.mkdir(parents=True, exist_ok=True)
+        # A fresh run must not share a directory with another run started meanwhile.
+        run_path.mkdir(parents=True, exist_ok=state is not None)
         write_config(run_path, config)
         log_handler = attach_log_file(run_path)
         try:
@@ -87,8 +90,9 @@ def _train_loop(config: TrainConfig, run_path: Path, state: dict[str, Any] | Non
 
     sampler = TaskSampler(BenchmarkTasks(config.env, config.run.seed).train_tasks(), config.run.seed)
     learner = LearnerActor.options(num_cpus=0, num_gpus=placement.num_gpus).remote(
-        config, placement.device, placement.num_threads)
-    workers = [RolloutActor.options(num_cpus=1).remote(config) for _ in range(num_workers)]
+        config.policy, config.maml, config.ppo, config.run.seed, placement.device, placement.num_threads)
+    workers = [RolloutActor.options(num_cpus=1).remote(config.env, config.policy, config.maml, config.ppo, config.run.seed)
+               for _ in range(num_workers)]
     start_iteration, env_steps_total = 0, 0
     if state is not None:
         ray.get(learner.load_state_dict.remote(state["learner"]))
@@ -112,15 +116,15 @@ def _train_loop(config: TrainConfig, run_path: Path, state: dict[str, Any] | Non
         metrics = ray.get(learner.update.remote(*sample_refs))
         learned = time.perf_counter()
 
-        env_steps_total += int(metrics["env_steps"])
-        row = {"iteration": iteration + 1, "env_steps_total": env_steps_total, **metrics,
+        env_steps_total += int(metrics["rollout/env_steps"])
+        row = {"iteration": iteration + 1, "rollout/env_steps_total": env_steps_total, **metrics,
                "time/sample_s": sampled - started, "time/learn_s": learned - sampled,
                "time/iteration_s": learned - started,
-               "env_steps_per_s": metrics["env_steps"] / (sampled - started)}
+               "rollout/env_steps_per_s": metrics["rollout/env_steps"] / (sampled - started)}
         metrics_log.append(row)
         logger.info("iter %d/%d steps %d | pre %.1f (succ %.2f) -> post %.1f (succ %.2f) | kl %.4f | sample %.1fs learn %.1fs",
                     iteration + 1, config.run.num_epochs, env_steps_total, row["pre_adapt/return"],
-                    row["pre_adapt/success"], row["post_adapt/return"], row["post_adapt/success"], row["kl"],
+                    row["pre_adapt/success"], row["post_adapt/return"], row["post_adapt/success"], row["ppo/kl"],
                     row["time/sample_s"], row["time/learn_s"])
         if (iteration + 1) % config.run.checkpoint_every == 0 or iteration + 1 == config.run.num_epochs:
             path = save_checkpoint(run_path, iteration + 1, {
@@ -129,7 +133,6 @@ def _train_loop(config: TrainConfig, run_path: Path, state: dict[str, Any] | Non
                 "config": config.to_dict(),
                 "learner": ray.get(learner.state_dict.remote()),
                 "task_sampler": sampler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
             })
             logger.info("checkpoint %s", path)
     return run_path

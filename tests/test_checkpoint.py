@@ -45,7 +45,7 @@ def test_loading_refuses_arbitrary_pickles(tmp_path):
 
     path = tmp_path / "evil.pt"
     path.write_bytes(pickle.dumps({"format_version": 1, "x": Evil()}))
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         load_checkpoint(path)
 
 

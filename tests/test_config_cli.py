@@ -31,7 +31,7 @@ def test_seed_project_flags_parse_with_underscores_and_hyphens(tmp_path):
         assert config.ppo.meta_lr == 0.001 and config.ppo.grad_clip == 0.3
         assert config.policy.hidden_size == 128 and config.learner.device == "cpu"
         # explicit flags win over test-mode presets; unset ones take the presets
-        assert config.run.num_epochs == 100 and config.run.test_mode and config.rollout.num_rollout_workers == 2
+        assert config.run.num_epochs == 100 and config.run.test_mode and config.ppo.num_ppo_epochs == 2
 
 
 def test_yaml_sections_and_flat_keys(tmp_path):

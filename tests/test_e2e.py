@@ -31,10 +31,10 @@ def test_train_writes_config_metrics_log_and_checkpoint(trained_run):
     assert (run / "checkpoints" / "checkpoint_000002.pt").is_file()
     rows = pq.read_table(run / "metrics.parquet").to_pylist()
     assert [row["iteration"] for row in rows] == [1, 2]
-    assert all(row["env_steps"] == TEST_MODE_STEPS_PER_ITERATION for row in rows)
-    assert rows[-1]["env_steps_total"] == 2 * TEST_MODE_STEPS_PER_ITERATION
+    assert all(row["rollout/env_steps"] == TEST_MODE_STEPS_PER_ITERATION for row in rows)
+    assert rows[-1]["rollout/env_steps_total"] == 2 * TEST_MODE_STEPS_PER_ITERATION
     for key in ("pre_adapt/return", "post_adapt/return", "pre_adapt/success", "post_adapt/success", "loss/outer",
-                "kl", "time/sample_s", "time/learn_s"):
+                "ppo/kl", "time/sample_s", "time/learn_s"):
         assert all(math.isfinite(row[key]) for row in rows), key
     assert "iter 2/2" in (run / "train.log").read_text()
 
@@ -44,7 +44,7 @@ def test_resume_continues_the_iteration_counter_and_eval_reports_both_metrics(tr
     metarl("train", "--resume", "--run_name", "smoke", "--output_dir", str(root / "runs"), "--num_epochs", "3", cwd=root)
     rows = pq.read_table(run / "metrics.parquet").to_pylist()
     assert [row["iteration"] for row in rows] == [1, 2, 3]
-    assert rows[-1]["env_steps_total"] == 3 * TEST_MODE_STEPS_PER_ITERATION
+    assert rows[-1]["rollout/env_steps_total"] == 3 * TEST_MODE_STEPS_PER_ITERATION
     assert (run / "checkpoints" / "checkpoint_000003.pt").is_file()
     assert "resumed" in (run / "train.log").read_text()
 
@@ -64,3 +64,24 @@ def test_multi_task_benchmark_trains_and_evaluates_with_metaworlds_mt_protocol(t
     assert result["benchmark"] == "MT1" and result["protocol"]["split"] == "train"
     assert math.isfinite(result["success_rate_official"]) and math.isfinite(result["mean_return_official"])
     assert set(result["per_task"]) == {"reach-v3"}
+
+
+def test_resume_refuses_what_would_lose_results_or_swap_goals(trained_run):
+    root, run = trained_run
+    runs = str(root / "runs")
+    cases = [
+        (["--resume", "--run_name", "smoke", "--output_dir", runs, "--num_epochs", "2"], "already at iteration"),
+        (["--checkpoint_path", str(run / "checkpoints" / "checkpoint_000001.pt"), "--num_epochs", "9"], "not the latest checkpoint"),
+        (["--resume", "--run_name", "smoke", "--output_dir", runs, "--num_epochs", "9", "--seed", "5"], "--seed=5: differs"),
+        (["--resume", "--run_name", "smoke", "--output_dir", runs, "--num_epochs", "9", "--hidden_size", "7"], "--hidden_size=7: differs"),
+    ]
+    before = sorted(p.name for p in (run / "checkpoints").iterdir()), (run / "metrics.parquet").read_bytes()
+    for args, fragment in cases:
+        result = subprocess.run([sys.executable, "-m", "metarl_ray", "train", *args], cwd=root, capture_output=True, text=True)
+        assert result.returncode == 2 and fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert (sorted(p.name for p in (run / "checkpoints").iterdir()), (run / "metrics.parquet").read_bytes()) == before
+
+
+def test_doctor_passes_on_this_install(tmp_path):
+    result = metarl("doctor", cwd=tmp_path)
+    assert "all checks passed" in result.stdout and "FAIL" not in result.stdout

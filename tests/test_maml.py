@@ -114,4 +114,4 @@ def test_one_meta_update_lowers_the_outer_loss():
     metrics = algo.meta_update(tasks)
     after = algo.outer_loss(tasks).item()
     assert after < before - 1e-4, (before, after)
-    assert np.isfinite(metrics["kl"]) and np.isfinite(metrics["grad_norm"])
+    assert np.isfinite(metrics["ppo/kl"]) and np.isfinite(metrics["ppo/grad_norm"])

@@ -25,7 +25,9 @@ def test_cpu_learner_reserves_no_core_and_cuda_without_gpu_is_a_clear_error():
 def test_default_workers_are_the_cpus_ray_sees_capped_by_tasks():
     assert default_num_rollout_workers(build_config({"maml": {"num_tasks": 10}})) == 2
     assert default_num_rollout_workers(build_config({"maml": {"num_tasks": 1}})) == 1
-    assert default_num_rollout_workers(build_config({"rollout": {"num_rollout_workers": 3}})) == 3
+    # An actor needs a CPU: asking for more than the cluster has is an error, not a silent hang.
+    with pytest.raises(ConfigError, match="--num_rollout_workers=3: the Ray cluster has 2 CPUs"):
+        default_num_rollout_workers(build_config({"rollout": {"num_rollout_workers": 3}}))
 
 
 def test_split_tasks_covers_every_task_once():
