@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 import time
+from datetime import datetime
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -33,6 +34,13 @@ def initial_checkpoint(run_path: Path, out_dir: Path) -> Path:
     learner = Learner(config.policy, config.maml, config.ppo, config.run.seed, "cpu")
     return save_checkpoint(out_dir, 0, {"iteration": 0, "env_steps_total": 0, "config": config.to_dict(),
                                         "learner": learner.state_dict(), "task_sampler": {}})
+
+
+def log_span_seconds(log: Path) -> float:
+    """Wall time of the training run, first to last line of its timestamped log (also for --skip_train)."""
+    lines = log.read_text().splitlines()
+    first, last = (datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f") for line in (lines[0], lines[-1]))
+    return (last - first).total_seconds()
 
 
 def evaluate(path: str, goals_per_class: int) -> dict:
@@ -93,10 +101,9 @@ def main() -> int:
                      "--policy_type", args.policy_type, "--num_epochs", str(args.num_epochs),
                      "--checkpoint_every", str(args.checkpoint_every), "--seed", str(args.seed),
                      "--output_dir", args.output_dir, "--run_name", run_name, *args.extra]
-    started = time.perf_counter()
     if not args.skip_train:
         subprocess.run(train_command, check=True)
-    train_seconds = time.perf_counter() - started
+    train_seconds = log_span_seconds(run_path / "train.log")
 
     checkpoints = [initial_checkpoint(run_path, run_path / "initial")]
     checkpoints += sorted((run_path / "checkpoints").glob("checkpoint_*.pt"))
@@ -112,7 +119,7 @@ def main() -> int:
     results[args.policy_type] = {
         "command": "python benchmarks/learning.py " + " ".join(sys.argv[1:]),
         "train_command": "metarl " + " ".join(train_command[3:]),
-        "train_wall_s": round(train_seconds, 1) if not args.skip_train else None,
+        "train_wall_s": round(train_seconds, 1),
         "eval_wall_s": round(eval_seconds, 1),
         "goals_per_class": args.goals_per_class,
         "final": final,

@@ -1,0 +1,106 @@
+"""A diagonal state-space layer (S5 / S4D family) with an O(1) step and a whole-sequence scan.
+
+Symbols (per layer; H channels in and out, P states):
+    lambda (P,)   continuous-time diagonal state matrix, lambda = -exp(log_neg_lambda) < 0 by construction
+    dt     (P,)   learned step size per state, dt = exp(log_dt)
+    B      (P, H) input matrix;  C (H, P) output matrix;  D (H,) skip connection
+Zero-order hold discretisation:
+    A_bar = exp(dt * lambda),   B_bar = (exp(dt * lambda) - 1) / lambda * B     (computed with expm1)
+Recurrence, with the state reset where an episode starts (start_t = 1):
+    x_t = A_bar * (1 - start_t) * x_{t-1} + B_bar u_t,    y_t = C x_t + D * u_t
+
+Real eigenvalues (S4D-Real) keep every operation real, so the second-order MAML meta-gradient
+(double backward) runs through plain real autograd.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def scan_reference(decay: torch.Tensor, inputs: torch.Tensor, initial_state: torch.Tensor) -> torch.Tensor:
+    """h_t = decay_t * h_{t-1} + inputs_t, one step at a time. decay, inputs (B, L, P); h_0 (B, P) -> (B, L, P).
+
+    Iterates over ``unbind`` views: indexing ``a[:, t]`` inside the loop makes the backward quadratic.
+    """
+    state = initial_state
+    outputs = []
+    for decay_t, input_t in zip(decay.unbind(1), inputs.unbind(1)):
+        state = decay_t * state + input_t  # (B, P)
+        outputs.append(state)
+    return torch.stack(outputs, dim=1)
+
+
+def scan_doubling(decay: torch.Tensor, inputs: torch.Tensor, initial_state: torch.Tensor) -> torch.Tensor:
+    """The same recurrence as a Hillis-Steele parallel scan: ceil(log2 L) rounds of whole-tensor ops.
+
+    After round k, h_t holds the sum over the last 2^k inputs and a_t their combined decay; combining
+    (a, h) pairs is associative: (a1, h1) then (a2, h2) = (a1 a2, a2 h1 + h2). Out-of-place ops only,
+    so double backward (second-order MAML) works. A zero decay (episode start) cuts the history.
+    """
+    # Fold the initial state into the first input: h_1 = a_1 h_0 + u_1.
+    first = inputs[:, :1] + decay[:, :1] * initial_state.unsqueeze(1)
+    state = torch.cat([first, inputs[:, 1:]], dim=1)  # (B, L, P)
+    cumulative_decay = decay
+    length, offset = inputs.shape[1], 1
+    while offset < length:
+        shifted_state = nn.functional.pad(state[:, :-offset], (0, 0, offset, 0))  # h_{t-offset}, 0 before start
+        shifted_decay = nn.functional.pad(cumulative_decay[:, :-offset], (0, 0, offset, 0), value=1.0)
+        state = state + cumulative_decay * shifted_state
+        cumulative_decay = cumulative_decay * shifted_decay
+        offset *= 2
+    return state
+
+
+SCANS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "reference": scan_reference,
+    "doubling": scan_doubling,
+}
+
+
+class DiagonalSSM(nn.Module):
+    def __init__(self, hidden_size: int, state_size: int, scan: str = "doubling",
+                 dt_min: float = 1e-3, dt_max: float = 1e-1) -> None:
+        super().__init__()
+        if scan not in SCANS:
+            raise ValueError(f"unknown scan {scan!r}; expected one of {sorted(SCANS)}")
+        self.scan = scan
+        # S4D-Real initialisation: lambda_n = -(n + 1), the real parts of the HiPPO-LegS eigenvalues
+        # (Gu et al. 2022), a spread of decay rates from slow to fast memory.
+        self.log_neg_lambda = nn.Parameter(torch.log(torch.arange(1, state_size + 1, dtype=torch.float32)))
+        # Step sizes log-uniform in [dt_min, dt_max] (S4/S5): with lambda in [-P, -1] the per-step decays
+        # exp(dt * lambda) cover time scales from ~1 to ~1000 steps, an episode's length.
+        log_dt = torch.rand(state_size) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        self.log_dt = nn.Parameter(log_dt)
+        # B and C scaled so the output variance neither grows nor vanishes with the sizes.
+        self.B = nn.Parameter(torch.randn(state_size, hidden_size) / math.sqrt(hidden_size))
+        self.C = nn.Parameter(torch.randn(hidden_size, state_size) / math.sqrt(state_size))
+        self.D = nn.Parameter(torch.ones(hidden_size))
+
+    def discretise(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A_bar (P,), B_bar (P, H) by zero-order hold."""
+        lam = -torch.exp(self.log_neg_lambda)  # (P,) < 0
+        dt_lam = torch.exp(self.log_dt) * lam  # (P,)
+        # expm1: for |dt * lambda| << 1 the naive exp(x) - 1 loses every digit (and returns 0 in float32).
+        return torch.exp(dt_lam), (torch.expm1(dt_lam) / lam).unsqueeze(-1) * self.B
+
+    def initial_state(self, batch: int) -> torch.Tensor:
+        return self.B.new_zeros(batch, self.B.shape[0])  # (B, P)
+
+    def step(self, x: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One time step: x (B, H), state (B, P), episode_start (B,) bool -> y (B, H), new state (B, P)."""
+        a_bar, b_bar = self.discretise()
+        keep = (~episode_start).to(x.dtype).unsqueeze(-1)  # (B, 1)
+        state = a_bar * keep * state + x @ b_bar.T  # (B, P)
+        return state @ self.C.T + self.D * x, state
+
+    def forward_sequence(self, x: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole sequences: x (B, L, H), state (B, P) carried in, episode_start (B, L) bool -> y (B, L, H), last state."""
+        a_bar, b_bar = self.discretise()
+        decay = a_bar * (~episode_start).to(x.dtype).unsqueeze(-1)  # (B, L, P): zero where an episode starts
+        states = SCANS[self.scan](decay, x @ b_bar.T, state)  # (B, L, P)
+        return states @ self.C.T + self.D * x, states[:, -1]
