@@ -60,18 +60,25 @@ class EnvConfig:
 @dataclass(frozen=True)
 class PolicyConfig:
     policy_type: str = "mlp"
-    """Policy family: mlp (ssm comes with its own issue)."""
+    """Policy family: mlp, or ssm (diagonal state-space recurrence)."""
     hidden_size: int = 128
-    """Width of each hidden layer."""
+    """Width of each hidden layer (MLP) or of the SSM blocks' channels."""
     num_hidden_layers: int = 2
     """Number of hidden layers of the MLP."""
+    state_size: int = 64
+    """SSM: states per layer (diagonal state matrix size)."""
+    num_ssm_layers: int = 2
+    """SSM: number of residual SSM blocks."""
+    ssm_scan: str = "reference"
+    """SSM: scan over whole episodes in training: reference (a step loop) or doubling (parallel)."""
     init_log_std: float = 0.0
     """Initial log standard deviation of the Gaussian action distribution."""
 
     def __post_init__(self) -> None:
-        if self.policy_type == "ssm":
-            raise ConfigError(f"--policy_type='ssm': {NOT_AVAILABLE_YET} (SSM policies land with issue 3); use mlp")
-        _check(self.policy_type == "mlp", "policy_type", self.policy_type, "expected mlp (or ssm once available)")
+        _check(self.policy_type in ("mlp", "ssm"), "policy_type", self.policy_type, "expected mlp or ssm")
+        _check(1 <= self.state_size <= 4096, "state_size", self.state_size, "expected an integer in [1, 4096]")
+        _check(1 <= self.num_ssm_layers <= 16, "num_ssm_layers", self.num_ssm_layers, "expected an integer in [1, 16]")
+        _check(self.ssm_scan in ("reference", "doubling"), "ssm_scan", self.ssm_scan, "expected reference or doubling")
         _check(1 <= self.hidden_size <= 8192, "hidden_size", self.hidden_size, "expected an integer in [1, 8192]")
         _check(1 <= self.num_hidden_layers <= 16, "num_hidden_layers", self.num_hidden_layers, "expected an integer in [1, 16]")
         _check(-10.0 <= self.init_log_std <= 2.0, "init_log_std", self.init_log_std, "expected a number in [-10, 2]")

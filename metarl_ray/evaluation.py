@@ -65,15 +65,28 @@ class MAMLAgent:
             self._params = [self.meta_params] * num_envs
             self._open = [[] for _ in range(num_envs)]
             self._episodes = [[] for _ in range(num_envs)]
+            self._rebind()
         return self._params
 
-    def adapt_action(self, observations: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def _rebind(self) -> None:
+        """New parameters: bind them once and restart every sub-env's recurrent state."""
+        self._step_fn = self.actor.bind(self._params)
+        self._state = self.actor.initial_state(len(self._params))
+        self._episode_start = torch.ones(len(self._params), dtype=torch.bool)
+
+    def _distribution(self, observations: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         obs = torch.as_tensor(observations, dtype=torch.float32)
+        self._params_for(len(obs))
         with torch.no_grad():
-            mean, log_std = self.actor.bind(self._params_for(len(obs)))(obs)
-            actions = mean + log_std.exp() * torch.randn(mean.shape, generator=self.generator)
-            log_probs = gaussian_log_prob(mean, log_std, actions)
+            mean, log_std, self._state = self._step_fn(obs, self._state, self._episode_start)
+        self._episode_start = torch.zeros_like(self._episode_start)
+        return mean, log_std
+
+    def adapt_action(self, observations: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        mean, log_std = self._distribution(observations)
+        actions = mean + log_std.exp() * torch.randn(mean.shape, generator=self.generator)
         # The inner step's importance ratio needs the sampling log-probs (see maml.inner_loss).
+        log_probs = gaussian_log_prob(mean, log_std, actions)
         return actions.numpy().astype(np.float64), {"log_probs": log_probs.numpy()}
 
     def step(self, timestep: Any) -> None:
@@ -85,6 +98,7 @@ class MAMLAgent:
             if timestep.terminated[env_index] or timestep.truncated[env_index]:
                 self._episodes[env_index].append(self._open[env_index])
                 self._open[env_index] = []
+                self._episode_start[env_index] = True  # the vector env has already reset this sub-env
 
     def adapt(self) -> None:
         params = self._params_for(len(self._episodes))
@@ -96,15 +110,15 @@ class MAMLAgent:
                 params[env_index] = {name: p.detach() for name, p in adapted.items()}
         self._open = [[] for _ in self._episodes]
         self._episodes = [[] for _ in self._episodes]
+        self._rebind()
 
     def eval_action(self, observations: np.ndarray) -> np.ndarray:
-        obs = torch.as_tensor(observations, dtype=torch.float32)
-        with torch.no_grad():
-            mean, _ = self.actor.bind(self._params_for(len(obs)))(obs)
-        return mean.numpy().astype(np.float64)
+        return self._distribution(observations)[0].numpy().astype(np.float64)
 
     def reset(self, env_mask: np.ndarray) -> None:
-        """Memoryless policy: nothing to reset."""
+        """Sub-envs in ``env_mask`` start a new episode: their recurrent state restarts on the next action."""
+        self._params_for(len(env_mask))
+        self._episode_start = self._episode_start | torch.as_tensor(np.asarray(env_mask, dtype=bool))
 
 
 def episodes_to_batch(episodes: list[list[Step]], config: TrainConfig) -> EpisodeBatch:

@@ -71,11 +71,13 @@ def inner_loss(policy: nn.Module, params: Params, batch: TensorBatch) -> torch.T
 
 def adapt(policy: nn.Module, params: Params, support: Sequence[TensorBatch], inner_lr: float, create_graph: bool) -> Params:
     """One inner SGD step per support batch. With create_graph the result is differentiable in
-    ``params`` (second order); without it the steps are constants and d theta'/d theta = I (first order)."""
+    ``params`` (second order); without it the steps are constants and d theta'/d theta = I (first order).
+    Parameters the policy marks ``fixed_in_inner_loop`` pass through unchanged (still meta-learned)."""
+    names = [name for name in params if not policy.fixed_in_inner_loop(name)]
     for batch in support:
         loss = inner_loss(policy, params, batch)
-        grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
-        params = {name: p - inner_lr * g for (name, p), g in zip(params.items(), grads)}
+        grads = torch.autograd.grad(loss, [params[name] for name in names], create_graph=create_graph)
+        params = {**params, **{name: params[name] - inner_lr * g for name, g in zip(names, grads)}}
     return params
 
 

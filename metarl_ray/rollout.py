@@ -91,9 +91,12 @@ class RolloutWorker:
         rewards = np.zeros((num_envs, num_episodes, horizon), dtype=np.float32)
         log_probs = np.zeros((num_envs, num_episodes, horizon), dtype=np.float32)
         successes = np.zeros((num_envs, num_episodes), dtype=bool)
-        distribution = self.actor.bind(list(params))
+        step = self.actor.bind(list(params))
+        all_start = torch.ones(num_envs, dtype=torch.bool)
+        no_start = torch.zeros(num_envs, dtype=torch.bool)
         with torch.no_grad():
-            log_std = distribution(torch.zeros(num_envs, OBS_DIM))[1].expand(num_envs, ACTION_DIM).numpy()  # (K, A)
+            log_std = step(torch.zeros(num_envs, OBS_DIM), self.actor.initial_state(num_envs), all_start)[1]
+            log_std = log_std.expand(num_envs, ACTION_DIM).numpy()  # (K, A), state-independent
         for episode in range(num_episodes):
             # Noise for a whole episode per env at once: one generator call instead of one per step.
             noise = np.zeros((num_envs, horizon, ACTION_DIM), dtype=np.float32)
@@ -101,11 +104,12 @@ class RolloutWorker:
                 noise = np.stack([rng.standard_normal((horizon, ACTION_DIM), dtype=np.float32) for rng in rngs])
             scaled_noise = np.exp(log_std)[:, None, :] * noise  # (K, T, A)
             obs = np.stack([env.reset()[0] for env in envs]).astype(np.float32)  # (K, D)
+            state = self.actor.initial_state(num_envs)  # recurrent policies restart at every episode
             for t in range(horizon):
                 observations[:, episode, t] = obs
                 with torch.no_grad():
-                    mean = distribution(torch.from_numpy(obs))[0].numpy()  # (K, A)
-                step_actions = mean + scaled_noise[:, t]
+                    mean, _, state = step(torch.from_numpy(obs), state, all_start if t == 0 else no_start)
+                step_actions = mean.numpy() + scaled_noise[:, t]
                 actions[:, episode, t] = step_actions
                 for k, env in enumerate(envs):
                     next_obs, reward, _, _, info = env.step(step_actions[k])

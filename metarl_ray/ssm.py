@@ -104,3 +104,116 @@ class DiagonalSSM(nn.Module):
         decay = a_bar * (~episode_start).to(x.dtype).unsqueeze(-1)  # (B, L, P): zero where an episode starts
         states = SCANS[self.scan](decay, x @ b_bar.T, state)  # (B, L, P)
         return states @ self.C.T + self.D * x, states[:, -1]
+
+
+class SSMBlock(nn.Module):
+    """Pre-norm residual block: h + GELU(SSM(LayerNorm(h)))."""
+
+    def __init__(self, hidden_size: int, state_size: int, scan: str) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size)
+        self.ssm = DiagonalSSM(hidden_size, state_size, scan)
+
+    def forward_sequence(self, h: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y, last = self.ssm.forward_sequence(self.norm(h), state, episode_start)  # (B, L, H), (B, P)
+        return h + nn.functional.gelu(y), last
+
+    def step(self, h: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y, state = self.ssm.step(self.norm(h), state, episode_start)  # (B, H), (B, P)
+        return h + nn.functional.gelu(y), state
+
+
+class GaussianSSMPolicy(nn.Module):
+    """Observation encoder -> SSM blocks -> Gaussian action head (state-independent log-std).
+
+    The recurrent state is (K, num_ssm_layers, state_size). Training replays whole episodes through
+    ``forward`` (a scan from a zero state, which is what a reset at t = 0 gives); rollouts call ``step``.
+    """
+
+    # Eigenvalues and step sizes set the memory time scales. They are meta-learned in the outer loop but
+    # left out of the inner step: one SGD step of size inner_lr on log-parameters rescales decay rates
+    # exponentially, and 10 episodes of one task say little about time scales; B, C, D, the norms and
+    # the encoder/head carry the task-specific adaptation.
+    FIXED_IN_INNER_LOOP = ("log_neg_lambda", "log_dt")
+
+    def __init__(self, obs_dim: int, action_dim: int, config) -> None:
+        super().__init__()
+        from metarl_ray.policy import LOG_STD_MAX, LOG_STD_MIN
+
+        self.log_std_range = (LOG_STD_MIN, LOG_STD_MAX)
+        self.encoder = nn.Linear(obs_dim, config.hidden_size)
+        self.blocks = nn.ModuleList(SSMBlock(config.hidden_size, config.state_size, config.ssm_scan)
+                                    for _ in range(config.num_ssm_layers))
+        self.head = nn.Linear(config.hidden_size, action_dim)
+        nn.init.uniform_(self.head.weight, -3e-3, 3e-3)  # start near the zero action, as the MLP does
+        nn.init.zeros_(self.head.bias)
+        self.log_std = nn.Parameter(torch.full((action_dim,), config.init_log_std))
+        self.state_size = config.state_size
+
+    def fixed_in_inner_loop(self, name: str) -> bool:
+        return name.endswith(self.FIXED_IN_INNER_LOOP)
+
+    def initial_state(self, batch: int) -> torch.Tensor:
+        return self.log_std.new_zeros(batch, len(self.blocks), self.state_size)  # (K, layers, P)
+
+    def forward(self, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole episodes: observations (N, T, D) -> mean (N, T, A), log_std (A,)."""
+        h = torch.tanh(self.encoder(observations))  # (N, T, H)
+        starts = torch.zeros(h.shape[:2], dtype=torch.bool, device=h.device)
+        starts[:, 0] = True
+        state = self.initial_state(h.shape[0])
+        for index, block in enumerate(self.blocks):
+            h, _ = block.forward_sequence(h, state[:, index], starts)
+        return self.head(h), self.log_std.clamp(*self.log_std_range)
+
+    def step(self, observations: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One step for K envs: observations (K, D), state (K, layers, P), episode_start (K,)."""
+        h = torch.tanh(self.encoder(observations))  # (K, H)
+        new_states = []
+        for index, block in enumerate(self.blocks):
+            h, layer_state = block.step(h, state[:, index], episode_start)
+            new_states.append(layer_state)
+        return self.head(h), self.log_std.clamp(*self.log_std_range), torch.stack(new_states, dim=1)
+
+    def rollout_step(self, stacked: dict[str, torch.Tensor] | None = None) -> Callable:
+        """``step`` for rollouts with the parameters fixed: the discretisation and transposes are done
+        once here, not at every env step. ``stacked``: one parameter set per env on a leading K dim
+        (batched matmuls); None: this module's own parameters, shared by every env."""
+        with torch.no_grad():
+            p = stacked if stacked is not None else {k: v.detach() for k, v in self.named_parameters()}
+            encoder = (p["encoder.weight"].transpose(-1, -2), p["encoder.bias"])
+            head = (p["head.weight"].transpose(-1, -2), p["head.bias"])
+            layers = []
+            for index in range(len(self.blocks)):
+                prefix = f"blocks.{index}."
+                lam = -torch.exp(p[prefix + "ssm.log_neg_lambda"])  # (..., P)
+                dt_lam = torch.exp(p[prefix + "ssm.log_dt"]) * lam
+                b_bar = (torch.expm1(dt_lam) / lam).unsqueeze(-1) * p[prefix + "ssm.B"]  # (..., P, H)
+                layers.append((p[prefix + "norm.weight"], p[prefix + "norm.bias"], torch.exp(dt_lam),
+                               b_bar.transpose(-1, -2), p[prefix + "ssm.C"].transpose(-1, -2), p[prefix + "ssm.D"]))
+            log_std = p["log_std"].clamp(*self.log_std_range)
+        width = self.encoder.out_features
+
+        def step(observations: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor):
+            h = torch.tanh(_affine(observations, *encoder))  # (K, H)
+            if episode_start.any():
+                state = state * (~episode_start).to(state.dtype)[:, None, None]
+            new_states = []
+            for index, (norm_w, norm_b, a_bar, b_bar_t, c_t, d) in enumerate(layers):
+                if norm_w.dim() == 1:  # shared parameters: the fused affine layer norm, one op fewer per layer
+                    x = nn.functional.layer_norm(h, (width,), norm_w, norm_b)  # (K, H)
+                else:
+                    x = nn.functional.layer_norm(h, (width,)) * norm_w + norm_b
+                layer_state = _affine(x, b_bar_t, state[:, index] * a_bar)  # x_t = A_bar x_{t-1} + B_bar u_t
+                h = h + nn.functional.gelu(_affine(layer_state, c_t, x * d))  # y_t = C x_t + D u_t
+                new_states.append(layer_state)
+            return _affine(h, *head), log_std, torch.stack(new_states, dim=1)
+
+        return step
+
+
+def _affine(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """bias + x @ weight_t with a shared (I, O) or a per-row (K, I, O) weight: x (K, I) -> (K, O)."""
+    if weight_t.dim() == 2:
+        return torch.addmm(bias, x, weight_t) if bias.dim() == 1 else bias + x @ weight_t
+    return torch.baddbmm(bias.unsqueeze(1), x.unsqueeze(1), weight_t).squeeze(1)

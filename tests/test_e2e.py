@@ -85,3 +85,15 @@ def test_resume_refuses_what_would_lose_results_or_swap_goals(trained_run):
 def test_doctor_passes_on_this_install(tmp_path):
     result = metarl("doctor", cwd=tmp_path)
     assert "all checks passed" in result.stdout and "FAIL" not in result.stdout
+
+
+def test_ssm_policy_trains_resumes_and_evaluates(tmp_path):
+    runs = str(tmp_path / "runs")
+    metarl("train", "--env_name", "ML1", "--task", "reach-v3", "--policy_type", "ssm", "--test_mode",
+           "--output_dir", runs, "--run_name", "ssm", cwd=tmp_path)
+    metarl("train", "--resume", "--run_name", "ssm", "--output_dir", runs, "--num_epochs", "3", cwd=tmp_path)
+    rows = pq.read_table(tmp_path / "runs" / "ssm" / "metrics.parquet").to_pylist()
+    assert [row["iteration"] for row in rows] == [1, 2, 3]
+    assert all(math.isfinite(row["loss/outer"]) and row["rollout/env_steps"] == TEST_MODE_STEPS_PER_ITERATION for row in rows)
+    result = json.loads(metarl("eval", "--checkpoint", str(tmp_path / "runs" / "ssm"), "--json", cwd=tmp_path).stdout)
+    assert math.isfinite(result["success_rate_official"]) and math.isfinite(result["mean_return"])

@@ -11,11 +11,14 @@ from metarl_ray.policy import build_policy, log_prob
 OBS, ACT = 5, 2
 
 
-def make_setup(first_order=False, num_inner_steps=1, seed=0):
+def make_setup(first_order=False, num_inner_steps=1, seed=0, policy_type="mlp"):
     torch.manual_seed(seed)
-    policy = build_policy(OBS, ACT, PolicyConfig(hidden_size=6, num_hidden_layers=1)).double()
+    config = PolicyConfig(policy_type=policy_type, hidden_size=4 if policy_type == "ssm" else 6, num_hidden_layers=1,
+                          state_size=3, num_ssm_layers=1)
+    policy = build_policy(OBS, ACT, config).double()
     with torch.no_grad():  # a non-trivial mean head, so every parameter matters
-        policy.mean_net[-1].weight.normal_(0, 0.5)
+        head = policy.mean_net[-1] if policy_type == "mlp" else policy.head
+        head.weight.normal_(0, 0.5)
         policy.log_std.fill_(-0.3)
     algo = MAMLPPO(policy, MAMLConfig(inner_lr=0.3, num_inner_steps=num_inner_steps, first_order=first_order),
                    PPOConfig(meta_lr=1e-2, num_ppo_epochs=1, clip_eps=0.2))
@@ -88,9 +91,9 @@ def finite_difference_grad(policy, algo, task, eps=1e-6):
     return torch.tensor(grad, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("num_inner_steps", [1, 2])
-def test_second_order_meta_gradient_matches_finite_differences(num_inner_steps):
-    policy, algo = make_setup(num_inner_steps=num_inner_steps)
+@pytest.mark.parametrize("policy_type, num_inner_steps", [("mlp", 1), ("mlp", 2), ("ssm", 1)])
+def test_second_order_meta_gradient_matches_finite_differences(policy_type, num_inner_steps):
+    policy, algo = make_setup(num_inner_steps=num_inner_steps, policy_type=policy_type)
     task = make_task(policy, algo, torch.Generator().manual_seed(2))
     analytic = flat_grad(policy, algo, task)
     numeric = finite_difference_grad(policy, algo, task)
@@ -115,3 +118,15 @@ def test_one_meta_update_lowers_the_outer_loss():
     after = algo.outer_loss(tasks).item()
     assert after < before - 1e-4, (before, after)
     assert np.isfinite(metrics["ppo/kl"]) and np.isfinite(metrics["ppo/grad_norm"])
+
+
+def test_ssm_inner_step_leaves_eigenvalues_and_step_sizes_alone_but_meta_learns_them():
+    policy, algo = make_setup(policy_type="ssm")
+    task = make_task(policy, algo, torch.Generator().manual_seed(4))
+    params = {k: v.detach().clone().requires_grad_() for k, v in policy.named_parameters()}
+    adapted = algo.adapt(params, task.support, create_graph=False)
+    for name in params:
+        changed = not torch.equal(adapted[name], params[name])
+        assert changed != name.endswith(("log_neg_lambda", "log_dt")), name
+    flat_grad(policy, algo, task)
+    assert policy.blocks[0].ssm.log_dt.grad.abs().sum() > 0  # the outer loop still trains them

@@ -64,3 +64,23 @@ def test_deterministic_query_without_adaptation(setup):
     task = worker.sample(params_to_numpy(detached_params(policy)), specs[:1], iteration=0, plan=plan)[0]
     assert task.support == ()
     np.testing.assert_allclose(task.query.rewards[0], task.query.rewards[1], rtol=1e-6)  # same goal, same actions
+
+
+def test_ssm_log_probs_recorded_step_by_step_equal_the_training_scan():
+    config = build_config({"env": {"max_episode_length": 40}, "maml": {"num_tasks": 2, "episodes_per_task": 2},
+                           "policy": {"policy_type": "ssm", "hidden_size": 32, "state_size": 8}})
+    torch.manual_seed(0)
+    policy = build_policy(OBS_DIM, ACTION_DIM, config.policy)
+    specs = TaskSampler(BenchmarkTasks(config.env, 0).train_tasks(), 0).sample(2)
+    worker = RolloutWorker(config.env, config.policy, config.maml, config.ppo, seed=0)
+    meta = detached_params(policy)
+    for task in worker.sample(params_to_numpy(meta), specs, iteration=0):
+        support = TensorBatch.from_numpy(task.support[0])
+        torch.testing.assert_close(log_prob(policy, meta, support.observations, support.actions), support.log_probs,
+                                   atol=1e-4, rtol=1e-5)
+        # After adaptation (per-env parameters in the rollout) the query log-probs match as well.
+        adapted = adapt(policy, {k: v.clone().requires_grad_() for k, v in meta.items()}, [support],
+                        config.maml.inner_lr, create_graph=False)
+        query = TensorBatch.from_numpy(task.query)
+        torch.testing.assert_close(log_prob(policy, adapted, query.observations, query.actions).detach(),
+                                   query.log_probs, atol=1e-4, rtol=1e-5)
