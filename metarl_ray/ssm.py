@@ -123,6 +123,11 @@ class SSMBlock(nn.Module):
         return h + nn.functional.gelu(y), state
 
 
+# RMS of the head's input features at init, about that of the MLP's last tanh layer: the inner step's
+# size in action space scales with it, so one inner_lr serves both policy types.
+FEATURE_SCALE = 0.3
+
+
 class GaussianSSMPolicy(nn.Module):
     """Observation encoder -> SSM blocks -> Gaussian action head (state-independent log-std).
 
@@ -144,6 +149,10 @@ class GaussianSSMPolicy(nn.Module):
         self.encoder = nn.Linear(obs_dim, config.hidden_size)
         self.blocks = nn.ModuleList(SSMBlock(config.hidden_size, config.state_size, config.ssm_scan)
                                     for _ in range(config.num_ssm_layers))
+        # A final norm keeps the head's input at unit scale: the residual stream grows with depth, and
+        # without it the inner step's gradient on the head is ~10x the MLP's, so adaptation overshoots.
+        self.final_norm = nn.LayerNorm(config.hidden_size)
+        nn.init.constant_(self.final_norm.weight, FEATURE_SCALE)
         self.head = nn.Linear(config.hidden_size, action_dim)
         nn.init.uniform_(self.head.weight, -3e-3, 3e-3)  # start near the zero action, as the MLP does
         nn.init.zeros_(self.head.bias)
@@ -164,7 +173,7 @@ class GaussianSSMPolicy(nn.Module):
         state = self.initial_state(h.shape[0])
         for index, block in enumerate(self.blocks):
             h, _ = block.forward_sequence(h, state[:, index], starts)
-        return self.head(h), self.log_std.clamp(*self.log_std_range)
+        return self.head(self.final_norm(h)), self.log_std.clamp(*self.log_std_range)
 
     def step(self, observations: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One step for K envs: observations (K, D), state (K, layers, P), episode_start (K,)."""
@@ -173,7 +182,7 @@ class GaussianSSMPolicy(nn.Module):
         for index, block in enumerate(self.blocks):
             h, layer_state = block.step(h, state[:, index], episode_start)
             new_states.append(layer_state)
-        return self.head(h), self.log_std.clamp(*self.log_std_range), torch.stack(new_states, dim=1)
+        return self.head(self.final_norm(h)), self.log_std.clamp(*self.log_std_range), torch.stack(new_states, dim=1)
 
     def rollout_step(self, stacked: dict[str, torch.Tensor] | None = None) -> Callable:
         """``step`` for rollouts with the parameters fixed: the discretisation and transposes are done
@@ -183,6 +192,7 @@ class GaussianSSMPolicy(nn.Module):
             p = stacked if stacked is not None else {k: v.detach() for k, v in self.named_parameters()}
             encoder = (p["encoder.weight"].transpose(-1, -2), p["encoder.bias"])
             head = (p["head.weight"].transpose(-1, -2), p["head.bias"])
+            final_norm = (p["final_norm.weight"], p["final_norm.bias"])
             layers = []
             for index in range(len(self.blocks)):
                 prefix = f"blocks.{index}."
@@ -192,7 +202,6 @@ class GaussianSSMPolicy(nn.Module):
                 layers.append((p[prefix + "norm.weight"], p[prefix + "norm.bias"], torch.exp(dt_lam),
                                b_bar.transpose(-1, -2), p[prefix + "ssm.C"].transpose(-1, -2), p[prefix + "ssm.D"]))
             log_std = p["log_std"].clamp(*self.log_std_range)
-        width = self.encoder.out_features
 
         def step(observations: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor):
             h = torch.tanh(_affine(observations, *encoder))  # (K, H)
@@ -200,16 +209,20 @@ class GaussianSSMPolicy(nn.Module):
                 state = state * (~episode_start).to(state.dtype)[:, None, None]
             new_states = []
             for index, (norm_w, norm_b, a_bar, b_bar_t, c_t, d) in enumerate(layers):
-                if norm_w.dim() == 1:  # shared parameters: the fused affine layer norm, one op fewer per layer
-                    x = nn.functional.layer_norm(h, (width,), norm_w, norm_b)  # (K, H)
-                else:
-                    x = nn.functional.layer_norm(h, (width,)) * norm_w + norm_b
+                x = _layer_norm(h, norm_w, norm_b)  # (K, H)
                 layer_state = _affine(x, b_bar_t, state[:, index] * a_bar)  # x_t = A_bar x_{t-1} + B_bar u_t
                 h = h + nn.functional.gelu(_affine(layer_state, c_t, x * d))  # y_t = C x_t + D u_t
                 new_states.append(layer_state)
-            return _affine(h, *head), log_std, torch.stack(new_states, dim=1)
+            return _affine(_layer_norm(h, *final_norm), *head), log_std, torch.stack(new_states, dim=1)
 
         return step
+
+
+def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """LayerNorm with a shared (H,) or per-row (K, H) affine; the shared case is one fused op."""
+    if weight.dim() == 1:
+        return nn.functional.layer_norm(x, x.shape[-1:], weight, bias)
+    return nn.functional.layer_norm(x, x.shape[-1:]) * weight + bias
 
 
 def _affine(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,14 @@ import pickle
 import pytest
 import torch
 
-from metarl_ray.checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, run_path_of, save_checkpoint
+from metarl_ray.checkpoint import (
+    CorruptCheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    resolve_checkpoint,
+    run_path_of,
+    save_checkpoint,
+)
 
 
 def state(value):
@@ -54,3 +61,15 @@ def test_latest_falls_back_to_highest_number_without_pointer(tmp_path):
     second = save_checkpoint(tmp_path, 2, state(2))
     (tmp_path / "checkpoints" / "latest").unlink()
     assert latest_checkpoint(tmp_path) == second
+
+
+def test_truncated_latest_is_detected_and_the_previous_good_one_used(tmp_path, caplog):
+    good = save_checkpoint(tmp_path, 1, state(1))
+    bad = save_checkpoint(tmp_path, 2, state(2))
+    bad.write_bytes(bad.read_bytes()[:100])  # truncated after the fact (disk, copy, ...)
+    with caplog.at_level("WARNING"):
+        assert latest_checkpoint(tmp_path) == good
+    assert "checkpoint_000002.pt: checksum mismatch" in caplog.text and "using checkpoint_000001.pt" in caplog.text
+    assert len(caplog.records) == 1
+    with pytest.raises(CorruptCheckpointError):
+        load_checkpoint(bad)
