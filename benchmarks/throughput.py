@@ -51,12 +51,13 @@ def collection_rate(config, specs_per_iteration, num_workers: int) -> float:
     from metarl_ray.actors import RolloutActor
     from metarl_ray.trainer import split_tasks
 
-    workers = [RolloutActor.options(num_cpus=1).remote(config) for _ in range(num_workers)]
+    workers = [RolloutActor.options(num_cpus=1).remote(config.env, config.policy, config.maml, config.ppo, 0)
+               for _ in range(num_workers)]
     params_ref = ray.put(params_to_numpy(detached_params(build_policy(OBS_DIM, ACTION_DIM, config.policy))))
 
     def one_iteration(iteration: int, specs) -> int:
-        refs = [w.sample.remote(params_ref, chunk, iteration) for w, chunk in zip(workers, split_tasks(specs, num_workers))]
-        return sum(task.num_steps for chunk in ray.get(refs) for task in chunk)
+        steps_refs = [w.sample.remote(params_ref, chunk, iteration)[0] for w, chunk in zip(workers, split_tasks(specs, num_workers))]
+        return sum(ray.get(steps_refs))
 
     one_iteration(0, specs_per_iteration[0])  # warm-up: env creation and imports are not throughput
     steps, started = 0, time.perf_counter()

@@ -24,9 +24,16 @@ class RolloutActor:
         torch.set_num_threads(1)
         self.worker = RolloutWorker(env_config, policy_config, maml_config, ppo_config, seed)
 
+    @ray.method(num_returns=2)
     def sample(self, meta_params: dict[str, np.ndarray], tasks: Sequence[TaskSpec], iteration: int,
-               plan: SamplePlan | None = None) -> list[TaskRollouts]:
-        return self.worker.sample(meta_params, tasks, iteration, plan)
+               plan: SamplePlan | None = None) -> tuple[int, list[TaskRollouts]]:
+        """(env steps, rollouts): the driver fetches only the step count, which also tells it whether
+        the actor survived; the rollouts go from the object store straight to the learner."""
+        rollouts = self.worker.sample(meta_params, tasks, iteration, plan)
+        return sum(task.num_steps for task in rollouts), rollouts
+
+    def pid(self) -> int:
+        return os.getpid()
 
 
 @ray.remote

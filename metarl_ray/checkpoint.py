@@ -105,7 +105,8 @@ def resolve_checkpoint(path: str | Path) -> Path | None:
         return latest_checkpoint(path)
     if path.name == CHECKPOINT_DIR:
         return latest_checkpoint(path.parent)
-    return None
+    numbered = sorted(p for p in path.glob("checkpoint_*.pt") if _NAME.match(p.name))
+    return numbered[-1] if numbered else None  # a bare folder of checkpoints, as Tune hands them back
 
 
 def run_path_of(checkpoint: Path) -> Path:

@@ -209,15 +209,36 @@ def cmd_eval(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_tune(argv: Sequence[str]) -> int:
+    from metarl_ray.trainer import ray_session
+    from metarl_ray.tune import TuneInterrupted, load_tune_spec, run_tune
+
+    parser = _Parser(prog="metarl tune", description="Ray Tune search from a file in tune_configs/.")
+    parser.add_argument("file", help="search file (YAML), e.g. tune_configs/ml1_quick.yaml")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted experiment (Tuner.restore)")
+    parser.add_argument("--ray_address", "--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or local)")
+    args = parser.parse_args(argv)
+    spec = load_tune_spec(args.file)
+    with ray_session(args.ray_address):
+        try:
+            summary = run_tune(spec, resume=args.resume)
+        except TuneInterrupted as stopped:
+            print(f"metarl tune: {stopped}", file=sys.stderr)
+            return 130
+    print(f"best trial ({spec.metric} {summary['best_metrics'].get(spec.metric)}): {json.dumps(summary['best_config'])}")
+    print(f"written to {Path(summary['experiment']) / 'best_trial.json'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    commands = {"train": cmd_train, "eval": cmd_eval, "doctor": None}
+    commands = {"train": cmd_train, "eval": cmd_eval, "tune": cmd_tune, "doctor": None}
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: metarl {train,eval,doctor} [options]   (metarl COMMAND --help for options)")
+        print("usage: metarl {train,eval,tune,doctor} [options]   (metarl COMMAND --help for options)")
         return 0 if argv else EXIT_USAGE
     if argv[0] not in commands:
-        print(f"metarl: error: command {argv[0]!r}: expected one of train, eval, doctor", file=sys.stderr)
+        print(f"metarl: error: command {argv[0]!r}: expected one of train, eval, tune, doctor", file=sys.stderr)
         return EXIT_USAGE
     try:
         if argv[0] == "doctor":

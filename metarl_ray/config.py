@@ -132,8 +132,11 @@ class PPOConfig:
 class RolloutConfig:
     num_rollout_workers: int | None = None
     """Rollout actors; default: one per CPU that Ray sees (at most one per task)."""
+    sample_timeout_s: float = 1800.0
+    """A rollout actor silent this long in one iteration counts as dead and is replaced."""
 
     def __post_init__(self) -> None:
+        _check(1.0 <= self.sample_timeout_s <= 1e6, "sample_timeout_s", self.sample_timeout_s, "expected seconds in [1, 1e6]")
         if self.num_rollout_workers is not None:
             _check(1 <= self.num_rollout_workers <= 1024, "num_rollout_workers", self.num_rollout_workers, "expected an integer in [1, 1024]")
 

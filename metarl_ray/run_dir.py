@@ -48,7 +48,9 @@ class MetricsLog:
     def append(self, row: dict[str, float]) -> None:
         self.rows.append(row)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        pq.write_table(pa.Table.from_pylist(self.rows), tmp)
+        # Union of keys in first-seen order: a key added by a newer version shows as null in older rows.
+        keys = list(dict.fromkeys(key for row in self.rows for key in row))
+        pq.write_table(pa.table({key: [row.get(key) for row in self.rows] for key in keys}), tmp)
         os.replace(tmp, self.path)
 
 

@@ -9,13 +9,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import ray
 
 from metarl_ray.checkpoint import load_checkpoint, save_checkpoint
 from metarl_ray.config import ConfigError, TrainConfig
 from metarl_ray.envs import BenchmarkTasks, TaskSampler, TaskSpec
+from metarl_ray.rollout_pool import RolloutPool
 from metarl_ray.run_dir import METRICS_FILE, MetricsLog, attach_log_file, write_config
 
 logger = logging.getLogger(__name__)
@@ -67,8 +68,13 @@ def split_tasks(tasks: Sequence[TaskSpec], num_workers: int) -> list[list[TaskSp
     return [list(tasks[bounds[i]:bounds[i + 1]]) for i in range(num_workers)]
 
 
-def train(config: TrainConfig, run_path: Path, resume_from: Path | None = None) -> Path:
-    """Meta-train; returns the run directory. Ray is started in-process unless already running."""
+IterationCallback = Callable[[dict[str, float], "Path | None"], None]
+
+
+def train(config: TrainConfig, run_path: Path, resume_from: Path | None = None,
+          on_iteration: IterationCallback | None = None) -> Path:
+    """Meta-train; returns the run directory. Ray is started in-process unless already running.
+    ``on_iteration(metrics, checkpoint_or_None)`` runs after every iteration (Ray Tune reports there)."""
     state = load_checkpoint(resume_from) if resume_from is not None else None
     with ray_session(config.run.ray_address):
         placement = place_learner(config.learner.device)
@@ -78,21 +84,22 @@ def train(config: TrainConfig, run_path: Path, resume_from: Path | None = None) 
         write_config(run_path, config)
         log_handler = attach_log_file(run_path)
         try:
-            return _train_loop(config, run_path, state, placement, num_workers)
+            return _train_loop(config, run_path, state, placement, num_workers, on_iteration)
         finally:
             logging.getLogger("metarl_ray").removeHandler(log_handler)
             log_handler.close()
 
 
 def _train_loop(config: TrainConfig, run_path: Path, state: dict[str, Any] | None,
-                placement: LearnerPlacement, num_workers: int) -> Path:
+                placement: LearnerPlacement, num_workers: int, on_iteration: IterationCallback | None) -> Path:
     from metarl_ray.actors import LearnerActor, RolloutActor
 
     sampler = TaskSampler(BenchmarkTasks(config.env, config.run.seed).train_tasks(), config.run.seed)
     learner = LearnerActor.options(num_cpus=0, num_gpus=placement.num_gpus).remote(
         config.policy, config.maml, config.ppo, config.run.seed, placement.device, placement.num_threads)
-    workers = [RolloutActor.options(num_cpus=1).remote(config.env, config.policy, config.maml, config.ppo, config.run.seed)
-               for _ in range(num_workers)]
+    workers = RolloutPool(
+        lambda: RolloutActor.options(num_cpus=1).remote(config.env, config.policy, config.maml, config.ppo, config.run.seed),
+        num_workers, config.rollout.sample_timeout_s)
     start_iteration, env_steps_total = 0, 0
     if state is not None:
         ray.get(learner.load_state_dict.remote(state["learner"]))
@@ -100,7 +107,8 @@ def _train_loop(config: TrainConfig, run_path: Path, state: dict[str, Any] | Non
         start_iteration, env_steps_total = int(state["iteration"]), int(state["env_steps_total"])
         logger.info("resumed %s at iteration %d (%d env steps)", run_path, start_iteration, env_steps_total)
     metrics_log = MetricsLog(run_path / METRICS_FILE, keep_up_to_iteration=start_iteration)
-    logger.info("run %s: %s, %d rollout workers, learner on %s", run_path, config.env.benchmark, num_workers,
+    logger.info("run %s: %s, driver pid %d, %d rollout workers (pids %s), learner on %s", run_path,
+                config.env.benchmark, os.getpid(), num_workers, ray.get([actor.pid.remote() for actor in workers.actors]),
                 placement.device)
 
     for iteration in range(start_iteration, config.run.num_epochs):
@@ -108,9 +116,8 @@ def _train_loop(config: TrainConfig, run_path: Path, state: dict[str, Any] | Non
         tasks = sampler.sample(config.maml.num_tasks)
         # Publish the meta-parameters once; every worker reads the same object.
         params_ref = learner.get_params.remote()
-        sample_refs = [worker.sample.remote(params_ref, chunk, iteration)
-                       for worker, chunk in zip(workers, split_tasks(tasks, num_workers))]
-        ray.wait(sample_refs, num_returns=len(sample_refs), fetch_local=False)
+        # Lost or hung workers are replaced inside and their tasks sampled again: no episode is lost.
+        sample_refs, _ = workers.sample(params_ref, split_tasks(tasks, num_workers), iteration)
         sampled = time.perf_counter()
         # The learner takes the rollouts straight from the object store; the driver never copies them.
         metrics = ray.get(learner.update.remote(*sample_refs))
@@ -121,11 +128,13 @@ def _train_loop(config: TrainConfig, run_path: Path, state: dict[str, Any] | Non
                "time/sample_s": sampled - started, "time/learn_s": learned - sampled,
                "time/iteration_s": learned - started,
                "rollout/env_steps_per_s": metrics["rollout/env_steps"] / (sampled - started)}
+        row["rollout/workers_replaced"] = workers.num_replaced
         metrics_log.append(row)
         logger.info("iter %d/%d steps %d | pre %.1f (succ %.2f) -> post %.1f (succ %.2f) | kl %.4f | sample %.1fs learn %.1fs",
                     iteration + 1, config.run.num_epochs, env_steps_total, row["pre_adapt/return"],
                     row["pre_adapt/success"], row["post_adapt/return"], row["post_adapt/success"], row["ppo/kl"],
                     row["time/sample_s"], row["time/learn_s"])
+        path = None
         if (iteration + 1) % config.run.checkpoint_every == 0 or iteration + 1 == config.run.num_epochs:
             path = save_checkpoint(run_path, iteration + 1, {
                 "iteration": iteration + 1,
@@ -135,4 +144,6 @@ def _train_loop(config: TrainConfig, run_path: Path, state: dict[str, Any] | Non
                 "task_sampler": sampler.state_dict(),
             })
             logger.info("checkpoint %s", path)
+        if on_iteration is not None:
+            on_iteration(row, path)
     return run_path

@@ -97,3 +97,15 @@ def test_ssm_policy_trains_resumes_and_evaluates(tmp_path):
     assert all(math.isfinite(row["loss/outer"]) and row["rollout/env_steps"] == TEST_MODE_STEPS_PER_ITERATION for row in rows)
     result = json.loads(metarl("eval", "--checkpoint", str(tmp_path / "runs" / "ssm"), "--json", cwd=tmp_path).stdout)
     assert math.isfinite(result["success_rate_official"]) and math.isfinite(result["mean_return"])
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    runs = str(tmp_path / "runs")
+    common = ["--env_name", "ML1", "--task", "reach-v3", "--test_mode", "--max_episode_length", "20", "--output_dir", runs]
+    metarl("train", *common, "--num_epochs", "3", "--run_name", "straight", cwd=tmp_path)
+    metarl("train", *common, "--num_epochs", "2", "--run_name", "interrupted", cwd=tmp_path)
+    metarl("train", "--resume", "--run_name", "interrupted", "--output_dir", runs, "--num_epochs", "3", cwd=tmp_path)
+    straight = pq.read_table(tmp_path / "runs" / "straight" / "metrics.parquet").to_pylist()
+    resumed = pq.read_table(tmp_path / "runs" / "interrupted" / "metrics.parquet").to_pylist()
+    for key in ("pre_adapt/return", "post_adapt/return", "loss/outer", "ppo/kl", "policy/std", "rollout/env_steps_total"):
+        assert resumed[2][key] == pytest.approx(straight[2][key], rel=1e-6, abs=1e-9), key

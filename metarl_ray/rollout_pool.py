@@ -1,0 +1,63 @@
+"""Rollout actors that lose no work: a dead or hung actor is replaced and its tasks sampled again.
+
+Task noise is keyed by (seed, iteration, slot), so the replacement collects exactly the episodes the
+lost actor was asked for: an iteration never loses episodes and never counts any twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Sequence
+
+import ray
+from ray.exceptions import RayActorError
+
+from metarl_ray.envs import TaskSpec
+
+logger = logging.getLogger(__name__)
+
+
+class RolloutPool:
+    def __init__(self, make_actor: Callable[[], Any], num_workers: int, timeout_s: float) -> None:
+        self.make_actor = make_actor
+        self.timeout_s = timeout_s
+        self.actors = [make_actor() for _ in range(num_workers)]
+        self.num_replaced = 0
+
+    def _replace(self, index: int, reason: str, num_tasks: int) -> None:
+        logger.warning("rollout worker %d %s; its %d tasks are sampled again on a new worker", index, reason, num_tasks)
+        ray.kill(self.actors[index], no_restart=True)
+        self.actors[index] = self.make_actor()
+        self.num_replaced += 1
+
+    def sample(self, params_ref: Any, chunks: Sequence[Sequence[TaskSpec]], iteration: int) -> tuple[list[Any], int]:
+        """One sample call per chunk; returns the rollout refs (chunk order) and the env steps collected."""
+        rollout_refs: list[Any] = [None] * len(chunks)
+        pending: dict[Any, int] = {}
+
+        def submit(index: int) -> None:
+            steps_ref, rollout_refs[index] = self.actors[index].sample.remote(params_ref, chunks[index], iteration)
+            pending[steps_ref] = index
+
+        for index in range(len(chunks)):
+            submit(index)
+        total_steps, deadline = 0, time.monotonic() + self.timeout_s
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:  # the slowest actors hung past the timeout: treat them as dead
+                hung = list(pending.values())
+                pending.clear()
+                for index in hung:
+                    self._replace(index, f"timed out after {self.timeout_s:g}s", len(chunks[index]))
+                    submit(index)
+                deadline = time.monotonic() + self.timeout_s
+                continue
+            index = pending.pop(ready[0])
+            try:
+                total_steps += ray.get(ready[0])
+            except RayActorError as error:
+                self._replace(index, f"died ({type(error).__name__})", len(chunks[index]))
+                submit(index)
+                deadline = time.monotonic() + self.timeout_s
+        return rollout_refs, total_steps
