@@ -53,5 +53,8 @@ class LearnerActor:
     def state_dict(self) -> dict[str, Any]:
         return self.learner.state_dict()
 
+    def pid(self) -> int:
+        return os.getpid()
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.learner.load_state_dict(state)

@@ -178,6 +178,8 @@ class RunConfig:
     """Tiny budgets for smoke tests: 2 iterations, 2 tasks (so up to 2 workers), 2 episodes of 50 steps."""
     ray_address: str | None = None
     """Ray cluster to join; default: RAY_ADDRESS if set, else a local in-process Ray."""
+    max_failures: int = 2
+    """Restarts from the latest checkpoint after the learner or another actor process dies."""
 
     def __post_init__(self) -> None:
         _check(1 <= self.num_epochs <= 10_000_000, "num_epochs", self.num_epochs, "expected an integer >= 1")
@@ -185,6 +187,7 @@ class RunConfig:
         _check(bool(self.output_dir), "output_dir", self.output_dir, "expected a non-empty path")
         if self.run_name is not None:
             _check(bool(self.run_name) and "/" not in self.run_name and self.run_name not in (".", ".."), "run_name", self.run_name, "expected a plain folder name without '/'")
+        _check(0 <= self.max_failures <= 1000, "max_failures", self.max_failures, "expected an integer in [0, 1000]")
         _check(1 <= self.checkpoint_every <= 10_000_000, "checkpoint_every", self.checkpoint_every, "expected an integer >= 1")
         if self.checkpoint_path is not None:
             _check(Path(self.checkpoint_path).exists(), "checkpoint_path", self.checkpoint_path, "expected an existing checkpoint file or run directory")

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import ray
+from ray.exceptions import RayError
 
-from metarl_ray.checkpoint import load_checkpoint, save_checkpoint
+from metarl_ray.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from metarl_ray.config import ConfigError, TrainConfig
 from metarl_ray.envs import BenchmarkTasks, TaskSampler, TaskSpec
 from metarl_ray.rollout_pool import RolloutPool
@@ -84,7 +85,18 @@ def train(config: TrainConfig, run_path: Path, resume_from: Path | None = None,
         write_config(run_path, config)
         log_handler = attach_log_file(run_path)
         try:
-            return _train_loop(config, run_path, state, placement, num_workers, on_iteration)
+            restarts = 0
+            while True:
+                try:
+                    return _train_loop(config, run_path, state, placement, num_workers, on_iteration)
+                except RayError as error:  # the learner (or another process) died: go on from the checkpoint
+                    restarts += 1
+                    if restarts > config.run.max_failures:
+                        raise
+                    checkpoint = latest_checkpoint(run_path)
+                    state = load_checkpoint(checkpoint) if checkpoint is not None else None
+                    logger.warning("%s; restarting from %s (restart %d of %d)", type(error).__name__,
+                                   checkpoint.name if checkpoint else "the beginning", restarts, config.run.max_failures)
         finally:
             logging.getLogger("metarl_ray").removeHandler(log_handler)
             log_handler.close()
@@ -107,9 +119,9 @@ def _train_loop(config: TrainConfig, run_path: Path, state: dict[str, Any] | Non
         start_iteration, env_steps_total = int(state["iteration"]), int(state["env_steps_total"])
         logger.info("resumed %s at iteration %d (%d env steps)", run_path, start_iteration, env_steps_total)
     metrics_log = MetricsLog(run_path / METRICS_FILE, keep_up_to_iteration=start_iteration)
-    logger.info("run %s: %s, driver pid %d, %d rollout workers (pids %s), learner on %s", run_path,
+    logger.info("run %s: %s, driver pid %d, %d rollout workers (pids %s), learner on %s (pid %d)", run_path,
                 config.env.benchmark, os.getpid(), num_workers, ray.get([actor.pid.remote() for actor in workers.actors]),
-                placement.device)
+                placement.device, ray.get(learner.pid.remote()))
 
     for iteration in range(start_iteration, config.run.num_epochs):
         started = time.perf_counter()
@@ -136,6 +148,7 @@ def _train_loop(config: TrainConfig, run_path: Path, state: dict[str, Any] | Non
                     row["time/sample_s"], row["time/learn_s"])
         path = None
         if (iteration + 1) % config.run.checkpoint_every == 0 or iteration + 1 == config.run.num_epochs:
+            checkpoint_started = time.perf_counter()
             path = save_checkpoint(run_path, iteration + 1, {
                 "iteration": iteration + 1,
                 "env_steps_total": env_steps_total,
@@ -143,7 +156,7 @@ def _train_loop(config: TrainConfig, run_path: Path, state: dict[str, Any] | Non
                 "learner": ray.get(learner.state_dict.remote()),
                 "task_sampler": sampler.state_dict(),
             })
-            logger.info("checkpoint %s", path)
+            logger.info("checkpoint %s (%.3fs)", path, time.perf_counter() - checkpoint_started)
         if on_iteration is not None:
             on_iteration(row, path)
     return run_path

@@ -77,3 +77,23 @@ def test_hung_actor_times_out_and_its_tasks_are_sampled_again(local_ray):
     refs, steps = pool.sample(params, split_tasks(specs, 1), iteration=0)
     assert steps == 2 * 1 * 20 * 2 and pool.num_replaced == 1
     assert [task.slot for task in ray.get(refs[0])] == [0, 1]
+
+
+def test_sigkilled_learner_restarts_from_the_latest_checkpoint(tmp_path):
+    command = [sys.executable, "-m", "metarl_ray", "train", "--env_name", "ML1", "--task", "reach-v3", "--test_mode",
+               "--max_episode_length", "300", "--num_epochs", "5", "--checkpoint_every", "2",
+               "--output_dir", str(tmp_path), "--run_name", "learner"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "learner" / "train.log"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (log.is_file() and "iter 3/5" in log.read_text()):
+        time.sleep(0.2)
+    learner_pid = int(log.read_text().split("learner on cpu (pid ")[1].split(")")[0])
+    os.kill(learner_pid, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-2000:]
+    text = log.read_text()
+    assert "restarting from checkpoint_000002.pt" in text  # never back past the latest checkpoint
+    rows = pq.read_table(tmp_path / "learner" / "metrics.parquet").to_pylist()
+    assert [row["iteration"] for row in rows] == [1, 2, 3, 4, 5]
+    assert rows[-1]["rollout/env_steps_total"] == 5 * 2 * 2 * 300 * 2
