@@ -109,3 +109,16 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     resumed = pq.read_table(tmp_path / "runs" / "interrupted" / "metrics.parquet").to_pylist()
     for key in ("pre_adapt/return", "post_adapt/return", "loss/outer", "ppo/kl", "policy/std", "rollout/env_steps_total"):
         assert resumed[2][key] == pytest.approx(straight[2][key], rel=1e-6, abs=1e-9), key
+
+
+def test_resume_skips_a_corrupted_latest_checkpoint_with_a_clear_message(tmp_path):
+    runs = str(tmp_path / "runs")
+    metarl("train", "--env_name", "ML1", "--task", "reach-v3", "--test_mode", "--max_episode_length", "20",
+           "--output_dir", runs, "--run_name", "c", cwd=tmp_path)
+    latest = tmp_path / "runs" / "c" / "checkpoints" / "checkpoint_000002.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])  # truncated
+    result = metarl("train", "--resume", "--run_name", "c", "--output_dir", runs, "--num_epochs", "3", cwd=tmp_path)
+    warning = [line for line in result.stderr.splitlines() if "checksum mismatch" in line]
+    assert len(warning) == 1 and "using checkpoint_000001.pt" in warning[0]
+    rows = pq.read_table(tmp_path / "runs" / "c" / "metrics.parquet").to_pylist()
+    assert [row["iteration"] for row in rows] == [1, 2, 3]

@@ -116,3 +116,23 @@ def test_interrupted_experiment_completes_with_resume(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert all(reported_iterations(trial)[-1] == 4 for trial in trial_dirs(experiment))
     assert json.loads((experiment / "best_trial.json").read_text())["num_trials"] == 2
+
+
+def test_pbt_perturbs_inner_and_meta_lr_of_running_trials_from_checkpoints(tmp_path):
+    path = write_spec(tmp_path, "pbt", 4, [0.05, 0.1], max_episode_length=30)
+    data = yaml.safe_load(path.read_text())
+    data["metric"] = "post_adapt/return"
+    data["scheduler"] = {"type": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5, "resample_probability": 1.0,
+                         "hyperparam_mutations": {"inner_lr": {"loguniform": [0.01, 0.3]},
+                                                  "meta_lr": {"loguniform": [0.0001, 0.003]}}}
+    path.write_text(yaml.safe_dump(data))
+    result = metarl_tune(str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    experiment = tmp_path / "ray_results" / "pbt"
+    assert json.loads((experiment / "best_trial.json").read_text())["num_errors"] == 0
+    changed = []
+    for trial in trial_dirs(experiment):
+        lines = [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.strip()]
+        changed.append(len({(line["config"]["inner_lr"], line["config"]["meta_lr"]) for line in lines}) > 1)
+        assert lines[-1]["iteration"] == 4
+    assert any(changed)  # some trial continued from a checkpoint with perturbed inner_lr / meta_lr
