@@ -23,11 +23,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
+from report import write_report  # benchmarks/report.py
+
 from metarl_ray.checkpoint import load_checkpoint, save_checkpoint
 from metarl_ray.config import build_config
 from metarl_ray.learner import Learner
 
-RESULTS = Path(__file__).parent / "results"
 
 
 def policy_costs(policy_type: str, repeats: int = 5) -> dict[str, float]:
@@ -72,9 +73,7 @@ def main() -> int:
               "policies": {policy_type: policy_costs(policy_type) for policy_type in ("mlp", "ssm")}}
     print(json.dumps(report["policies"], indent=2), flush=True)
     report["ml10_checkpoint_every_iteration"] = ml10_overhead(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "checkpoint.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report("checkpoint", report)
     return 0
 
 

@@ -16,17 +16,17 @@ Writes benchmarks/results/ssm.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
+
+from report import write_report  # benchmarks/report.py
 
 from metarl_ray.config import MAMLConfig, PolicyConfig, PPOConfig
 from metarl_ray.envs import ACTION_DIM, OBS_DIM
@@ -34,7 +34,6 @@ from metarl_ray.maml import MAMLPPO, TaskTensors, TensorBatch
 from metarl_ray.policy import LOG_STD_MAX, LOG_STD_MIN, BatchedActor, build_policy, detached_params
 from metarl_ray.ssm import SCANS, DiagonalSSM
 
-RESULTS = Path(__file__).parent / "results"
 BATCH, LENGTH, HIDDEN, STATE = 20, 500, 128, 64
 
 
@@ -189,9 +188,7 @@ def main() -> int:
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
         "goals_met": goals,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ssm.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report("ssm", report)
     return 0
 
 

@@ -10,7 +10,6 @@ Writes benchmarks/results/throughput.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -19,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from report import RESULTS, write_report  # benchmarks/report.py
+
 from metarl_ray.config import build_config
 from metarl_ray.envs import ACTION_DIM, OBS_DIM, BenchmarkTasks, TaskSampler, make_task_env
 from metarl_ray.policy import build_policy, detached_params, params_to_numpy
 
-RESULTS = Path(__file__).parent / "results"
 
 
 def raw_rate(config, specs, num_episodes: int) -> float:
@@ -114,9 +114,7 @@ def main() -> int:
         "collection": results,
         "goal": "collection with N workers >= 0.8 x N x raw rate",
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report("throughput", report, Path(args.output))
     return 0
 
 
