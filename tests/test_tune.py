@@ -95,9 +95,12 @@ def test_sigkilled_trial_restores_from_its_checkpoint_and_finishes(tmp_path):
     os.kill(results()[-1]["pid"], signal.SIGKILL)  # Tune records the trial process's pid in every result
     _, stderr = process.communicate(timeout=400)
     assert process.returncode == 0, stderr[-3000:]
-    iterations = reported_iterations(trial_dirs(experiment)[0])
-    restart = next(i for i in range(1, len(iterations)) if iterations[i] <= iterations[i - 1])
-    assert iterations[restart] >= 3  # restarted after the iteration-2 checkpoint, never before it
+    lines = [json.loads(line) for line in (trial_dirs(experiment)[0] / "result.json").read_text().splitlines() if line.strip()]
+    restart = next(i for i, line in enumerate(lines) if line["pid"] != lines[0]["pid"])  # first report of the new process
+    before, after = lines[restart - 1]["iteration"], lines[restart]["iteration"]
+    # Checkpoints every 2 iterations: the restart continues right after the latest one, never before it.
+    assert after == before // 2 * 2 + 1, (before, after)
+    iterations = [line["iteration"] for line in lines]
     assert iterations[-1] == 8
 
 
