@@ -27,10 +27,11 @@ StepFn = Callable[[torch.Tensor, State, torch.Tensor], tuple[torch.Tensor, torch
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
-def stacked_linear(stacked: Params, prefix: str, x: torch.Tensor) -> torch.Tensor:
-    """A Linear layer with one weight per env: x (K, I) -> (K, O) via one batched matmul."""
-    weight, bias = stacked[f"{prefix}.weight"], stacked[f"{prefix}.bias"]  # (K, O, I), (K, O)
-    return torch.baddbmm(bias.unsqueeze(1), x.unsqueeze(1), weight.transpose(1, 2)).squeeze(1)
+def batched_affine(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """bias + x @ weight_t with a shared (I, O) or a per-row (K, I, O) weight: x (K, I) -> (K, O)."""
+    if weight_t.dim() == 2:
+        return torch.addmm(bias, x, weight_t) if bias.dim() == 1 else bias + x @ weight_t
+    return torch.baddbmm(bias.unsqueeze(1), x.unsqueeze(1), weight_t).squeeze(1)
 
 
 class GaussianMLPPolicy(nn.Module):
@@ -69,7 +70,11 @@ class GaussianMLPPolicy(nn.Module):
         def step(observations: torch.Tensor, state: State, episode_start: torch.Tensor):
             hidden = observations  # (K, D)
             for index, module in enumerate(self.mean_net):
-                hidden = stacked_linear(stacked, f"mean_net.{index}", hidden) if isinstance(module, nn.Linear) else module(hidden)
+                if isinstance(module, nn.Linear):
+                    weight, bias = stacked[f"mean_net.{index}.weight"], stacked[f"mean_net.{index}.bias"]  # (K, O, I), (K, O)
+                    hidden = batched_affine(hidden, weight.transpose(1, 2), bias)
+                else:
+                    hidden = module(hidden)
             return hidden, stacked["log_std"].clamp(LOG_STD_MIN, LOG_STD_MAX), state
 
         return step

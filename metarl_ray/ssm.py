@@ -185,6 +185,8 @@ class GaussianSSMPolicy(nn.Module):
         return self.head(self.final_norm(h)), self.log_std.clamp(*self.log_std_range), torch.stack(new_states, dim=1)
 
     def rollout_step(self, stacked: dict[str, torch.Tensor] | None = None) -> Callable:
+        from metarl_ray.policy import batched_affine
+
         """``step`` for rollouts with the parameters fixed: the discretisation and transposes are done
         once here, not at every env step. ``stacked``: one parameter set per env on a leading K dim
         (batched matmuls); None: this module's own parameters, shared by every env."""
@@ -204,16 +206,16 @@ class GaussianSSMPolicy(nn.Module):
             log_std = p["log_std"].clamp(*self.log_std_range)
 
         def step(observations: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor):
-            h = torch.tanh(_affine(observations, *encoder))  # (K, H)
+            h = torch.tanh(batched_affine(observations, *encoder))  # (K, H)
             if episode_start.any():
                 state = state * (~episode_start).to(state.dtype)[:, None, None]
             new_states = []
             for index, (norm_w, norm_b, a_bar, b_bar_t, c_t, d) in enumerate(layers):
                 x = _layer_norm(h, norm_w, norm_b)  # (K, H)
-                layer_state = _affine(x, b_bar_t, state[:, index] * a_bar)  # x_t = A_bar x_{t-1} + B_bar u_t
-                h = h + nn.functional.gelu(_affine(layer_state, c_t, x * d))  # y_t = C x_t + D u_t
+                layer_state = batched_affine(x, b_bar_t, state[:, index] * a_bar)  # x_t = A_bar x_{t-1} + B_bar u_t
+                h = h + nn.functional.gelu(batched_affine(layer_state, c_t, x * d))  # y_t = C x_t + D u_t
                 new_states.append(layer_state)
-            return _affine(_layer_norm(h, *final_norm), *head), log_std, torch.stack(new_states, dim=1)
+            return batched_affine(_layer_norm(h, *final_norm), *head), log_std, torch.stack(new_states, dim=1)
 
         return step
 
@@ -223,10 +225,3 @@ def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
     if weight.dim() == 1:
         return nn.functional.layer_norm(x, x.shape[-1:], weight, bias)
     return nn.functional.layer_norm(x, x.shape[-1:]) * weight + bias
-
-
-def _affine(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """bias + x @ weight_t with a shared (I, O) or a per-row (K, I, O) weight: x (K, I) -> (K, O)."""
-    if weight_t.dim() == 2:
-        return torch.addmm(bias, x, weight_t) if bias.dim() == 1 else bias + x @ weight_t
-    return torch.baddbmm(bias.unsqueeze(1), x.unsqueeze(1), weight_t).squeeze(1)

@@ -139,8 +139,8 @@ def _train_loop(config: TrainConfig, run_path: Path, state: dict[str, Any] | Non
         row = {"iteration": iteration + 1, "rollout/env_steps_total": env_steps_total, **metrics,
                "time/sample_s": sampled - started, "time/learn_s": learned - sampled,
                "time/iteration_s": learned - started,
-               "rollout/env_steps_per_s": metrics["rollout/env_steps"] / (sampled - started)}
-        row["rollout/workers_replaced"] = workers.num_replaced
+               "rollout/env_steps_per_s": metrics["rollout/env_steps"] / (sampled - started),
+               "rollout/workers_replaced": workers.num_replaced}
         metrics_log.append(row)
         logger.info("iter %d/%d steps %d | pre %.1f (succ %.2f) -> post %.1f (succ %.2f) | kl %.4f | sample %.1fs learn %.1fs",
                     iteration + 1, config.run.num_epochs, env_steps_total, row["pre_adapt/return"],
