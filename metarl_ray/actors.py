@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any, Sequence
 
 import numpy as np
@@ -14,6 +15,11 @@ from metarl_ray.config import EnvConfig, MAMLConfig, PolicyConfig, PPOConfig
 from metarl_ray.envs import TaskSpec
 from metarl_ray.learner import Learner
 from metarl_ray.rollout import RolloutWorker, SamplePlan
+
+
+def process_location() -> dict[str, Any]:
+    """Where this process runs: its pid and Ray node (``placement.json`` in the run directory)."""
+    return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()}
 
 
 @ray.remote
@@ -32,8 +38,8 @@ class RolloutActor:
         rollouts = self.worker.sample(meta_params, tasks, iteration, plan)
         return sum(task.num_steps for task in rollouts), rollouts
 
-    def pid(self) -> int:
-        return os.getpid()
+    def location(self) -> dict[str, Any]:
+        return process_location()
 
 
 @ray.remote
@@ -53,8 +59,8 @@ class LearnerActor:
     def state_dict(self) -> dict[str, Any]:
         return self.learner.state_dict()
 
-    def pid(self) -> int:
-        return os.getpid()
+    def location(self) -> dict[str, Any]:
+        return process_location()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.learner.load_state_dict(state)

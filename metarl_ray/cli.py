@@ -27,6 +27,7 @@ from metarl_ray.config import (
     load_yaml_overrides,
     merge_overrides,
 )
+from metarl_ray.storage import StoragePath
 
 logger = logging.getLogger("metarl_ray")
 EXIT_USAGE = 2
@@ -82,7 +83,7 @@ def _explicit_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return merge_overrides(file_overrides, flag_overrides)
 
 
-def _read_checkpoint(path: Path, flag: str) -> dict[str, Any]:
+def _read_checkpoint(path: StoragePath, flag: str) -> dict[str, Any]:
     from metarl_ray.checkpoint import load_checkpoint
 
     try:
@@ -94,15 +95,29 @@ def _read_checkpoint(path: Path, flag: str) -> dict[str, Any]:
         raise ConfigError(f"--{flag}={str(path)!r}: unreadable checkpoint ({type(error).__name__})") from None
 
 
-def resolve_train(argv: Sequence[str]) -> tuple[TrainConfig, Path, Path | None]:
+def _train_config(argv: Sequence[str]) -> tuple[TrainConfig, dict[str, dict[str, Any]]]:
+    """The config a ``metarl train`` command line asks for (and its explicit overrides); no I/O
+    beyond reading a ``--config`` file."""
+    explicit = _explicit_overrides(_train_parser().parse_args(argv))
+    test_mode = bool(explicit.get("run", {}).get("test_mode", False))
+    return build_config(merge_overrides(TEST_MODE_OVERRIDES if test_mode else {}, explicit)), explicit
+
+
+def _storage(location: str, flag: str) -> StoragePath:
+    """Open a path or URI given on the command line; an unreachable store is the user's input here."""
+    try:
+        return StoragePath.parse(location)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"--{flag}={location!r}: cannot open it ({str(error).splitlines()[0][:200]})") from None
+
+
+def resolve_train(argv: Sequence[str]) -> tuple[TrainConfig, StoragePath, StoragePath | None]:
     """Config, run directory and checkpoint to resume from; raises ConfigError, writes nothing."""
     from metarl_ray.run_dir import default_run_name
 
-    explicit = _explicit_overrides(_train_parser().parse_args(argv))
-    test_mode = bool(explicit.get("run", {}).get("test_mode", False))
-    config = build_config(merge_overrides(TEST_MODE_OVERRIDES if test_mode else {}, explicit))
+    config, explicit = _train_config(argv)
     if not (config.run.resume or config.run.checkpoint_path):
-        run_path = Path(config.run.output_dir) / (config.run.run_name or default_run_name(config))
+        run_path = _storage(config.run.output_dir, "output_dir") / (config.run.run_name or default_run_name(config))
         if run_path.exists():
             raise ConfigError(f"--run_name={config.run.run_name!r}: {run_path} already exists; pass --resume to continue it or choose another name")
         return config, run_path, None
@@ -123,25 +138,25 @@ def resolve_train(argv: Sequence[str]) -> tuple[TrainConfig, Path, Path | None]:
     return resumed, run_path, checkpoint
 
 
-def _resume_target(config: TrainConfig) -> tuple[Path, Path]:
+def _resume_target(config: TrainConfig) -> tuple[StoragePath, StoragePath]:
     """The run directory and checkpoint a resume continues; only ever the run's latest checkpoint,
     since continuing from an older one would overwrite the later checkpoints and metrics."""
     from metarl_ray.checkpoint import latest_checkpoint, resolve_checkpoint, run_path_of
 
     if config.run.checkpoint_path:
-        checkpoint = resolve_checkpoint(config.run.checkpoint_path)
+        checkpoint = resolve_checkpoint(_storage(config.run.checkpoint_path, "checkpoint_path"))
         if checkpoint is None:
-            raise ConfigError(f"--checkpoint_path={config.run.checkpoint_path!r}: no checkpoint there")
+            raise ConfigError(f"--checkpoint_path={config.run.checkpoint_path!r}: expected an existing checkpoint file or run directory")
         run_path = run_path_of(checkpoint)
         latest = latest_checkpoint(run_path)
-        if latest is not None and latest.resolve() != checkpoint.resolve():
+        if latest is not None and latest.resolve().path != checkpoint.resolve().path:
             raise ConfigError(f"--checkpoint_path={config.run.checkpoint_path!r}: not the latest checkpoint of {run_path} "
                               f"({latest.name} is); resuming from it would overwrite later results")
         if config.run.run_name and config.run.run_name != run_path.name:
             raise ConfigError(f"--run_name={config.run.run_name!r}: the checkpoint belongs to run {run_path.name!r}")
         return run_path, checkpoint
     if config.run.run_name:
-        run_path = Path(config.run.output_dir) / config.run.run_name
+        run_path = _storage(config.run.output_dir, "output_dir") / config.run.run_name
         checkpoint = latest_checkpoint(run_path)
         if checkpoint is None:
             raise ConfigError(f"--run_name={config.run.run_name!r}: no checkpoint in {run_path} to resume from")
@@ -149,7 +164,7 @@ def _resume_target(config: TrainConfig) -> tuple[Path, Path]:
     raise ConfigError("--resume=True: needs --run_name NAME or --checkpoint_path PATH to say which run")
 
 
-def _saved_config(state: dict[str, Any], checkpoint: Path) -> TrainConfig:
+def _saved_config(state: dict[str, Any], checkpoint: StoragePath) -> TrainConfig:
     try:
         return config_from_dict(state["config"])
     except ConfigError:
@@ -185,7 +200,7 @@ def cmd_eval(argv: Sequence[str]) -> int:
     from metarl_ray.evaluation import evaluate_checkpoint
 
     args = _eval_parser().parse_args(argv)
-    checkpoint = resolve_checkpoint(args.checkpoint)
+    checkpoint = resolve_checkpoint(_storage(args.checkpoint, "checkpoint"))
     if checkpoint is None:
         raise ConfigError(f"--checkpoint={args.checkpoint!r}: expected a checkpoint file or a run directory with checkpoints")
     limits = {"goals_per_class": GOALS_PER_CLASS, "num_evals": 1000, "mt_episodes": 10_000}
@@ -209,16 +224,45 @@ def cmd_eval(argv: Sequence[str]) -> int:
     return 0
 
 
-def cmd_tune(argv: Sequence[str]) -> int:
-    from metarl_ray.trainer import ray_session
-    from metarl_ray.tune import TuneInterrupted, load_tune_spec, run_tune
-
+def _tune_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="metarl tune", description="Ray Tune search from a file in tune_configs/.")
     parser.add_argument("file", help="search file (YAML), e.g. tune_configs/ml1_quick.yaml")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted experiment (Tuner.restore)")
     parser.add_argument("--ray_address", "--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or local)")
-    args = parser.parse_args(argv)
-    spec = load_tune_spec(args.file)
+    parser.add_argument("--storage_path", "--storage-path", default=None, metavar="URI",
+                        help="where Tune keeps the experiment (path, file://, s3://, gs://); overrides the file's storage_path")
+    return parser
+
+
+def _tune_spec(argv: Sequence[str]) -> tuple[Any, argparse.Namespace]:
+    from metarl_ray.tune import load_tune_spec
+
+    args = _tune_parser().parse_args(argv)
+    return load_tune_spec(args.file, storage_path=args.storage_path), args
+
+
+def check_command(argv: Sequence[str]) -> None:
+    """Parse and validate a ``metarl`` command line without running it and without touching its
+    output storage (an ``s3://`` bucket may only exist on the cluster). Deployment manifests under
+    ``cluster/`` are checked with this. Raises ConfigError with the usual one-line message."""
+    if not argv or argv[0] not in ("train", "eval", "tune", "doctor"):
+        raise ConfigError(f"command {argv[0] if argv else ''!r}: expected one of train, eval, tune, doctor")
+    command, rest = argv[0], list(argv[1:])
+    if command == "train":
+        _train_config(rest)
+    elif command == "tune":
+        _tune_spec(rest)
+    elif command == "eval":
+        _eval_parser().parse_args(rest)
+    elif rest:
+        raise ConfigError(f"metarl doctor: unexpected arguments {' '.join(rest)!r}")
+
+
+def cmd_tune(argv: Sequence[str]) -> int:
+    from metarl_ray.trainer import ray_session
+    from metarl_ray.tune import TuneInterrupted, run_tune
+
+    spec, args = _tune_spec(argv)
     with ray_session(args.ray_address):
         try:
             summary = run_tune(spec, resume=args.resume)
@@ -226,7 +270,7 @@ def cmd_tune(argv: Sequence[str]) -> int:
             print(f"metarl tune: {stopped}", file=sys.stderr)
             return 130
     print(f"best trial ({spec.metric} {summary['best_metrics'].get(spec.metric)}): {json.dumps(summary['best_config'])}")
-    print(f"written to {Path(summary['experiment']) / 'best_trial.json'}")
+    print(f"written to {summary['experiment']}/best_trial.json")
     return 0
 
 

@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import yaml
 
@@ -20,6 +21,16 @@ ML_BENCHMARKS = ("ML1", "ML10", "ML45")
 MT_BENCHMARKS = ("MT1", "MT10", "MT50")
 BENCHMARKS = ML_BENCHMARKS + MT_BENCHMARKS
 NOT_AVAILABLE_YET = "not available yet"
+
+
+# URI schemes the storage layer opens through pyarrow.fs (kept here so config imports nothing from the package).
+URI_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+
+
+def uri_scheme(location: str) -> str:
+    """'' for a plain path (a one-letter scheme is a Windows drive), else the URI scheme."""
+    scheme = urlparse(location).scheme
+    return scheme if len(scheme) > 1 else ""
 
 
 class ConfigError(ValueError):
@@ -165,7 +176,7 @@ class RunConfig:
     seed: int = 0
     """Seed of task sampling, action noise and initial weights."""
     output_dir: str = "runs"
-    """Folder that holds run directories."""
+    """Folder that holds run directories: a path, or a URI (file://, s3://, gs://) for shared storage."""
     run_name: str | None = None
     """Run directory name; default: benchmark, task, time and a random suffix."""
     checkpoint_every: int = 10
@@ -173,7 +184,7 @@ class RunConfig:
     resume: bool = False
     """Continue the run named by --run_name or --checkpoint_path from its latest checkpoint."""
     checkpoint_path: str | None = None
-    """Checkpoint file or run directory to resume from."""
+    """Checkpoint file or run directory (path or URI) to resume from."""
     test_mode: bool = False
     """Tiny budgets for smoke tests: 2 iterations, 2 tasks (so up to 2 workers), 2 episodes of 50 steps."""
     ray_address: str | None = None
@@ -184,13 +195,16 @@ class RunConfig:
     def __post_init__(self) -> None:
         _check(1 <= self.num_epochs <= 10_000_000, "num_epochs", self.num_epochs, "expected an integer >= 1")
         _check(0 <= self.seed < 2**32, "seed", self.seed, "expected an integer in [0, 2**32)")
-        _check(bool(self.output_dir), "output_dir", self.output_dir, "expected a non-empty path")
+        _check(bool(self.output_dir), "output_dir", self.output_dir, "expected a non-empty path or URI")
+        _check(uri_scheme(self.output_dir) in ("",) + URI_SCHEMES, "output_dir", self.output_dir,
+               f"expected a path or a URI with one of the schemes {', '.join(URI_SCHEMES)}")
         if self.run_name is not None:
             _check(bool(self.run_name) and "/" not in self.run_name and self.run_name not in (".", ".."), "run_name", self.run_name, "expected a plain folder name without '/'")
         _check(0 <= self.max_failures <= 1000, "max_failures", self.max_failures, "expected an integer in [0, 1000]")
         _check(1 <= self.checkpoint_every <= 10_000_000, "checkpoint_every", self.checkpoint_every, "expected an integer >= 1")
-        if self.checkpoint_path is not None:
-            _check(Path(self.checkpoint_path).exists(), "checkpoint_path", self.checkpoint_path, "expected an existing checkpoint file or run directory")
+        if self.checkpoint_path is not None:  # whether it exists is checked on resume: it may be a URI
+            _check(uri_scheme(self.checkpoint_path) in ("",) + URI_SCHEMES, "checkpoint_path", self.checkpoint_path,
+                   f"expected a path or a URI with one of the schemes {', '.join(URI_SCHEMES)}")
 
 
 @dataclass(frozen=True)

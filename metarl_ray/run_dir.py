@@ -1,10 +1,13 @@
-"""A run directory: resolved config, Parquet metrics, a timestamped log and checkpoints."""
+"""A run directory: resolved config, Parquet metrics, a timestamped log and checkpoints.
+
+The directory may be a local path or a URI (``storage.py``); every file in it is written atomically.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
 import secrets
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -14,10 +17,12 @@ import pyarrow.parquet as pq
 import yaml
 
 from metarl_ray.config import TrainConfig
+from metarl_ray.storage import StoragePath
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.parquet"
 LOG_FILE = "train.log"
+PLACEMENT_FILE = "placement.json"
 
 
 def default_run_name(config: TrainConfig) -> str:
@@ -25,37 +30,59 @@ def default_run_name(config: TrainConfig) -> str:
     return f"{config.env.benchmark}{task}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-def write_config(run_path: Path, config: TrainConfig) -> None:
-    tmp = run_path / f".{CONFIG_FILE}.tmp"
-    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    os.replace(tmp, run_path / CONFIG_FILE)
+def write_config(run_path: StoragePath, config: TrainConfig) -> None:
+    (run_path / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
-def read_config_dict(run_path: Path) -> dict[str, Any]:
-    return yaml.safe_load((run_path / CONFIG_FILE).read_text())
+def read_config_dict(run_path: StoragePath | str | Path) -> dict[str, Any]:
+    return yaml.safe_load((StoragePath.parse(run_path) / CONFIG_FILE).read_text())
 
 
 class MetricsLog:
     """One row per iteration, rewritten atomically as a whole (small: one row per iteration)."""
 
-    def __init__(self, path: Path, keep_up_to_iteration: int | None = None) -> None:
+    def __init__(self, path: StoragePath, keep_up_to_iteration: int | None = None) -> None:
         self.path = path
         self.rows: list[dict[str, float]] = []
         if keep_up_to_iteration is not None and path.is_file():
             # On resume, rows after the checkpoint are dropped: those iterations run again.
-            self.rows = [row for row in pq.read_table(path).to_pylist() if row["iteration"] <= keep_up_to_iteration]
+            table = pq.read_table(pa.BufferReader(path.read_bytes()))
+            self.rows = [row for row in table.to_pylist() if row["iteration"] <= keep_up_to_iteration]
 
     def append(self, row: dict[str, float]) -> None:
         self.rows.append(row)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
         # Union of keys in first-seen order: a key added by a newer version shows as null in older rows.
         keys = list(dict.fromkeys(key for row in self.rows for key in row))
-        pq.write_table(pa.table({key: [row.get(key) for row in self.rows] for key in keys}), tmp)
-        os.replace(tmp, self.path)
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.table({key: [row.get(key) for row in self.rows] for key in keys}), sink)
+        self.path.write_bytes(sink.getvalue().to_pybytes())
 
 
-def attach_log_file(run_path: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_path / LOG_FILE)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("metarl_ray").addHandler(handler)
-    return handler
+class RunLogFile:
+    """``train.log`` of a run. A local run directory gets the file directly; for a URI (object stores
+    cannot append) the log is kept in a local staging file and uploaded whole by ``sync``, which the
+    trainer calls at every checkpoint and at the end."""
+
+    def __init__(self, run_path: StoragePath) -> None:
+        self.target = run_path / LOG_FILE
+        local = self.target.local
+        self._staging = None if local is not None else tempfile.NamedTemporaryFile(prefix="metarl-log-", suffix=".log", delete=False)
+        if self._staging is not None:
+            self._staging.close()
+            if self.target.is_file():  # a resumed run continues its log
+                Path(self._staging.name).write_bytes(self.target.read_bytes())
+        self.handler = logging.FileHandler(local if local is not None else self._staging.name)
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("metarl_ray").addHandler(self.handler)
+
+    def sync(self) -> None:
+        if self._staging is not None:
+            self.handler.flush()
+            self.target.write_bytes(Path(self._staging.name).read_bytes())
+
+    def close(self) -> None:
+        logging.getLogger("metarl_ray").removeHandler(self.handler)
+        self.handler.close()
+        self.sync()
+        if self._staging is not None:
+            Path(self._staging.name).unlink(missing_ok=True)

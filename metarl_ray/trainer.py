@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import ray
@@ -18,7 +18,8 @@ from metarl_ray.checkpoint import latest_checkpoint, load_checkpoint, save_check
 from metarl_ray.config import ConfigError, TrainConfig
 from metarl_ray.envs import BenchmarkTasks, TaskSampler, TaskSpec
 from metarl_ray.rollout_pool import RolloutPool
-from metarl_ray.run_dir import METRICS_FILE, MetricsLog, attach_log_file, write_config
+from metarl_ray.run_dir import METRICS_FILE, PLACEMENT_FILE, MetricsLog, RunLogFile, write_config
+from metarl_ray.storage import StoragePath
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,22 @@ def place_learner(device: str) -> LearnerPlacement:
     return LearnerPlacement("cuda" if use_gpu else "cpu", 1 if use_gpu else 0, int(ray.cluster_resources().get("CPU", 1)))
 
 
+def rollout_actor_options() -> dict[str, Any]:
+    """One CPU per rollout actor, spread over the nodes. SPREAD rather than a placement group: the pool
+    replaces actors one at a time, and a replacement must land on any node with a free CPU at once,
+    not wait for a lost node's bundle to be rescheduled. Inside a placement group (a Tune trial) the
+    actors stay in the group, which already holds their CPUs."""
+    if ray.util.get_current_placement_group() is not None:
+        return {"num_cpus": 1}
+    return {"num_cpus": 1, "scheduling_strategy": "SPREAD"}
+
+
+def learner_actor_options(placement: LearnerPlacement) -> dict[str, Any]:
+    """The learner takes no CPU slot (a rollout actor may use it), and a GPU when it learns on one,
+    which puts it on a GPU node."""
+    return {"num_cpus": 0, "num_gpus": placement.num_gpus}
+
+
 def default_num_rollout_workers(config: TrainConfig) -> int:
     num_cpus = int(ray.cluster_resources().get("CPU", 1))
     requested = config.rollout.num_rollout_workers or num_cpus
@@ -69,26 +86,27 @@ def split_tasks(tasks: Sequence[TaskSpec], num_workers: int) -> list[list[TaskSp
     return [list(tasks[bounds[i]:bounds[i + 1]]) for i in range(num_workers)]
 
 
-IterationCallback = Callable[[dict[str, float], "Path | None"], None]
+IterationCallback = Callable[[dict[str, float], "StoragePath | None"], None]
 
 
-def train(config: TrainConfig, run_path: Path, resume_from: Path | None = None,
-          on_iteration: IterationCallback | None = None) -> Path:
-    """Meta-train; returns the run directory. Ray is started in-process unless already running.
-    ``on_iteration(metrics, checkpoint_or_None)`` runs after every iteration (Ray Tune reports there)."""
+def train(config: TrainConfig, run_path: StoragePath | str, resume_from: StoragePath | str | None = None,
+          on_iteration: IterationCallback | None = None) -> StoragePath:
+    """Meta-train; returns the run directory (a path or URI). Ray is started in-process unless already
+    running. ``on_iteration(metrics, checkpoint_or_None)`` runs after every iteration (Tune reports there)."""
+    run_path = StoragePath.parse(run_path)
     state = load_checkpoint(resume_from) if resume_from is not None else None
     with ray_session(config.run.ray_address):
         placement = place_learner(config.learner.device)
         num_workers = default_num_rollout_workers(config)
         # A fresh run must not share a directory with another run started meanwhile.
-        run_path.mkdir(parents=True, exist_ok=state is not None)
+        run_path.mkdir(exist_ok=state is not None)
         write_config(run_path, config)
-        log_handler = attach_log_file(run_path)
+        log_file = RunLogFile(run_path)
         try:
             restarts = 0
             while True:
                 try:
-                    return _train_loop(config, run_path, state, placement, num_workers, on_iteration)
+                    return _train_loop(config, run_path, state, placement, num_workers, on_iteration, log_file)
                 except RayError as error:  # the learner (or another process) died: go on from the checkpoint
                     restarts += 1
                     if restarts > config.run.max_failures:
@@ -98,19 +116,32 @@ def train(config: TrainConfig, run_path: Path, resume_from: Path | None = None,
                     logger.warning("%s; restarting from %s (restart %d of %d)", type(error).__name__,
                                    checkpoint.name if checkpoint else "the beginning", restarts, config.run.max_failures)
         finally:
-            logging.getLogger("metarl_ray").removeHandler(log_handler)
-            log_handler.close()
+            log_file.close()
 
 
-def _train_loop(config: TrainConfig, run_path: Path, state: dict[str, Any] | None,
-                placement: LearnerPlacement, num_workers: int, on_iteration: IterationCallback | None) -> Path:
+def write_placement(run_path: StoragePath, learner: Any, placement: LearnerPlacement, workers: RolloutPool) -> int:
+    """Record where the driver, learner and rollout actors run (``placement.json``: pids and Ray node
+    ids, for users on a cluster and for tests); returns the number of nodes the rollout actors use."""
+    from metarl_ray.actors import process_location
+
+    rollout = ray.get([actor.location.remote() for actor in workers.actors])
+    record = {"driver": process_location(), "learner": {**ray.get(learner.location.remote()), "device": placement.device},
+              "rollout_workers": rollout, "workers_replaced": workers.num_replaced}
+    (run_path / PLACEMENT_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return len({entry["node_id"] for entry in rollout})
+
+
+def _train_loop(config: TrainConfig, run_path: StoragePath, state: dict[str, Any] | None,
+                placement: LearnerPlacement, num_workers: int, on_iteration: IterationCallback | None,
+                log_file: RunLogFile) -> StoragePath:
     from metarl_ray.actors import LearnerActor, RolloutActor
 
     sampler = TaskSampler(BenchmarkTasks(config.env, config.run.seed).train_tasks(), config.run.seed)
-    learner = LearnerActor.options(num_cpus=0, num_gpus=placement.num_gpus).remote(
+    learner = LearnerActor.options(**learner_actor_options(placement)).remote(
         config.policy, config.maml, config.ppo, config.run.seed, placement.device, placement.num_threads)
     workers = RolloutPool(
-        lambda: RolloutActor.options(num_cpus=1).remote(config.env, config.policy, config.maml, config.ppo, config.run.seed),
+        lambda: RolloutActor.options(**rollout_actor_options()).remote(
+            config.env, config.policy, config.maml, config.ppo, config.run.seed),
         num_workers, config.rollout.sample_timeout_s)
     start_iteration, env_steps_total = 0, 0
     if state is not None:
@@ -119,9 +150,9 @@ def _train_loop(config: TrainConfig, run_path: Path, state: dict[str, Any] | Non
         start_iteration, env_steps_total = int(state["iteration"]), int(state["env_steps_total"])
         logger.info("resumed %s at iteration %d (%d env steps)", run_path, start_iteration, env_steps_total)
     metrics_log = MetricsLog(run_path / METRICS_FILE, keep_up_to_iteration=start_iteration)
-    logger.info("run %s: %s, driver pid %d, %d rollout workers (pids %s), learner on %s (pid %d)", run_path,
-                config.env.benchmark, os.getpid(), num_workers, ray.get([actor.pid.remote() for actor in workers.actors]),
-                placement.device, ray.get(learner.pid.remote()))
+    num_nodes = write_placement(run_path, learner, placement, workers)
+    logger.info("run %s: %s, driver pid %d, %d rollout workers on %d node(s), learner on %s; see %s", run_path,
+                config.env.benchmark, os.getpid(), num_workers, num_nodes, placement.device, PLACEMENT_FILE)
 
     for iteration in range(start_iteration, config.run.num_epochs):
         started = time.perf_counter()
@@ -129,8 +160,11 @@ def _train_loop(config: TrainConfig, run_path: Path, state: dict[str, Any] | Non
         # Publish the meta-parameters once; every worker reads the same object.
         params_ref = learner.get_params.remote()
         # Lost or hung workers are replaced inside and their tasks sampled again: no episode is lost.
+        replaced_before = workers.num_replaced
         sample_refs, _ = workers.sample(params_ref, split_tasks(tasks, num_workers), iteration)
         sampled = time.perf_counter()
+        if workers.num_replaced != replaced_before:
+            num_nodes = write_placement(run_path, learner, placement, workers)
         # The learner takes the rollouts straight from the object store; the driver never copies them.
         metrics = ray.get(learner.update.remote(*sample_refs))
         learned = time.perf_counter()
@@ -140,7 +174,7 @@ def _train_loop(config: TrainConfig, run_path: Path, state: dict[str, Any] | Non
                "time/sample_s": sampled - started, "time/learn_s": learned - sampled,
                "time/iteration_s": learned - started,
                "rollout/env_steps_per_s": metrics["rollout/env_steps"] / (sampled - started),
-               "rollout/workers_replaced": workers.num_replaced}
+               "rollout/workers_replaced": workers.num_replaced, "rollout/num_nodes": num_nodes}
         metrics_log.append(row)
         logger.info("iter %d/%d steps %d | pre %.1f (succ %.2f) -> post %.1f (succ %.2f) | kl %.4f | sample %.1fs learn %.1fs",
                     iteration + 1, config.run.num_epochs, env_steps_total, row["pre_adapt/return"],
@@ -157,6 +191,7 @@ def _train_loop(config: TrainConfig, run_path: Path, state: dict[str, Any] | Non
                 "task_sampler": sampler.state_dict(),
             })
             logger.info("checkpoint %s (%.3fs)", path, time.perf_counter() - checkpoint_started)
+            log_file.sync()
         if on_iteration is not None:
             on_iteration(row, path)
     return run_path

@@ -27,7 +27,8 @@ from typing import Any
 
 import yaml
 
-from metarl_ray.config import FIELD_SECTION, ConfigError, TrainConfig, build_config, merge_overrides
+from metarl_ray.config import FIELD_SECTION, URI_SCHEMES, ConfigError, TrainConfig, build_config, merge_overrides, uri_scheme
+from metarl_ray.storage import StoragePath
 
 logger = logging.getLogger(__name__)
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform")
@@ -60,8 +61,9 @@ class TuneSpec:
     source_path: str = field(default="", compare=False)
 
     @property
-    def experiment_path(self) -> Path:
-        return Path(self.storage_path).resolve() / self.name
+    def experiment_path(self) -> StoragePath:
+        """Where Tune keeps the experiment: an absolute local path, or a URI on shared storage."""
+        return StoragePath.parse(self.storage_path).resolve() / self.name
 
 
 def _fail(source: str, key: str, value: Any, allowed: str) -> None:
@@ -82,8 +84,9 @@ def _check_space(source: str, where: str, space: Any) -> dict[str, list[Any]]:
     return {kind: values}
 
 
-def load_tune_spec(path: str | Path) -> TuneSpec:
-    """Parse and validate a search file; every trial's config is checked before Tune starts."""
+def load_tune_spec(path: str | Path, storage_path: str | None = None) -> TuneSpec:
+    """Parse and validate a search file; every trial's config is checked before Tune starts.
+    ``storage_path`` (``metarl tune --storage_path``) overrides the file's."""
     path = Path(path)
     source = path.name
     if not path.is_file():
@@ -115,7 +118,9 @@ def load_tune_spec(path: str | Path) -> TuneSpec:
         metric=str(data.get("metric", "post_adapt/success")), mode=str(data.get("mode", "max")),
         num_samples=data.get("num_samples", 1), max_failures=data.get("max_failures", 2),
         rollout_workers=resources.get("rollout_workers", 1), gpus=resources.get("gpu", 0),
-        storage_path=str(data.get("storage_path", "ray_results")), source=source, source_path=str(path))
+        storage_path=str(storage_path or data.get("storage_path", "ray_results")), source=source, source_path=str(path))
+    if uri_scheme(spec.storage_path) not in ("",) + URI_SCHEMES:
+        _fail(source, "storage_path", spec.storage_path, f"expected a path or a URI with one of the schemes {', '.join(URI_SCHEMES)}")
     if spec.mode not in ("max", "min"):
         _fail(source, "mode", spec.mode, "expected max or min")
     for key, value, low in (("num_samples", spec.num_samples, 1), ("max_failures", spec.max_failures, 0),
@@ -196,7 +201,7 @@ def make_trainable(spec: TuneSpec):
             restored = Path(tempfile.mkdtemp(prefix="metarl-restore-"))
             resume_from = resolve_checkpoint(checkpoint.to_directory(str(restored)))
 
-        def report(metrics: dict[str, float], checkpoint_path: Path | None) -> None:
+        def report(metrics: dict[str, float], checkpoint_path: StoragePath | None) -> None:
             clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
             if checkpoint_path is None:
                 tune.report(clean)

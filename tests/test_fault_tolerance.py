@@ -1,5 +1,6 @@
 """Fault tolerance on real Ray and real Meta-World: a rollout actor SIGKILLed mid-run, a hung actor."""
 
+import json
 import os
 import signal
 import subprocess
@@ -17,10 +18,9 @@ from metarl_ray.rollout_pool import RolloutPool
 from metarl_ray.trainer import split_tasks
 
 
-def rollout_actor_pids(log_text):
-    """The run logs its rollout workers' pids (so only this run's actors are touched)."""
-    line = next(line for line in log_text.splitlines() if "rollout workers (pids" in line)
-    return [int(pid) for pid in line.split("(pids [")[1].split("]")[0].split(",")]
+def placement(run_path):
+    """The run's own record of its processes (so only this run's actors are touched)."""
+    return json.loads((run_path / "placement.json").read_text())
 
 
 def test_sigkilled_rollout_actor_loses_no_episodes(tmp_path):
@@ -32,8 +32,7 @@ def test_sigkilled_rollout_actor_loses_no_episodes(tmp_path):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (log.is_file() and "iter 1/4" in log.read_text()):
         time.sleep(0.2)
-    pids = rollout_actor_pids(log.read_text())
-    os.kill(pids[0], signal.SIGKILL)
+    os.kill(placement(tmp_path / "ft")["rollout_workers"][0]["pid"], signal.SIGKILL)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr[-2000:]
     rows = pq.read_table(tmp_path / "ft" / "metrics.parquet").to_pylist()
@@ -88,8 +87,9 @@ def test_sigkilled_learner_restarts_from_the_latest_checkpoint(tmp_path):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (log.is_file() and "iter 3/5" in log.read_text()):
         time.sleep(0.2)
-    learner_pid = int(log.read_text().split("learner on cpu (pid ")[1].split(")")[0])
-    os.kill(learner_pid, signal.SIGKILL)
+    learner = placement(tmp_path / "learner")["learner"]
+    assert learner["device"] == "cpu"
+    os.kill(learner["pid"], signal.SIGKILL)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr[-2000:]
     text = log.read_text()
