@@ -19,6 +19,8 @@ import os
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
+
 import pyarrow.fs as pafs
 
 from metarl_ray.config import URI_SCHEMES, uri_scheme
@@ -34,6 +36,8 @@ class StoragePath:
     """The filesystem's own path: ``bucket/key`` for object stores, an absolute or relative local path."""
     scheme: str = ""
     """'' for a plain local path (shown as given), else the URI scheme it was given with."""
+    query: str = ""
+    """The URI's options (``?endpoint_override=host:9000&scheme=http`` for MinIO), kept for ``str``."""
 
     @classmethod
     def parse(cls, location: str | os.PathLike[str] | StoragePath) -> StoragePath:
@@ -47,7 +51,7 @@ class StoragePath:
         if scheme not in SUPPORTED_SCHEMES:
             raise ValueError(f"{text}: unsupported URI scheme {scheme!r}; expected a path or one of {', '.join(SUPPORTED_SCHEMES)}")
         filesystem, path = pafs.FileSystem.from_uri(text)
-        return cls(filesystem, path.rstrip("/") or "/", scheme)
+        return cls(filesystem, path.rstrip("/") or "/", scheme, urlparse(text).query)
 
     def __eq__(self, other: object) -> bool:
         """Same filesystem and path; a local one also equals the ``pathlib.Path`` of the same path."""
@@ -64,7 +68,7 @@ class StoragePath:
     def __str__(self) -> str:
         if not self.scheme:
             return self.path
-        return f"{self.scheme}://{self.path}" if self.scheme != "file" else f"file://{self.path}"
+        return f"{self.scheme}://{self.path}" + (f"?{self.query}" if self.query else "")
 
     def __fspath__(self) -> str:
         """Only local paths are paths to the operating system."""
@@ -73,7 +77,7 @@ class StoragePath:
         return str(self.local)
 
     def __truediv__(self, name: str) -> StoragePath:
-        return StoragePath(self.filesystem, posixpath.join(self.path, name), self.scheme)
+        return StoragePath(self.filesystem, posixpath.join(self.path, name), self.scheme, self.query)
 
     @property
     def name(self) -> str:
@@ -81,7 +85,7 @@ class StoragePath:
 
     @property
     def parent(self) -> StoragePath:
-        return StoragePath(self.filesystem, posixpath.dirname(self.path.rstrip("/")) or ".", self.scheme)
+        return StoragePath(self.filesystem, posixpath.dirname(self.path.rstrip("/")) or ".", self.scheme, self.query)
 
     @property
     def local(self) -> Path | None:
@@ -94,7 +98,7 @@ class StoragePath:
     def resolve(self) -> StoragePath:
         """Absolute for local paths (two spellings of one directory compare equal); URIs as they are."""
         local = self.local
-        return StoragePath(self.filesystem, str(local.resolve()), self.scheme) if local is not None else self
+        return StoragePath(self.filesystem, str(local.resolve()), self.scheme, self.query) if local is not None else self
 
     # -- queries --------------------------------------------------------------------------------
     def _type(self) -> pafs.FileType:
@@ -113,7 +117,7 @@ class StoragePath:
         if not self.is_dir():
             return []
         infos = self.filesystem.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
-        return [StoragePath(self.filesystem, info.path, self.scheme) for info in infos]
+        return [StoragePath(self.filesystem, info.path, self.scheme, self.query) for info in infos]
 
     def glob(self, pattern: str) -> list[StoragePath]:
         """Entries of this directory whose name matches ``pattern`` (one level, like Path.glob)."""
