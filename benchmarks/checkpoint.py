@@ -48,7 +48,7 @@ def policy_costs(policy_type: str, repeats: int = 5) -> dict[str, float]:
             started = time.perf_counter()
             Learner(config.policy, config.maml, config.ppo, 1, "cpu").load_state_dict(load_checkpoint(path)["learner"])
             restores.append(time.perf_counter() - started)
-        size = path.stat().st_size
+        size = Path(path).stat().st_size
     return {"parameters": sum(p.numel() for p in learner.policy.parameters()), "size_bytes": size,
             "write_ms": round(statistics.median(writes) * 1e3, 2), "restore_ms": round(statistics.median(restores) * 1e3, 2)}
 
