@@ -13,7 +13,6 @@ import json
 import logging
 import re
 import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 from metarl_ray.config import (
