@@ -189,6 +189,7 @@ def _train_loop(config: TrainConfig, run_path: StoragePath, state: dict[str, Any
                 "config": config.to_dict(),
                 "learner": ray.get(learner.state_dict.remote()),
                 "task_sampler": sampler.state_dict(),
+                "metrics": row,  # the iteration's metrics, for whoever continues from this checkpoint
             })
             logger.info("checkpoint %s (%.3fs)", path, time.perf_counter() - checkpoint_started)
             log_file.sync()

@@ -187,7 +187,7 @@ def make_trainable(spec: TuneSpec):
     """The function trainable: ``metarl train``'s loop, reporting to Tune and resuming from its checkpoints."""
     from ray import tune
 
-    from metarl_ray.checkpoint import resolve_checkpoint
+    from metarl_ray.checkpoint import load_checkpoint, resolve_checkpoint
     from metarl_ray.trainer import train
 
     def trainable(sampled: dict[str, Any]) -> None:
@@ -215,6 +215,16 @@ def make_trainable(spec: TuneSpec):
                     (Path(directory) / sidecar.name).write_bytes(sidecar.read_bytes())
                 tune.report(clean, checkpoint=tune.Checkpoint.from_directory(directory))
 
+        if resume_from is not None:
+            state = load_checkpoint(resume_from)
+            if int(state["iteration"]) >= config.run.num_epochs:
+                # PBT made this trial a clone of one that had already finished: nothing is left to train,
+                # so report where the clone stands, or the trial would end on its stale pre-exploit result.
+                # "done" ends the trial on this report; without it synchronous PBT exploits on every
+                # report and would restart the clone forever.
+                report({**(state.get("metrics") or {}), "iteration": int(state["iteration"]), "done": True},
+                       resume_from)
+                return
         train(config, run_path, resume_from, on_iteration=report)
 
     # One bundle for the trial's driver (it waits while others work), one CPU per rollout actor; the
