@@ -36,7 +36,7 @@ def policy_costs(policy_type: str, repeats: int = 5) -> dict[str, float]:
     learner = Learner(config.policy, config.maml, config.ppo, 0, "cpu")
     for p in learner.policy.parameters():  # one Adam step, so the optimizer state is full size
         p.grad = torch.zeros_like(p)
-    learner.algorithm.optimizer.step()
+    learner.optimizer.step()
     state = {"iteration": 1, "env_steps_total": 0, "config": config.to_dict(), "learner": learner.state_dict(),
              "task_sampler": {"bit_generator": {"state": {"state": 2**100, "inc": 1}}}}
     with tempfile.TemporaryDirectory() as directory:

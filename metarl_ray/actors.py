@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 from typing import Any, Sequence
@@ -11,7 +12,7 @@ import ray
 import torch
 
 from metarl_ray.batch import TaskRollouts
-from metarl_ray.config import EnvConfig, MAMLConfig, PolicyConfig, PPOConfig
+from metarl_ray.config import EnvConfig, LearnerConfig, MAMLConfig, PolicyConfig, PPOConfig
 from metarl_ray.envs import TaskSpec
 from metarl_ray.learner import Learner
 from metarl_ray.rollout import RolloutWorker, SamplePlan
@@ -44,17 +45,33 @@ class RolloutActor:
 
 @ray.remote
 class LearnerActor:
-    def __init__(self, policy_config: PolicyConfig, maml_config: MAMLConfig, ppo_config: PPOConfig, seed: int,
-                 device: str, num_threads: int) -> None:
+    def __init__(self, policy_config: PolicyConfig, maml_config: MAMLConfig, ppo_config: PPOConfig,
+                 learner_config: LearnerConfig, seed: int, device: str, num_threads: int) -> None:
         # Never more threads than this node has cores, whatever the cluster's total.
         torch.set_num_threads(max(1, min(num_threads, os.cpu_count() or 1)))
-        self.learner = Learner(policy_config, maml_config, ppo_config, seed, device)
+        self.learner = Learner(policy_config, maml_config, ppo_config, seed, device, learner_config)
+
+    def rendezvous_address(self) -> str:
+        """A free TCP port on this node for torch.distributed's rendezvous (rank 0 calls this)."""
+        with socket.socket() as probe:
+            probe.bind(("", 0))
+            port = probe.getsockname()[1]
+        return f"tcp://{ray.util.get_node_ip_address()}:{port}"
+
+    def join_process_group(self, address: str, rank: int, world_size: int, backend: str, timeout_s: float) -> None:
+        import torch.distributed as dist
+
+        dist.init_process_group(backend, init_method=address, rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=timeout_s))
 
     def get_params(self) -> dict[str, np.ndarray]:
         return self.learner.get_params()
 
-    def update(self, *rollouts_per_worker: list[TaskRollouts]) -> dict[str, float]:
-        return self.learner.update([task for rollouts in rollouts_per_worker for task in rollouts])
+    def update(self, first_slot: int, end_slot: int, num_tasks_total: int,
+               *rollouts_per_worker: list[TaskRollouts]) -> dict[str, float]:
+        """Meta-update on the tasks with slots in [first_slot, end_slot) of the workers' rollouts."""
+        mine = [task for rollouts in rollouts_per_worker for task in rollouts if first_slot <= task.slot < end_slot]
+        return {**self.learner.update(mine, num_tasks_total), "learner/num_tasks": float(len(mine))}
 
     def state_dict(self) -> dict[str, Any]:
         return self.learner.state_dict()

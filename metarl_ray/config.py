@@ -20,7 +20,6 @@ import yaml
 ML_BENCHMARKS = ("ML1", "ML10", "ML45")
 MT_BENCHMARKS = ("MT1", "MT10", "MT50")
 BENCHMARKS = ML_BENCHMARKS + MT_BENCHMARKS
-NOT_AVAILABLE_YET = "not available yet"
 
 
 # URI schemes the storage layer opens through pyarrow.fs (kept here so config imports nothing from the package).
@@ -80,8 +79,8 @@ class PolicyConfig:
     """SSM: states per layer (diagonal state matrix size)."""
     num_ssm_layers: int = 2
     """SSM: number of residual SSM blocks."""
-    ssm_scan: str = "reference"
-    """SSM: scan over whole episodes in training: reference (a step loop) or doubling (parallel)."""
+    ssm_scan: str = "chunked"
+    """SSM: training scan over whole episodes: chunked (closed form per chunk), reference (step loop) or doubling."""
     init_log_std: float = 0.0
     """Initial log standard deviation of the Gaussian action distribution."""
 
@@ -89,7 +88,7 @@ class PolicyConfig:
         _check(self.policy_type in ("mlp", "ssm"), "policy_type", self.policy_type, "expected mlp or ssm")
         _check(1 <= self.state_size <= 4096, "state_size", self.state_size, "expected an integer in [1, 4096]")
         _check(1 <= self.num_ssm_layers <= 16, "num_ssm_layers", self.num_ssm_layers, "expected an integer in [1, 16]")
-        _check(self.ssm_scan in ("reference", "doubling"), "ssm_scan", self.ssm_scan, "expected reference or doubling")
+        _check(self.ssm_scan in ("reference", "doubling", "chunked"), "ssm_scan", self.ssm_scan, "expected reference, doubling or chunked")
         _check(1 <= self.hidden_size <= 8192, "hidden_size", self.hidden_size, "expected an integer in [1, 8192]")
         _check(1 <= self.num_hidden_layers <= 16, "num_hidden_layers", self.num_hidden_layers, "expected an integer in [1, 16]")
         _check(-10.0 <= self.init_log_std <= 2.0, "init_log_std", self.init_log_std, "expected a number in [-10, 2]")
@@ -155,18 +154,23 @@ class RolloutConfig:
 @dataclass(frozen=True)
 class LearnerConfig:
     device: str = "auto"
-    """Learner device: auto (a GPU when the cluster has one), cpu or cuda."""
+    """Learner device: auto (a GPU per learner when the cluster has them), cpu or cuda."""
+    num_learners: int = 1
+    """Learner actors, each computing the meta-gradient of its share of the tasks; gradients are averaged."""
     use_amp: bool = False
-    """Mixed precision on the learner (lands with its own issue)."""
+    """Mixed precision: bfloat16 autocast on the learner's forward passes; fp32 parameters and Adam state."""
     gradient_accumulation_steps: int = 1
-    """Split the meta-batch into this many chunks (lands with its own issue)."""
+    """Process each learner's tasks in this many chunks per optimizer step (less memory, same gradient)."""
+    meta_batching: str = "auto"
+    """batched: a chunk's tasks in one vmapped graph; per_task: one graph per task; auto: batched on GPUs only."""
 
     def __post_init__(self) -> None:
         _check(self.device in ("auto", "cpu", "cuda"), "device", self.device, "expected auto, cpu or cuda")
-        if self.use_amp:
-            raise ConfigError(f"--use_amp=True: {NOT_AVAILABLE_YET}; leave it off")
-        if self.gradient_accumulation_steps != 1:
-            raise ConfigError(f"--gradient_accumulation_steps={self.gradient_accumulation_steps!r}: {NOT_AVAILABLE_YET}; only 1 is supported")
+        _check(1 <= self.num_learners <= 256, "num_learners", self.num_learners, "expected an integer in [1, 256]")
+        _check(1 <= self.gradient_accumulation_steps <= 1000, "gradient_accumulation_steps",
+               self.gradient_accumulation_steps, "expected an integer in [1, 1000]")
+        _check(self.meta_batching in ("auto", "batched", "per_task"), "meta_batching", self.meta_batching,
+               "expected auto, batched or per_task")
 
 
 @dataclass(frozen=True)
@@ -216,6 +220,11 @@ class TrainConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        # Every learner needs at least one task of the meta-batch.
+        _check(self.learner.num_learners <= self.maml.num_tasks, "num_learners", self.learner.num_learners,
+               f"expected at most --num_tasks={self.maml.num_tasks} (each learner needs a task)")
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)

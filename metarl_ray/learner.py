@@ -1,14 +1,23 @@
-"""The learner: meta-parameters, optimizer and the meta-update. Plain PyTorch; ``actors.py`` wraps it."""
+"""The learner: meta-parameters, optimizer and the meta-update. Plain PyTorch; ``actors.py`` wraps it.
+
+The update loop is the same for every meta-learner behind the ``MetaLearner`` protocol: per optimizer
+step, the learner's tasks are processed in ``gradient_accumulation_steps`` chunks (one batched graph
+each, or one graph per task on the ``per_task`` reference path), optionally under bfloat16 autocast;
+with several learners the gradients are averaged across them (``torch.distributed`` all-reduce) before
+clipping and the Adam step, so every learner applies the same update to the same parameters.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from metarl_ray.batch import TaskRollouts
-from metarl_ray.config import MAMLConfig, PolicyConfig, PPOConfig
+from metarl_ray.config import LearnerConfig, MAMLConfig, PolicyConfig, PPOConfig
 from metarl_ray.envs import ACTION_DIM, OBS_DIM
 from metarl_ray.maml import MAMLPPO, MetaLearner, TaskTensors
 from metarl_ray.policy import build_policy, params_to_numpy
@@ -25,23 +34,100 @@ def rollout_metrics(rollouts: Sequence[TaskRollouts]) -> dict[str, float]:
     }
 
 
+def task_chunks(tasks: Sequence[Any], num_chunks: int) -> list[list[Any]]:
+    """Contiguous near-equal chunks, none empty (at most one chunk per task)."""
+    num_chunks = max(1, min(num_chunks, len(tasks)))
+    bounds = [round(i * len(tasks) / num_chunks) for i in range(num_chunks + 1)]
+    return [list(tasks[bounds[i]:bounds[i + 1]]) for i in range(num_chunks)]
+
+
+def meta_update(algorithm: MetaLearner, optimizer: torch.optim.Optimizer, tasks: Sequence[TaskTensors],
+                config: LearnerConfig, grad_clip: float, num_tasks_total: int | None = None) -> dict[str, float]:
+    """``algorithm.num_updates`` optimizer steps on the mean loss over every learner's tasks.
+    ``num_tasks_total``: tasks over all learners (default: these)."""
+    num_tasks_total = num_tasks_total or len(tasks)
+    parameters = list(algorithm.policy.parameters())
+    if resolve_meta_batching(config.meta_batching, parameters[0].device) == "per_task":
+        groups = [[task] for task in tasks]  # one second-order graph at a time: the least memory
+    else:
+        groups = task_chunks(tasks, config.gradient_accumulation_steps)
+    metrics: dict[str, float] = {}
+    for update in range(algorithm.num_updates):
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum, stats_sum = 0.0, {}
+        for group in groups:
+            with _autocast(config.use_amp, parameters[0].device):
+                loss, stats = algorithm.loss(group)
+            # Each group's share of the mean over all tasks of all learners.
+            (loss * (len(group) / num_tasks_total)).backward()
+            loss_sum += float(loss.detach()) * len(group)
+            for key, value in stats.items():
+                stats_sum[key] = stats_sum.get(key, 0.0) + value * len(group)
+        average_gradients_across_learners(parameters)
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+        optimizer.step()
+        if update == 0:
+            metrics["loss/outer"] = loss_sum / len(tasks)
+            metrics["ppo/grad_norm"] = float(grad_norm)
+    metrics["loss/outer_last_epoch"] = loss_sum / len(tasks)
+    metrics.update({key: value / len(tasks) for key, value in stats_sum.items()})
+    return metrics
+
+
+def resolve_meta_batching(meta_batching: str, device: torch.device) -> str:
+    """``auto``: batched graphs on a GPU, where one large kernel beats many small ones; one graph per
+    task on a CPU, where the per-task loop already keeps the cores busy and batching measured slower
+    (benchmarks/results/learner.json)."""
+    if meta_batching != "auto":
+        return meta_batching
+    return "batched" if device.type == "cuda" else "per_task"
+
+
+def _autocast(use_amp: bool, device: torch.device) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on the forward passes (matmuls); parameters, gradients and Adam state stay fp32."""
+    if not use_amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def average_gradients_across_learners(parameters: Sequence[torch.nn.Parameter]) -> None:
+    """Sum the learners' gradients (each already scaled by its share of all tasks) in one flat
+    all-reduce; every learner then holds the same gradient, so the same parameters after the step."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for p in parameters:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in parameters])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for p in parameters:
+        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
+        offset += p.numel()
+
+
 class Learner:
     def __init__(self, policy_config: PolicyConfig, maml_config: MAMLConfig, ppo_config: PPOConfig, seed: int,
-                 device: str) -> None:
+                 device: str, learner_config: LearnerConfig | None = None) -> None:
         self.device = torch.device(device)
         self.ppo_config = ppo_config
-        # The same seed gives the same initial meta-parameters on every machine.
+        self.config = learner_config or LearnerConfig()
+        # The same seed gives the same initial meta-parameters on every machine and every learner.
         torch.manual_seed(seed)
         self.policy = build_policy(OBS_DIM, ACTION_DIM, policy_config).to(self.device)
         self.algorithm: MetaLearner = MAMLPPO(self.policy, maml_config, ppo_config)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=ppo_config.meta_lr)
 
     def get_params(self) -> dict[str, np.ndarray]:
         return params_to_numpy(dict(self.policy.named_parameters()))
 
-    def update(self, rollouts: Sequence[TaskRollouts]) -> dict[str, float]:
+    def update(self, rollouts: Sequence[TaskRollouts], num_tasks_total: int | None = None) -> dict[str, float]:
+        """One iteration's meta-update on this learner's tasks. ``num_tasks_total``: tasks over all
+        learners (default: these), so that the all-reduced gradient is the mean over every task."""
         rollouts = sorted(rollouts, key=lambda task: task.slot)  # independent of which worker finished first
         tasks = [TaskTensors.from_rollouts(task, self.device) for task in rollouts]
-        metrics = self.algorithm.meta_update(tasks)
+        metrics = meta_update(self.algorithm, self.optimizer, tasks, self.config, self.ppo_config.grad_clip,
+                              num_tasks_total or len(tasks))
         metrics.update(rollout_metrics(rollouts))
         metrics["policy/std"] = float(self.policy.log_std.detach().exp().mean())
         return metrics
@@ -49,13 +135,13 @@ class Learner:
     def state_dict(self) -> dict[str, Any]:
         return {
             "policy": {k: v.detach().cpu() for k, v in self.policy.state_dict().items()},
-            "optimizer": _to_cpu(self.algorithm.optimizer.state_dict()),
+            "optimizer": _to_cpu(self.optimizer.state_dict()),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.policy.load_state_dict(state["policy"])
-        self.algorithm.optimizer.load_state_dict(state["optimizer"])  # Adam moves its state to the params' device
-        for group in self.algorithm.optimizer.param_groups:  # a resumed run may be given a new --meta_lr
+        self.optimizer.load_state_dict(state["optimizer"])  # Adam moves its state to the params' device
+        for group in self.optimizer.param_groups:  # a resumed run may be given a new --meta_lr
             group["lr"] = self.ppo_config.meta_lr
 
 

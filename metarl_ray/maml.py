@@ -81,14 +81,66 @@ def adapt(policy: nn.Module, params: Params, support: Sequence[TensorBatch], inn
     return params
 
 
+def stack_tasks(tasks: Sequence[TaskTensors]) -> TaskTensors | None:
+    """The tasks' tensors stacked on a leading task dim K, or None if their shapes differ."""
+    first = tasks[0]
+
+    def stack(batches: Sequence[TensorBatch]) -> TensorBatch | None:
+        fields = [[getattr(b, f) for b in batches] for f in ("observations", "actions", "log_probs", "advantages")]
+        if any(len({t.shape for t in group}) != 1 for group in fields):
+            return None
+        return TensorBatch(*(torch.stack(group) for group in fields))
+
+    if any(len(task.support) != len(first.support) for task in tasks):
+        return None
+    support = tuple(stack([task.support[k] for task in tasks]) for k in range(len(first.support)))
+    query = stack([task.query for task in tasks])
+    if query is None or any(batch is None for batch in support):
+        return None
+    return TaskTensors(support, query)  # type: ignore[arg-type]
+
+
+def batched_log_prob(policy: nn.Module, params: Params, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """log pi for K tasks at once, each with its own parameters: params (K, ...), (K, N, T, D), (K, N, T, A) -> (K, N, T).
+
+    ``vmap`` over ``functional_call`` works for any policy module (the batched matmuls it emits are what a
+    hand-stacked version would run); the per-call overhead that made it slow for one env step is
+    negligible against whole episodes.
+    """
+    return torch.func.vmap(lambda p, o, a: log_prob(policy, p, o, a))(params, observations, actions)
+
+
+def adapt_batched(policy: nn.Module, params: Params, support: Sequence[TensorBatch], inner_lr: float,
+                  create_graph: bool) -> Params:
+    """``adapt`` for K tasks at once: params and support batches carry a leading task dim K. The K inner
+    losses are independent, so the gradient of their sum with respect to the stacked parameters is
+    every task's own gradient, in one backward pass."""
+    names = [name for name in params if not policy.fixed_in_inner_loop(name)]
+    for batch in support:
+        new_log_probs = batched_log_prob(policy, params, batch.observations, batch.actions)  # (K, N, T)
+        losses = -(torch.exp(new_log_probs - batch.log_probs) * batch.advantages).flatten(1).mean(1)  # (K,)
+        grads = torch.autograd.grad(losses.sum(), [params[name] for name in names], create_graph=create_graph)
+        params = {**params, **{name: params[name] - inner_lr * g for name, g in zip(names, grads)}}
+    return params
+
+
 class MetaLearner(Protocol):
-    """What the learner needs of a meta-learner; MAML+PPO is the first."""
+    """What the learner needs of a meta-learner (MAML+PPO is the first). The learner owns the
+    optimizer, precision, gradient accumulation and the all-reduce across learners; the meta-learner
+    says how many optimizer steps an iteration takes and gives a differentiable loss for any subset of
+    the iteration's tasks."""
 
-    optimizer: torch.optim.Optimizer
+    policy: nn.Module
 
-    def adapt(self, params: Params, support: Sequence[TensorBatch], create_graph: bool) -> Params: ...
+    @property
+    def num_updates(self) -> int:
+        """Optimizer steps per iteration (PPO epochs)."""
+        ...
 
-    def meta_update(self, tasks: Sequence[TaskTensors]) -> dict[str, float]: ...
+    def loss(self, tasks: Sequence[TaskTensors]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean loss over ``tasks``, differentiable in the policy's parameters, and mean statistics
+        (flat ``section/name`` keys) over the same tasks."""
+        ...
 
 
 class MAMLPPO:
@@ -96,7 +148,10 @@ class MAMLPPO:
         self.policy = policy
         self.maml = maml
         self.ppo = ppo
-        self.optimizer = torch.optim.Adam(policy.parameters(), lr=ppo.meta_lr)
+
+    @property
+    def num_updates(self) -> int:
+        return self.ppo.num_ppo_epochs
 
     def meta_params(self) -> Params:
         return dict(self.policy.named_parameters())
@@ -104,46 +159,49 @@ class MAMLPPO:
     def adapt(self, params: Params, support: Sequence[TensorBatch], create_graph: bool) -> Params:
         return adapt(self.policy, params, support, self.maml.inner_lr, create_graph)
 
-    def task_outer_loss(self, meta_params: Params, task: TaskTensors) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        adapted = self.adapt(meta_params, task.support, create_graph=not self.maml.first_order)
-        query = task.query
-        new_log_probs = log_prob(self.policy, adapted, query.observations, query.actions)
+    def _clipped_surrogate(self, new_log_probs: torch.Tensor, query: TensorBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """PPO's clipped loss per task: log-probs (..., N, T) -> (...,), and KL / clip-fraction statistics."""
         log_ratio = new_log_probs - query.log_probs
         ratio = torch.exp(log_ratio)
         clipped = ratio.clamp(1.0 - self.ppo.clip_eps, 1.0 + self.ppo.clip_eps)
-        loss = -torch.min(ratio * query.advantages, clipped * query.advantages).mean()
+        loss = -torch.min(ratio * query.advantages, clipped * query.advantages).flatten(-2).mean(-1)
         with torch.no_grad():
             stats = {
                 # (r - 1) - log r: the low-variance estimator of KL(old || new), Schulman 2020.
-                "kl": ((ratio - 1.0) - log_ratio).mean(),
-                "clip_fraction": ((ratio - 1.0).abs() > self.ppo.clip_eps).float().mean(),
+                "ppo/kl": ((ratio - 1.0) - log_ratio).flatten(-2).mean(-1),
+                "ppo/clip_fraction": ((ratio - 1.0).abs() > self.ppo.clip_eps).float().flatten(-2).mean(-1),
             }
         return loss, stats
 
+    def task_outer_loss(self, meta_params: Params, task: TaskTensors) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One task, its own second-order graph (the reference path)."""
+        adapted = self.adapt(meta_params, task.support, create_graph=not self.maml.first_order)
+        new_log_probs = log_prob(self.policy, adapted, task.query.observations, task.query.actions)
+        return self._clipped_surrogate(new_log_probs, task.query)
+
+    def batched_outer_loss(self, meta_params: Params, stacked: TaskTensors) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """K tasks stacked on a leading dim, adapted and scored in one graph: per-task losses (K,)."""
+        num_tasks = stacked.query.observations.shape[0]
+        per_task = {name: p.unsqueeze(0).expand(num_tasks, *p.shape) for name, p in meta_params.items()}
+        adapted = adapt_batched(self.policy, per_task, stacked.support, self.maml.inner_lr,
+                                create_graph=not self.maml.first_order)
+        new_log_probs = batched_log_prob(self.policy, adapted, stacked.query.observations, stacked.query.actions)
+        return self._clipped_surrogate(new_log_probs, stacked.query)
+
+    def loss(self, tasks: Sequence[TaskTensors]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean outer loss over ``tasks``: one batched graph when their shapes agree (training batches
+        always do), else one graph per task."""
+        meta_params = self.meta_params()
+        stacked = stack_tasks(tasks) if len(tasks) > 1 else None
+        if stacked is not None:
+            losses, stats = self.batched_outer_loss(meta_params, stacked)
+        else:
+            pairs = [self.task_outer_loss(meta_params, task) for task in tasks]
+            losses = torch.stack([loss for loss, _ in pairs])
+            stats = {key: torch.stack([s[key] for _, s in pairs]) for key in pairs[0][1]}
+        return losses.mean(), {key: float(value.double().mean()) for key, value in stats.items()}
+
     def outer_loss(self, tasks: Sequence[TaskTensors]) -> torch.Tensor:
-        """Mean PPO loss over tasks (for tests and diagnostics; meta_update backpropagates per task)."""
+        """Mean PPO loss over tasks, one graph per task (for tests and diagnostics)."""
         meta_params = self.meta_params()
         return torch.stack([self.task_outer_loss(meta_params, task)[0] for task in tasks]).mean()
-
-    def meta_update(self, tasks: Sequence[TaskTensors]) -> dict[str, float]:
-        """``num_ppo_epochs`` Adam steps on the outer loss; backward per task keeps one task's
-        second-order graph in memory at a time."""
-        metrics: dict[str, float] = {}
-        for epoch in range(self.ppo.num_ppo_epochs):
-            self.optimizer.zero_grad(set_to_none=True)
-            losses, kls, clips = [], [], []
-            for task in tasks:
-                loss, stats = self.task_outer_loss(self.meta_params(), task)
-                (loss / len(tasks)).backward()
-                losses.append(loss.item())
-                kls.append(float(stats["kl"]))
-                clips.append(float(stats["clip_fraction"]))
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.ppo.grad_clip)
-            self.optimizer.step()
-            if epoch == 0:
-                metrics["loss/outer"] = float(np.mean(losses))
-                metrics["ppo/grad_norm"] = float(grad_norm)
-        metrics["loss/outer_last_epoch"] = float(np.mean(losses))
-        metrics["ppo/kl"] = float(np.mean(kls))
-        metrics["ppo/clip_fraction"] = float(np.mean(clips))
-        return metrics

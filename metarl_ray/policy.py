@@ -103,7 +103,9 @@ def gaussian_log_prob(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.
 def log_prob(policy: nn.Module, params: Params, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     """log pi_params(a|s) for a batch of episodes: (N, T, D), (N, T, A) -> (N, T)."""
     mean, log_std = functional_call(policy, params, (observations,))
-    return gaussian_log_prob(mean, log_std, actions)
+    # Under mixed precision the mean comes out in bfloat16; the density and the PPO ratios built on it
+    # are computed at the data's precision.
+    return gaussian_log_prob(mean.to(actions.dtype), log_std.to(actions.dtype), actions)
 
 
 def detached_params(policy: nn.Module) -> Params:

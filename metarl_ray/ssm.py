@@ -22,26 +22,35 @@ import torch
 from torch import nn
 
 
-def scan_reference(decay: torch.Tensor, inputs: torch.Tensor, initial_state: torch.Tensor) -> torch.Tensor:
-    """h_t = decay_t * h_{t-1} + inputs_t, one step at a time. decay, inputs (B, L, P); h_0 (B, P) -> (B, L, P).
+def _decays(log_decay: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+    """Per-step decays a_t = exp(log_decay) * (1 - start_t): (P,), (B, L) -> (B, L, P); zero cuts the history."""
+    return torch.exp(log_decay) * (~starts).to(log_decay.dtype).unsqueeze(-1)
+
+
+def scan_reference(log_decay: torch.Tensor, starts: torch.Tensor, inputs: torch.Tensor,
+                   initial_state: torch.Tensor) -> torch.Tensor:
+    """h_t = a_t * h_{t-1} + inputs_t, one step at a time, a_t = exp(log_decay) * (1 - start_t).
+    log_decay (P,), starts (B, L) bool, inputs (B, L, P), h_0 (B, P) -> (B, L, P).
 
     Iterates over ``unbind`` views: indexing ``a[:, t]`` inside the loop makes the backward quadratic.
     """
     state = initial_state
     outputs = []
-    for decay_t, input_t in zip(decay.unbind(1), inputs.unbind(1)):
+    for decay_t, input_t in zip(_decays(log_decay, starts).unbind(1), inputs.unbind(1)):
         state = decay_t * state + input_t  # (B, P)
         outputs.append(state)
     return torch.stack(outputs, dim=1)
 
 
-def scan_doubling(decay: torch.Tensor, inputs: torch.Tensor, initial_state: torch.Tensor) -> torch.Tensor:
+def scan_doubling(log_decay: torch.Tensor, starts: torch.Tensor, inputs: torch.Tensor,
+                  initial_state: torch.Tensor) -> torch.Tensor:
     """The same recurrence as a Hillis-Steele parallel scan: ceil(log2 L) rounds of whole-tensor ops.
 
     After round k, h_t holds the sum over the last 2^k inputs and a_t their combined decay; combining
     (a, h) pairs is associative: (a1, h1) then (a2, h2) = (a1 a2, a2 h1 + h2). Out-of-place ops only,
     so double backward (second-order MAML) works. A zero decay (episode start) cuts the history.
     """
+    decay = _decays(log_decay, starts)  # (B, L, P)
     # Fold the initial state into the first input: h_1 = a_1 h_0 + u_1.
     first = inputs[:, :1] + decay[:, :1] * initial_state.unsqueeze(1)
     state = torch.cat([first, inputs[:, 1:]], dim=1)  # (B, L, P)
@@ -56,14 +65,96 @@ def scan_doubling(decay: torch.Tensor, inputs: torch.Tensor, initial_state: torc
     return state
 
 
-SCANS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+CHUNK_SIZE = 32
+
+
+def _episode_masks(starts: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """same_episode[..., t, s] = no start in (s, t], from starts (B, M, C) along the last dim: (B|1, M, C, C),
+    and whether one mask serves the whole batch (every sequence has its starts at the same steps)."""
+    segment = starts.cumsum(-1)  # episode ids along the last dim
+    shared = bool((segment == segment[:1]).all())
+    if shared:
+        segment = segment[:1]
+    return segment[..., :, None] == segment[..., None, :], shared
+
+
+def _decay_powers(log_decay: torch.Tensor, length: int, stride: int) -> torch.Tensor:
+    """W[t, s, p] = a_p^(stride (t - s)) for t >= s, else 0: (length, length, P). Every exponent is
+    stride * (t - s) * log_decay <= 0, so no power grows."""
+    steps = torch.arange(length, device=log_decay.device)
+    lag = steps[:, None] - steps[None, :]  # (T, T): t - s
+    causal = lag >= 0
+    exponent = (torch.where(causal, lag, 0) * stride).unsqueeze(-1).to(log_decay.dtype) * log_decay
+    return torch.exp(exponent) * causal.unsqueeze(-1)
+
+
+def _masked_causal_sum(powers: torch.Tensor, mask: torch.Tensor, shared: bool, values: torch.Tensor) -> torch.Tensor:
+    """out[b, m, t, p] = sum_s powers[t, s, p] * mask[b|0, m, t, s] * values[b, m, s, p]: (B, M, T, P)."""
+    batch, num_blocks, length, num_states = values.shape
+    if shared and bool(mask.all()):  # no start cuts any block (MAML's episodes): one matmul per state
+        flat = values.permute(3, 2, 0, 1).reshape(num_states, length, batch * num_blocks)  # (P, S, B M)
+        out = powers.permute(2, 0, 1) @ flat  # (P, T, B M)
+        return out.reshape(num_states, length, batch, num_blocks).permute(2, 3, 1, 0)  # (B, M, T, P)
+    if shared:  # one matmul per (m, p): the mask and powers are the same for every sequence
+        weights = (powers * mask[0].unsqueeze(-1)).permute(0, 3, 1, 2)  # (M, P, T, S)
+        return (weights @ values.permute(1, 3, 2, 0).contiguous()).permute(3, 0, 2, 1)  # (B, M, T, P)
+    return torch.einsum("bmts,tsp,bmsp->bmtp", mask.to(values.dtype), powers, values)
+
+
+def scan_chunked(log_decay: torch.Tensor, starts: torch.Tensor, inputs: torch.Tensor,
+                 initial_state: torch.Tensor, chunk_size: int = CHUNK_SIZE) -> torch.Tensor:
+    """The same recurrence in closed form, in two levels and with no loop over time.
+
+    The decay is time-invariant except at episode starts (where it is 0), so with steps t, s counted
+    within a chunk of C steps
+        h_t = sum_{s <= t, no start in (s, t]} a^(t - s) u_s  +  a^(t + 1) h_in [no start in [0, t]],
+    h_in the state entering the chunk. Level 1 computes the first sum in every chunk at once (a
+    C x C matrix of powers per state); level 2 gets every chunk's h_in from the chunk-end values by
+    the same formula over chunks, with powers a^(C (k - j)). Every power is exp(n * log_decay) with
+    n >= 0 and log_decay <= 0: nothing grows or divides by a vanishing cumulative product, however long
+    the sequence (5,000 steps of an in-context trial) or wherever the resets fall. The sums are
+    batched matmuls when every sequence has its starts at the same steps (MAML's episodes, trials of
+    equal length), else masked products. Plain out-of-place ops: double backward is exact.
+    log_decay (P,), starts (B, L) bool, inputs (B, L, P), h_0 (B, P) -> (B, L, P).
+    """
+    batch, length, num_states = inputs.shape
+    pad = (-length) % chunk_size
+    if pad:
+        inputs = nn.functional.pad(inputs, (0, 0, 0, pad))
+        starts = nn.functional.pad(starts, (0, pad))
+    num_chunks = (length + pad) // chunk_size
+    u = inputs.reshape(batch, num_chunks, chunk_size, num_states)  # (B, K, C, P)
+    chunk_starts = starts.reshape(batch, num_chunks, chunk_size)  # (B, K, C)
+    # Level 1: within every chunk, from a zero entering state.
+    same_episode, shared = _episode_masks(chunk_starts)  # (B|1, K, C, C)
+    within = _masked_causal_sum(_decay_powers(log_decay, chunk_size, 1), same_episode, shared, u)  # (B, K, C, P)
+    # open[b, k, t]: no start in steps 0..t of chunk k, so the entering state still counts at t.
+    open_ = (chunk_starts.cumsum(-1) == 0).to(u.dtype)  # (B, K, C)
+    # Level 2: the state leaving chunk k is within_end_k + open_end_k * a^C * (state leaving chunk k-1),
+    # the same recurrence over chunks, with the initial state folded into chunk 0's end value.
+    a_chunk = torch.exp(chunk_size * log_decay)  # (P,)
+    first_end = within[:, 0, -1] + open_[:, 0, -1, None] * a_chunk * initial_state  # (B, P)
+    chunk_end = torch.cat([first_end.unsqueeze(1), within[:, 1:, -1]], dim=1)  # (B, K, P)
+    chunk_has_start = (open_[:, :, -1] == 0).unsqueeze(-1)  # (B, K, 1): the chunk cuts the history
+    same_run, shared_run = _episode_masks(chunk_has_start.transpose(1, 2))  # (B|1, 1, K, K)
+    leaving = _masked_causal_sum(_decay_powers(log_decay, num_chunks, chunk_size), same_run, shared_run,
+                                 chunk_end.unsqueeze(1)).squeeze(1)  # (B, K, P)
+    entering = torch.cat([initial_state.unsqueeze(1), leaving[:, :-1]], dim=1)  # (B, K, P)
+    carry_power = torch.exp(torch.arange(1, chunk_size + 1, device=u.device).to(log_decay.dtype).unsqueeze(-1) * log_decay)  # (C, P)
+    states = within + open_.unsqueeze(-1) * carry_power * entering.unsqueeze(2)  # (B, K, C, P)
+    return states.reshape(batch, num_chunks * chunk_size, num_states)[:, :length]
+
+
+Scan = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+SCANS: dict[str, Scan] = {
     "reference": scan_reference,
     "doubling": scan_doubling,
+    "chunked": scan_chunked,
 }
 
 
 class DiagonalSSM(nn.Module):
-    def __init__(self, hidden_size: int, state_size: int, scan: str = "doubling",
+    def __init__(self, hidden_size: int, state_size: int, scan: str = "chunked",
                  dt_min: float = 1e-3, dt_max: float = 1e-1) -> None:
         super().__init__()
         if scan not in SCANS:
@@ -100,9 +191,10 @@ class DiagonalSSM(nn.Module):
 
     def forward_sequence(self, x: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Whole sequences: x (B, L, H), state (B, P) carried in, episode_start (B, L) bool -> y (B, L, H), last state."""
-        a_bar, b_bar = self.discretise()
-        decay = a_bar * (~episode_start).to(x.dtype).unsqueeze(-1)  # (B, L, P): zero where an episode starts
-        states = SCANS[self.scan](decay, x @ b_bar.T, state)  # (B, L, P)
+        lam = -torch.exp(self.log_neg_lambda)  # (P,)
+        dt_lam = torch.exp(self.log_dt) * lam  # (P,) = log A_bar
+        b_bar = (torch.expm1(dt_lam) / lam).unsqueeze(-1) * self.B  # (P, H)
+        states = SCANS[self.scan](dt_lam, episode_start, x @ b_bar.T, state)  # (B, L, P)
         return states @ self.C.T + self.D * x, states[:, -1]
 
 

@@ -17,6 +17,7 @@ from ray.exceptions import RayError
 from metarl_ray.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from metarl_ray.config import ConfigError, TrainConfig
 from metarl_ray.envs import BenchmarkTasks, TaskSampler, TaskSpec
+from metarl_ray.learner_group import LearnerGroup
 from metarl_ray.rollout_pool import RolloutPool
 from metarl_ray.run_dir import METRICS_FILE, PLACEMENT_FILE, MetricsLog, RunLogFile, write_config
 from metarl_ray.storage import StoragePath
@@ -27,8 +28,8 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class LearnerPlacement:
     device: str  # "cpu" or "cuda"
-    num_gpus: int
-    num_threads: int
+    num_gpus: int  # per learner
+    num_threads: int  # per learner
 
 
 @contextlib.contextmanager
@@ -46,14 +47,20 @@ def ray_session(address: str | None) -> Iterator[None]:
         ray.shutdown()
 
 
-def place_learner(device: str) -> LearnerPlacement:
+def place_learner(device: str, num_learners: int = 1) -> LearnerPlacement:
+    """One GPU per learner when learning on GPUs: ``cuda`` requires them, ``auto`` uses them when the
+    cluster has one per learner."""
     num_gpus = int(ray.cluster_resources().get("GPU", 0))
     if device == "cuda" and num_gpus == 0:
         raise ConfigError("--device='cuda': the Ray cluster has no GPU; use auto or cpu")
-    use_gpu = device == "cuda" or (device == "auto" and num_gpus > 0)
-    # On CPU the learner reserves no core: it is idle while the rollout actors simulate, and they are
-    # idle while it learns, so it may use every core then.
-    return LearnerPlacement("cuda" if use_gpu else "cpu", 1 if use_gpu else 0, int(ray.cluster_resources().get("CPU", 1)))
+    if device == "cuda" and num_gpus < num_learners:
+        raise ConfigError(f"--num_learners={num_learners}: --device=cuda needs one GPU per learner and the Ray "
+                          f"cluster has {num_gpus}; expected at most {num_gpus}")
+    use_gpu = device == "cuda" or (device == "auto" and num_gpus >= num_learners)
+    # On CPU the learners reserve no core: they are idle while the rollout actors simulate, and those
+    # are idle while they learn, so together they may use every core then.
+    num_cpus = int(ray.cluster_resources().get("CPU", 1))
+    return LearnerPlacement("cuda" if use_gpu else "cpu", 1 if use_gpu else 0, max(1, num_cpus // num_learners))
 
 
 def rollout_actor_options() -> dict[str, Any]:
@@ -96,7 +103,7 @@ def train(config: TrainConfig, run_path: StoragePath | str, resume_from: Storage
     run_path = StoragePath.parse(run_path)
     state = load_checkpoint(resume_from) if resume_from is not None else None
     with ray_session(config.run.ray_address):
-        placement = place_learner(config.learner.device)
+        placement = place_learner(config.learner.device, config.learner.num_learners)
         num_workers = default_num_rollout_workers(config)
         # A fresh run must not share a directory with another run started meanwhile.
         run_path.mkdir(exist_ok=state is not None)
@@ -119,13 +126,15 @@ def train(config: TrainConfig, run_path: StoragePath | str, resume_from: Storage
             log_file.close()
 
 
-def write_placement(run_path: StoragePath, learner: Any, placement: LearnerPlacement, workers: RolloutPool) -> int:
-    """Record where the driver, learner and rollout actors run (``placement.json``: pids and Ray node
-    ids, for users on a cluster and for tests); returns the number of nodes the rollout actors use."""
+def write_placement(run_path: StoragePath, learners: LearnerGroup, placement: LearnerPlacement, workers: RolloutPool) -> int:
+    """Record where the driver, learners and rollout actors run (``placement.json``: pids and Ray node
+    ids, for users on a cluster and for tests; ``learner`` is learner 0); returns the number of nodes
+    the rollout actors use."""
     from metarl_ray.actors import process_location
 
     rollout = ray.get([actor.location.remote() for actor in workers.actors])
-    record = {"driver": process_location(), "learner": {**ray.get(learner.location.remote()), "device": placement.device},
+    learner_locations = [{**location, "device": placement.device} for location in learners.locations()]
+    record = {"driver": process_location(), "learner": learner_locations[0], "learners": learner_locations,
               "rollout_workers": rollout, "workers_replaced": workers.num_replaced}
     (run_path / PLACEMENT_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return len({entry["node_id"] for entry in rollout})
@@ -134,39 +143,49 @@ def write_placement(run_path: StoragePath, learner: Any, placement: LearnerPlace
 def _train_loop(config: TrainConfig, run_path: StoragePath, state: dict[str, Any] | None,
                 placement: LearnerPlacement, num_workers: int, on_iteration: IterationCallback | None,
                 log_file: RunLogFile) -> StoragePath:
-    from metarl_ray.actors import LearnerActor, RolloutActor
-
     sampler = TaskSampler(BenchmarkTasks(config.env, config.run.seed).train_tasks(), config.run.seed)
-    learner = LearnerActor.options(**learner_actor_options(placement)).remote(
-        config.policy, config.maml, config.ppo, config.run.seed, placement.device, placement.num_threads)
+    learners = LearnerGroup(config, placement.device, learner_actor_options(placement), placement.num_threads)
+    try:
+        return _iterate(config, run_path, state, placement, num_workers, on_iteration, log_file, sampler, learners)
+    finally:
+        learners.shutdown()  # a restart builds a new group; the old one must not hold GPUs or ports
+
+
+def _iterate(config: TrainConfig, run_path: StoragePath, state: dict[str, Any] | None, placement: LearnerPlacement,
+             num_workers: int, on_iteration: IterationCallback | None, log_file: RunLogFile, sampler: TaskSampler,
+             learners: LearnerGroup) -> StoragePath:
+    from metarl_ray.actors import RolloutActor
+
     workers = RolloutPool(
         lambda: RolloutActor.options(**rollout_actor_options()).remote(
             config.env, config.policy, config.maml, config.ppo, config.run.seed),
         num_workers, config.rollout.sample_timeout_s)
     start_iteration, env_steps_total = 0, 0
     if state is not None:
-        ray.get(learner.load_state_dict.remote(state["learner"]))
+        learners.load_state_dict(state["learner"])
         sampler.load_state_dict(state["task_sampler"])
         start_iteration, env_steps_total = int(state["iteration"]), int(state["env_steps_total"])
         logger.info("resumed %s at iteration %d (%d env steps)", run_path, start_iteration, env_steps_total)
     metrics_log = MetricsLog(run_path / METRICS_FILE, keep_up_to_iteration=start_iteration)
-    num_nodes = write_placement(run_path, learner, placement, workers)
-    logger.info("run %s: %s, driver pid %d, %d rollout workers on %d node(s), learner on %s; see %s", run_path,
-                config.env.benchmark, os.getpid(), num_workers, num_nodes, placement.device, PLACEMENT_FILE)
+    num_nodes = write_placement(run_path, learners, placement, workers)
+    logger.info("run %s: %s, driver pid %d, %d rollout workers on %d node(s), %d learner(s) on %s; see %s", run_path,
+                config.env.benchmark, os.getpid(), num_workers, num_nodes, learners.num_learners, placement.device,
+                PLACEMENT_FILE)
 
     for iteration in range(start_iteration, config.run.num_epochs):
         started = time.perf_counter()
         tasks = sampler.sample(config.maml.num_tasks)
         # Publish the meta-parameters once; every worker reads the same object.
-        params_ref = learner.get_params.remote()
+        params_ref = learners.get_params()
         # Lost or hung workers are replaced inside and their tasks sampled again: no episode is lost.
         replaced_before = workers.num_replaced
-        sample_refs, _ = workers.sample(params_ref, split_tasks(tasks, num_workers), iteration)
+        worker_tasks = split_tasks(tasks, num_workers)
+        sample_refs, _ = workers.sample(params_ref, worker_tasks, iteration)
         sampled = time.perf_counter()
         if workers.num_replaced != replaced_before:
-            num_nodes = write_placement(run_path, learner, placement, workers)
-        # The learner takes the rollouts straight from the object store; the driver never copies them.
-        metrics = ray.get(learner.update.remote(*sample_refs))
+            num_nodes = write_placement(run_path, learners, placement, workers)
+        # The learners take the rollouts straight from the object store; the driver never copies them.
+        metrics = learners.update(sample_refs, [(chunk[0].slot, chunk[-1].slot + 1) for chunk in worker_tasks])
         learned = time.perf_counter()
 
         env_steps_total += int(metrics["rollout/env_steps"])
@@ -187,7 +206,7 @@ def _train_loop(config: TrainConfig, run_path: StoragePath, state: dict[str, Any
                 "iteration": iteration + 1,
                 "env_steps_total": env_steps_total,
                 "config": config.to_dict(),
-                "learner": ray.get(learner.state_dict.remote()),
+                "learner": learners.state_dict(),
                 "task_sampler": sampler.state_dict(),
                 "metrics": row,  # the iteration's metrics, for whoever continues from this checkpoint
             })

@@ -228,11 +228,11 @@ def make_trainable(spec: TuneSpec):
         train(config, run_path, resume_from, on_iteration=report)
 
     # One bundle for the trial's driver (it waits while others work), one CPU per rollout actor; the
-    # learner asks for no CPU and, with gpu > 0, takes the trial's GPU. Actors a trial creates are
+    # learners ask for no CPU and, with gpu > 0, take gpu GPUs each. Actors a trial creates are
     # placed inside its placement group, so trials never take each other's cores.
     bundles = [{"CPU": 0.01}] + [{"CPU": 1.0} for _ in range(spec.rollout_workers)]
     if spec.gpus > 0:
-        bundles[0]["GPU"] = spec.gpus
+        bundles[0]["GPU"] = spec.gpus * int(spec.base.get("num_learners", 1))
     return tune.with_resources(trainable, tune.PlacementGroupFactory(bundles))
 
 

@@ -30,9 +30,9 @@ def test_learner_state_round_trip_keeps_params_and_adam_state_and_takes_a_new_me
     for name, value in learner.get_params().items():
         np.testing.assert_array_equal(restored.get_params()[name], value)
     saved_adam = state["optimizer"]["state"]
-    for key, entry in restored.algorithm.optimizer.state_dict()["state"].items():
+    for key, entry in restored.optimizer.state_dict()["state"].items():
         torch.testing.assert_close(entry["exp_avg"], saved_adam[key]["exp_avg"])
-    assert restored.algorithm.optimizer.param_groups[0]["lr"] == 5e-4
+    assert restored.optimizer.param_groups[0]["lr"] == 5e-4
     # Both continue identically from the same state and data (up to the learning rate).
     batch = sample(learner, iteration=1)
     twin = Learner(CONFIG.policy, CONFIG.maml, CONFIG.ppo, seed=2, device="cpu")

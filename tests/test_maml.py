@@ -4,17 +4,18 @@ import numpy as np
 import pytest
 import torch
 
-from metarl_ray.config import MAMLConfig, PolicyConfig, PPOConfig
+from metarl_ray.config import LearnerConfig, MAMLConfig, PolicyConfig, PPOConfig
+from metarl_ray.learner import meta_update
 from metarl_ray.maml import MAMLPPO, TaskTensors, TensorBatch
 from metarl_ray.policy import build_policy, log_prob
 
 OBS, ACT = 5, 2
 
 
-def make_setup(first_order=False, num_inner_steps=1, seed=0, policy_type="mlp"):
+def make_setup(first_order=False, num_inner_steps=1, seed=0, policy_type="mlp", ssm_scan="chunked"):
     torch.manual_seed(seed)
     config = PolicyConfig(policy_type=policy_type, hidden_size=4 if policy_type == "ssm" else 6, num_hidden_layers=1,
-                          state_size=3, num_ssm_layers=1)
+                          state_size=3, num_ssm_layers=1, ssm_scan=ssm_scan)
     policy = build_policy(OBS, ACT, config).double()
     with torch.no_grad():  # a non-trivial mean head, so every parameter matters
         head = policy.mean_net[-1] if policy_type == "mlp" else policy.head
@@ -40,14 +41,14 @@ def with_sampling_log_probs(policy, params, batch):
     return TensorBatch(batch.observations, batch.actions, recorded, batch.advantages)
 
 
-def make_task(policy, algo, generator):
+def make_task(policy, algo, generator, steps=4):
     params = {k: v.detach().requires_grad_() for k, v in policy.named_parameters()}
     support = []
     for _ in range(algo.maml.num_inner_steps):  # each support batch "sampled" by the policy adapted so far
-        support.append(with_sampling_log_probs(policy, params, random_batch(generator)))
+        support.append(with_sampling_log_probs(policy, params, random_batch(generator, t=steps)))
         params = algo.adapt(params, support[-1:], create_graph=False)
     support = tuple(support)
-    query = random_batch(generator)
+    query = random_batch(generator, t=steps)
     # Old log-probs near the adapted policy's (ratios close to 1, off the clip boundary).
     adapted = algo.adapt({k: v.detach().requires_grad_() for k, v in policy.named_parameters()}, support, False)
     old = log_prob(policy, adapted, query.observations, query.actions).detach()
@@ -91,14 +92,18 @@ def finite_difference_grad(policy, algo, task, eps=1e-6):
     return torch.tensor(grad, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("policy_type, num_inner_steps", [("mlp", 1), ("mlp", 2), ("ssm", 1)])
-def test_second_order_meta_gradient_matches_finite_differences(policy_type, num_inner_steps):
-    policy, algo = make_setup(num_inner_steps=num_inner_steps, policy_type=policy_type)
-    task = make_task(policy, algo, torch.Generator().manual_seed(2))
+@pytest.mark.parametrize("policy_type, num_inner_steps, ssm_scan, steps", [
+    ("mlp", 1, None, 4), ("mlp", 2, None, 4), ("ssm", 1, "reference", 4),
+    # 70-step episodes span three chunks of the chunked scan, so both of its levels are differentiated.
+    ("ssm", 1, "chunked", 70), ("ssm", 2, "chunked", 70),
+])
+def test_second_order_meta_gradient_matches_finite_differences(policy_type, num_inner_steps, ssm_scan, steps):
+    policy, algo = make_setup(num_inner_steps=num_inner_steps, policy_type=policy_type, ssm_scan=ssm_scan or "chunked")
+    task = make_task(policy, algo, torch.Generator().manual_seed(2), steps=steps)
     analytic = flat_grad(policy, algo, task)
     numeric = finite_difference_grad(policy, algo, task)
     relative_error = (analytic - numeric).norm() / numeric.norm()
-    assert relative_error < 1e-5, relative_error
+    assert relative_error < 1e-6, relative_error
 
 
 def test_first_order_meta_gradient_differs_from_finite_differences():
@@ -114,7 +119,8 @@ def test_one_meta_update_lowers_the_outer_loss():
     generator = torch.Generator().manual_seed(3)
     tasks = [make_task(policy, algo, generator) for _ in range(3)]
     before = algo.outer_loss(tasks).item()
-    metrics = algo.meta_update(tasks)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=algo.ppo.meta_lr)
+    metrics = meta_update(algo, optimizer, tasks, LearnerConfig(), algo.ppo.grad_clip)
     after = algo.outer_loss(tasks).item()
     assert after < before - 1e-4, (before, after)
     assert np.isfinite(metrics["ppo/kl"]) and np.isfinite(metrics["ppo/grad_norm"])

@@ -71,6 +71,9 @@ def test_bad_search_file_is_one_clear_line(tmp_path):
 
 def test_sweep_reports_every_iteration_and_writes_the_best_trial(tmp_path):
     path = write_spec(tmp_path, "sweep", 2, [0.05, 0.1])
+    data = yaml.safe_load(path.read_text())
+    data["base"]["num_learners"] = 2  # each trial's two tasks on two learners, inside the trial's resources
+    path.write_text(yaml.safe_dump(data))
     result = metarl_tune(str(path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     experiment = tmp_path / "ray_results" / "sweep"
@@ -78,6 +81,8 @@ def test_sweep_reports_every_iteration_and_writes_the_best_trial(tmp_path):
     assert best["num_trials"] == 2 and best["num_errors"] == 0 and best["best_config"]["inner_lr"] in (0.05, 0.1)
     for trial in trial_dirs(experiment):
         assert reported_iterations(trial) == [1, 2]
+        last = json.loads((trial / "result.json").read_text().splitlines()[-1])
+        assert last["learner/num_learners"] == 2
     assert "best trial" in result.stdout
 
 
