@@ -71,6 +71,8 @@ class LearnerActor:
                *rollouts_per_worker: list[TaskRollouts]) -> dict[str, float]:
         """Meta-update on the tasks with slots in [first_slot, end_slot) of the workers' rollouts."""
         mine = [task for rollouts in rollouts_per_worker for task in rollouts if first_slot <= task.slot < end_slot]
+        if sorted(task.slot for task in mine) != list(range(first_slot, end_slot)):  # else the gradient scale is wrong
+            raise RuntimeError(f"learner share [{first_slot}, {end_slot}) got slots {sorted(t.slot for t in mine)}")
         return {**self.learner.update(mine, num_tasks_total), "learner/num_tasks": float(len(mine))}
 
     def state_dict(self) -> dict[str, Any]:

@@ -41,6 +41,10 @@ def task_chunks(tasks: Sequence[Any], num_chunks: int) -> list[list[Any]]:
     return [list(tasks[bounds[i]:bounds[i + 1]]) for i in range(num_chunks)]
 
 
+# Tasks in one batched graph at most; more are split into chunks (the gradient is the same).
+MAX_TASKS_PER_GRAPH = 8
+
+
 def meta_update(algorithm: MetaLearner, optimizer: torch.optim.Optimizer, tasks: Sequence[TaskTensors],
                 config: LearnerConfig, grad_clip: float, num_tasks_total: int | None = None) -> dict[str, float]:
     """``algorithm.num_updates`` optimizer steps on the mean loss over every learner's tasks.
@@ -50,7 +54,9 @@ def meta_update(algorithm: MetaLearner, optimizer: torch.optim.Optimizer, tasks:
     if resolve_meta_batching(config.meta_batching, parameters[0].device) == "per_task":
         groups = [[task] for task in tasks]  # one second-order graph at a time: the least memory
     else:
-        groups = task_chunks(tasks, config.gradient_accumulation_steps)
+        # A batched graph holds every task's second-order graph at once: at most MAX_TASKS_PER_GRAPH.
+        num_chunks = max(config.gradient_accumulation_steps, -(-len(tasks) // MAX_TASKS_PER_GRAPH))
+        groups = task_chunks(tasks, num_chunks)
     metrics: dict[str, float] = {}
     for update in range(algorithm.num_updates):
         optimizer.zero_grad(set_to_none=True)
@@ -77,7 +83,7 @@ def meta_update(algorithm: MetaLearner, optimizer: torch.optim.Optimizer, tasks:
 def resolve_meta_batching(meta_batching: str, device: torch.device) -> str:
     """``auto``: batched graphs on a GPU, where one large kernel beats many small ones; one graph per
     task on a CPU, where the per-task loop already keeps the cores busy and batching measured slower
-    (benchmarks/results/learner.json)."""
+    and larger (``python benchmarks/learner.py``)."""
     if meta_batching != "auto":
         return meta_batching
     return "batched" if device.type == "cuda" else "per_task"

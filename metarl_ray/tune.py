@@ -123,6 +123,12 @@ def load_tune_spec(path: str | Path, storage_path: str | None = None) -> TuneSpe
         _fail(source, "storage_path", spec.storage_path, f"expected a path or a URI with one of the schemes {', '.join(URI_SCHEMES)}")
     if spec.mode not in ("max", "min"):
         _fail(source, "mode", spec.mode, "expected max or min")
+    # A learner on a GPU takes one whole GPU, and a trial's bundle is sized from the base settings.
+    if spec.gpus not in (0, 1) or isinstance(spec.gpus, bool):
+        _fail(source, "resources_per_trial.gpu", spec.gpus, "expected 0 or 1 (GPUs per learner)")
+    searched = set(space) | set(scheduler.get("hyperparam_mutations") or {})
+    if spec.gpus and "num_learners" in searched:
+        _fail(source, "search_space.num_learners", "searched", "expected num_learners in base when gpu is 1 (it sizes the trial's GPUs)")
     for key, value, low in (("num_samples", spec.num_samples, 1), ("max_failures", spec.max_failures, 0),
                             ("resources_per_trial.rollout_workers", spec.rollout_workers, 1)):
         if not isinstance(value, int) or value < low:
@@ -228,7 +234,7 @@ def make_trainable(spec: TuneSpec):
         train(config, run_path, resume_from, on_iteration=report)
 
     # One bundle for the trial's driver (it waits while others work), one CPU per rollout actor; the
-    # learners ask for no CPU and, with gpu > 0, take gpu GPUs each. Actors a trial creates are
+    # learners ask for no CPU and, with gpu: 1, one GPU each. Actors a trial creates are
     # placed inside its placement group, so trials never take each other's cores.
     bundles = [{"CPU": 0.01}] + [{"CPU": 1.0} for _ in range(spec.rollout_workers)]
     if spec.gpus > 0:

@@ -61,18 +61,21 @@ def test_hung_actor_times_out_and_its_tasks_are_sampled_again(local_ray):
     from metarl_ray.actors import RolloutActor
 
     config = build_config({"env": {"max_episode_length": 20}, "maml": {"num_tasks": 2, "episodes_per_task": 1}})
+    specs = TaskSampler(BenchmarkTasks(config.env, 0).train_tasks(), 0).sample(2)
+    params = ray.put(params_to_numpy(detached_params(build_policy(39, 4, config.policy))))
+    # The replacement is started and has built its envs before the pool needs it: the 3 s timeout is
+    # for a hung sample call, and a cold actor (imports, env creation) can take longer on a loaded machine.
+    replacement = RolloutActor.options(num_cpus=1).remote(config.env, config.policy, config.maml, config.ppo, 0)
+    ray.get(replacement.sample.remote(params, specs, 99)[0])
     made = []
 
     def make_actor():
-        # The first actor hangs; replacements are real rollout actors.
-        actor = HangingActor.remote() if not made else \
-            RolloutActor.options(num_cpus=1).remote(config.env, config.policy, config.maml, config.ppo, 0)
+        # The first actor hangs; the replacement is the warm real rollout actor.
+        actor = HangingActor.remote() if not made else replacement
         made.append(actor)
         return actor
 
     pool = RolloutPool(make_actor, num_workers=1, timeout_s=3.0)
-    specs = TaskSampler(BenchmarkTasks(config.env, 0).train_tasks(), 0).sample(2)
-    params = ray.put(params_to_numpy(detached_params(build_policy(39, 4, config.policy))))
     refs, steps = pool.sample(params, split_tasks(specs, 1), iteration=0)
     assert steps == 2 * 1 * 20 * 2 and pool.num_replaced == 1
     assert [task.slot for task in ray.get(refs[0])] == [0, 1]

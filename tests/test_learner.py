@@ -104,6 +104,29 @@ def test_bfloat16_autocast_meta_gradient_is_close_to_fp32(policy_type):
     assert relative_error < 0.03 and cosine > 0.999, (relative_error, cosine)
 
 
+def test_use_amp_in_the_learner_changes_the_update_by_a_little():
+    """The learner's own autocast is applied (the result differs from fp32) and stays close to fp32."""
+    torch.manual_seed(0)
+    policy = build_policy(39, 4, PolicyConfig(hidden_size=64))
+    algo = MAMLPPO(policy, MAMLConfig(), PPOConfig(num_ppo_epochs=1, meta_lr=1e-3))
+    generator = torch.Generator().manual_seed(3)
+
+    def batch():
+        obs, actions = torch.randn(4, 50, 39, generator=generator), torch.randn(4, 50, 4, generator=generator)
+        with torch.no_grad():
+            recorded = log_prob(policy, dict(policy.named_parameters()), obs, actions)
+        return TensorBatch(obs, actions, recorded, torch.randn(4, 50, generator=generator))
+
+    tasks = [TaskTensors((batch(),), batch()) for _ in range(2)]
+    before = flat(p.detach() for p in policy.parameters())
+    fp32, _ = updated_params(policy, algo, tasks, LearnerConfig())
+    amp, metrics = updated_params(policy, algo, tasks, LearnerConfig(use_amp=True))
+    assert not torch.equal(fp32, amp)
+    step_fp32, step_amp = fp32 - before, amp - before
+    assert ((step_amp - step_fp32).norm() / step_fp32.norm()).item() < 0.1
+    assert all(p.dtype == torch.float32 for p in policy.parameters())
+
+
 @pytest.mark.parametrize("shared_starts", [True, False])
 def test_chunked_scan_first_and_second_derivatives_equal_the_step_loop_over_5000_steps(shared_starts):
     torch.manual_seed(0)
@@ -111,6 +134,7 @@ def test_chunked_scan_first_and_second_derivatives_equal_the_step_loop_over_5000
     log_decay = (-torch.rand(states, dtype=torch.float64) * 0.01).requires_grad_()
     inputs = torch.randn(batch, length, states, dtype=torch.float64, requires_grad=True)
     starts = torch.rand(batch, length) < 0.002
+    starts[:, [31, 32, 64, 95, 4095]] = True  # on chunk boundaries and chunks' last steps too
     if shared_starts:
         starts = starts[:1].expand(batch, length)
     h0 = torch.randn(batch, states, dtype=torch.float64, requires_grad=True)

@@ -86,3 +86,24 @@ def test_sigkilled_second_learner_restarts_the_group_from_the_latest_checkpoint(
     assert rows[-1]["rollout/env_steps_total"] == 5 * 2 * 2 * 300 * 2
     new_learners = json.loads((tmp_path / "learners" / "placement.json").read_text())["learners"]
     assert {entry["pid"] for entry in new_learners}.isdisjoint(entry["pid"] for entry in learners)
+
+
+def metarl(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "metarl_ray", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_two_learners_with_amp_and_accumulation_train_resume_on_one_learner_and_evaluate(tmp_path):
+    output = f"file://{tmp_path}/runs"
+    first = metarl("train", "--test_mode", "--num_learners", "2", "--use_amp", "--gradient_accumulation_steps", "2",
+                   "--output_dir", output, "--run_name", "amp", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    resumed = metarl("train", "--resume", "--test_mode", "--num_learners", "1", "--use_amp", "--num_epochs", "3",
+                     "--output_dir", output, "--run_name", "amp", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    rows = pq.read_table(tmp_path / "runs" / "amp" / "metrics.parquet").to_pylist()
+    assert [row["iteration"] for row in rows] == [1, 2, 3]
+    assert [row["learner/num_learners"] for row in rows] == [2, 2, 1]
+    evaluated = metarl("eval", "--checkpoint", f"{output}/amp", "--json", "--goals_per_class", "2", "--no_official", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    report = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    assert 0.0 <= report["success_rate"] <= 1.0

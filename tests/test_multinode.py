@@ -14,6 +14,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from metarl_ray.config import ConfigError
 from metarl_ray.trainer import learner_actor_options, place_learner, rollout_actor_options
 
 STEPS_PER_ITERATION = 2 * 2 * 2  # tasks x episodes x (support + query), times the episode length
@@ -72,6 +73,10 @@ def test_learner_goes_to_the_gpu_node_and_takes_no_cpu_rollout_actors_spread(clu
     try:
         learner_placement = place_learner("auto")
         assert learner_placement.device == "cuda" and learner_placement.num_gpus == 1
+        # One GPU per learner: two learners fall back to the CPU under auto, and cuda says why not.
+        assert place_learner("auto", num_learners=2).device == "cpu"
+        with pytest.raises(ConfigError, match="--num_learners=2: --device=cuda needs one GPU per learner"):
+            place_learner("cuda", num_learners=2)
         cpus_before = ray.available_resources()["CPU"]
         learner = Probe.options(**learner_actor_options(learner_placement)).remote()
         assert ray.get(learner.node_id.remote()) == gpu_node.node_id

@@ -1,0 +1,288 @@
+"""Learner cost at the ML10 defaults, all measured in one run on real ML10 rollouts.
+
+    python benchmarks/learner.py                 # writes benchmarks/results/learner.json
+    python benchmarks/learner.py --repeats 1     # quicker, noisier
+
+One meta-update = what the learner does per iteration: 20 tasks x 10 episodes x 500 steps of support
+and of query data, 5 PPO epochs, second order. The rollouts are sampled once with the initial MLP
+(one process, real Meta-World ML10 training tasks) and cached in benchmarks/runs/; for the SSM their
+recorded log-probs are recomputed with the SSM's initial parameters, so PPO ratios start at 1 as in
+training. Every configuration runs in its own process (peak memory = that process's peak RSS minus its
+RSS once the data is loaded), with both cores available to it:
+  - reference: today's path, one second-order graph per task (``--meta_batching per_task``), and for
+    the SSM the step-loop scan (``--ssm_scan reference``);
+  - new default: ``--meta_batching auto`` (per task on a CPU) with the chunked scan for the SSM;
+  - batched: every task in one vmapped graph, with and without ``--gradient_accumulation_steps 4``;
+  - 2 learners: two learner actors (Ray, gloo all-reduce), one thread each, 10 tasks each.
+Also: one task's second-order meta-gradient (MLP vs SSM), achieved FLOP/s against a same-run matmul
+peak, and a projection of iteration time at 8, 32 and 128 rollout cores (model in the report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from report import write_report  # benchmarks/report.py
+
+from metarl_ray.batch import EpisodeBatch, TaskRollouts
+from metarl_ray.config import build_config
+
+CACHE = Path(__file__).parent / "runs" / "learner_rollouts.pkl"
+PROJECTED_CORES = (8, 32, 128)
+
+
+def ml10_config(policy_type: str = "mlp", **learner):
+    overrides = {"env": {"benchmark": "ML10", "task": None}, "maml": {"num_tasks": 20},
+                 "policy": {"policy_type": policy_type}}
+    scan = learner.pop("ssm_scan", None)
+    if scan:
+        overrides["policy"]["ssm_scan"] = scan
+    if learner:
+        overrides["learner"] = learner
+    return build_config(overrides)
+
+
+def collect_rollouts() -> dict:
+    """Real ML10 rollouts at the defaults, one process; also the per-core collection rate."""
+    from metarl_ray.envs import BenchmarkTasks, TaskSampler
+    from metarl_ray.learner import Learner
+    from metarl_ray.rollout import RolloutWorker
+
+    torch.set_num_threads(1)
+    config = ml10_config()
+    learner = Learner(config.policy, config.maml, config.ppo, config.run.seed, "cpu", config.learner)
+    worker = RolloutWorker(config.env, config.policy, config.maml, config.ppo, config.run.seed)
+    specs = TaskSampler(BenchmarkTasks(config.env, config.run.seed).train_tasks(), config.run.seed).sample(20)
+    started = time.perf_counter()
+    rollouts = worker.sample(learner.get_params(), specs, iteration=0)
+    seconds = time.perf_counter() - started
+    steps = sum(task.num_steps for task in rollouts)
+    return {"rollouts": rollouts, "env_steps": steps, "collect_s": seconds, "steps_per_s_one_core": steps / seconds}
+
+
+def relabel_for(rollouts: list[TaskRollouts], policy) -> list[TaskRollouts]:
+    """The same episodes with the log-probs this policy would have recorded (ratios start at 1)."""
+    from metarl_ray.policy import log_prob
+
+    def relabel(batch: EpisodeBatch) -> EpisodeBatch:
+        with torch.no_grad():
+            lp = log_prob(policy, dict(policy.named_parameters()), torch.tensor(batch.observations), torch.tensor(batch.actions))
+        return replace(batch, log_probs=lp.numpy())
+
+    return [replace(task, support=tuple(relabel(b) for b in task.support), query=relabel(task.query)) for task in rollouts]
+
+
+def load_rollouts(policy_type: str, config) -> list[TaskRollouts]:
+    from metarl_ray.learner import Learner
+
+    rollouts = pickle.loads(CACHE.read_bytes())["rollouts"]
+    if policy_type == "mlp":
+        return rollouts
+    learner = Learner(config.policy, config.maml, config.ppo, config.run.seed, "cpu", config.learner)
+    return relabel_for(rollouts, learner.policy)
+
+
+def measure(spec: dict) -> dict:
+    """Runs in a child process: learner time per meta-update and peak memory for one configuration."""
+    from metarl_ray.learner import Learner
+
+    config = ml10_config(spec["policy_type"], **spec["learner"])
+    torch.set_num_threads(spec.get("threads", 2))
+    rollouts = load_rollouts(spec["policy_type"], config)
+    if spec["learner"].get("num_learners", 1) > 1:
+        return measure_group(config, rollouts, spec["repeats"])
+    learner = Learner(config.policy, config.maml, config.ppo, config.run.seed, "cpu", config.learner)
+    base_rss_mb = _rss_mb()
+    times = []
+    for _ in range(spec["repeats"]):
+        started = time.perf_counter()
+        learner.update(rollouts)
+        times.append(time.perf_counter() - started)
+    return {"learn_s": [round(t, 3) for t in times], "learn_s_min": round(min(times), 3),
+            "peak_memory_mb": round(_peak_rss_mb() - base_rss_mb, 1)}
+
+
+def measure_group(config, rollouts, repeats: int) -> dict:
+    import ray
+
+    from metarl_ray.learner_group import LearnerGroup
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        num_learners = config.learner.num_learners
+        group = LearnerGroup(config, "cpu", {"num_cpus": 0}, num_threads_each=max(1, 2 // num_learners))
+        # As in training: one object per rollout worker (here two), each learner reads what it needs.
+        halves = [rollouts[:10], rollouts[10:]]
+        refs, ranges = [ray.put(half) for half in halves], [(0, 10), (10, 20)]
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            group.update(refs, ranges)
+            times.append(time.perf_counter() - started)
+        group.shutdown()
+    finally:
+        ray.shutdown()
+    return {"learn_s": [round(t, 3) for t in times], "learn_s_min": round(min(times), 3)}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_child(spec: dict) -> dict:
+    result = subprocess.run([sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True, text=True,
+                            cwd=Path(__file__).parent)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-3000:])
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    print(f"  {spec['name']}: {report}", file=sys.stderr, flush=True)
+    return report
+
+
+def per_task_meta_gradient_ms(repeats: int = 5) -> dict:
+    """One task's second-order meta-gradient (adapt, PPO loss on the query, backward), 2 threads."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from metarl_ray.learner import Learner
+    from metarl_ray.maml import TaskTensors
+
+    torch.set_num_threads(2)
+    results = {}
+    for name, policy_type, scan in (("mlp", "mlp", None), ("ssm_reference_scan", "ssm", "reference"),
+                                    ("ssm_chunked_scan", "ssm", "chunked")):
+        config = ml10_config(policy_type, ssm_scan=scan)
+        learner = Learner(config.policy, config.maml, config.ppo, config.run.seed, "cpu", config.learner)
+        task = TaskTensors.from_rollouts(load_rollouts(policy_type, config)[0])
+        algo = learner.algorithm
+
+        def step():
+            loss, _ = algo.loss([task])
+            loss.backward()
+
+        step()
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - started)
+        with FlopCounterMode(display=False) as counter:
+            step()
+        ms = statistics.median(times) * 1e3
+        results[name] = {"ms": round(ms, 1), "matmul_gflop": round(counter.get_total_flops() / 1e9, 3),
+                         "achieved_gflop_per_s": round(counter.get_total_flops() / ms / 1e6, 1)}
+    results["ssm_over_mlp"] = round(results["ssm_chunked_scan"]["ms"] / results["mlp"]["ms"], 2)
+    results["ssm_reference_scan_over_mlp"] = round(results["ssm_reference_scan"]["ms"] / results["mlp"]["ms"], 2)
+    return results
+
+
+def matmul_peak_gflop_per_s() -> dict:
+    torch.set_num_threads(2)
+    out = {}
+    for name, (m, k, n) in {"5000x128x128 (the MLP's hidden layer)": (5000, 128, 128), "2048x2048x2048": (2048, 2048, 2048)}.items():
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        a @ b
+        repeats = max(3, int(2e9 / (2 * m * k * n)))
+        started = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        out[name] = round(2 * m * k * n * repeats / (time.perf_counter() - started) / 1e9, 1)
+    return out
+
+
+def projection(env_steps: int, steps_per_s_per_core: float, learn_s: dict[str, float]) -> dict:
+    """Iteration time = sampling + learning (synchronous iteration). Sampling with n rollout cores =
+    env steps / (n x the one-core collection rate measured here x 0.83, the 2-worker collection
+    efficiency in throughput.json); learning = the learner time measured here (it does not fall with
+    rollout cores). Not modelled: object transfer between nodes, stragglers, a faster learner node."""
+    out = {}
+    for cores in PROJECTED_CORES:
+        sample_s = env_steps / (cores * steps_per_s_per_core * 0.83)
+        out[str(cores)] = {"sample_s": round(sample_s, 2), **{
+            name: {"iteration_s": round(sample_s + s, 2), "learner_share": round(s / (sample_s + s), 3)}
+            for name, s in learn_s.items()}}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(json.loads(args.measure))))
+        return
+    if not CACHE.is_file():
+        print("collecting real ML10 rollouts (20 tasks x 10 episodes x 500 steps x 2 phases) ...", file=sys.stderr, flush=True)
+        CACHE.parent.mkdir(parents=True, exist_ok=True)
+        CACHE.write_bytes(pickle.dumps(collect_rollouts()))
+    cached = pickle.loads(CACHE.read_bytes())
+    repeats = args.repeats
+    specs = [
+        ("mlp", "reference", {"meta_batching": "per_task"}),
+        ("mlp", "new_default", {}),
+        ("mlp", "batched", {"meta_batching": "batched"}),
+        ("mlp", "batched_accumulation_4", {"meta_batching": "batched", "gradient_accumulation_steps": 4}),
+        ("mlp", "two_learners", {"num_learners": 2}),
+        ("ssm", "reference", {"meta_batching": "per_task", "ssm_scan": "reference"}),
+        ("ssm", "new_default", {}),
+        ("ssm", "batched", {"meta_batching": "batched"}),
+        ("ssm", "batched_accumulation_4", {"meta_batching": "batched", "gradient_accumulation_steps": 4}),
+        ("ssm", "two_learners", {"num_learners": 2}),
+    ]
+    learner_time: dict[str, dict[str, dict]] = {"mlp": {}, "ssm": {}}
+    for policy_type, name, learner in specs:
+        spec = {"name": f"{policy_type}/{name}", "policy_type": policy_type, "learner": learner, "repeats": repeats}
+        learner_time[policy_type][name] = run_child(spec)
+    ratios = {}
+    for policy_type, results in learner_time.items():
+        reference = results["reference"]["learn_s_min"]
+        ratios[policy_type] = {name: round(r["learn_s_min"] / reference, 3) for name, r in results.items()}
+    per_task = per_task_meta_gradient_ms()
+    peak = matmul_peak_gflop_per_s()
+    learn_s = {f"{p}_{n}": learner_time[p][n]["learn_s_min"] for p in ("mlp", "ssm") for n in ("reference", "new_default", "two_learners")}
+    report = {
+        "command": "python benchmarks/learner.py " + " ".join(sys.argv[1:]),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
+        "setup": {"benchmark": "ML10", "num_tasks": 20, "episodes_per_task": 10, "max_episode_length": 500,
+                  "num_ppo_epochs": 5, "num_inner_steps": 1, "second_order": True, "repeats": repeats,
+                  "data": "real ML10 rollouts, sampled once with the initial MLP (log-probs relabelled for the SSM)",
+                  "env_steps_per_iteration": cached["env_steps"]},
+        "learner_time_per_iteration_s": learner_time,
+        "ratio_to_reference": ratios,
+        "per_task_second_order_meta_gradient": per_task,
+        "matmul_peak_gflop_per_s_same_run": peak,
+        "mlp_reference_fraction_of_matmul_peak": round(
+            per_task["mlp"]["achieved_gflop_per_s"] / peak["5000x128x128 (the MLP's hidden layer)"], 3),
+        "collection_steps_per_s_one_core": round(cached["steps_per_s_one_core"], 1),
+        "projection": {"model": projection.__doc__.strip().replace("\n    ", " "),
+                       "by_rollout_cores": projection(cached["env_steps"], cached["steps_per_s_one_core"], learn_s)},
+        "goals": {"ssm_new_default_le_0.4x_reference": ratios["ssm"]["new_default"] <= 0.4,
+                  "mlp_new_default_le_0.7x_reference": ratios["mlp"]["new_default"] <= 0.7,
+                  "ssm_per_task_le_2x_mlp": per_task["ssm_over_mlp"] <= 2.0},
+    }
+    write_report("learner", report)
+
+
+if __name__ == "__main__":
+    main()
