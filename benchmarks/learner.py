@@ -7,11 +7,12 @@ One meta-update = what the learner does per iteration: 20 tasks x 10 episodes x 
 and of query data, 5 PPO epochs, second order. The rollouts are sampled once with the initial MLP
 (one process, real Meta-World ML10 training tasks) and cached in benchmarks/runs/; for the SSM their
 recorded log-probs are recomputed with the SSM's initial parameters, so PPO ratios start at 1 as in
-training. Every configuration runs in its own process (peak memory = that process's peak RSS minus its
-RSS once the data is loaded), with both cores available to it:
+training. Every configuration runs in its own process (peak memory = that process's peak RSS during
+the updates minus its RSS once the data is loaded; Linux only), with both cores available to it:
   - reference: today's path, one second-order graph per task (``--meta_batching per_task``), and for
     the SSM the step-loop scan (``--ssm_scan reference``);
-  - new default: ``--meta_batching auto`` (per task on a CPU) with the chunked scan for the SSM;
+  - new default: ``--meta_batching auto`` (on a CPU: per task for the MLP, batched for the SSM) with
+    the chunked scan for the SSM;
   - batched: every task in one vmapped graph, with and without ``--gradient_accumulation_steps 4``;
   - 2 learners: two learner actors (Ray, gloo all-reduce), one thread each, 10 tasks each.
 Also: one task's second-order meta-gradient (MLP vs SSM), achieved FLOP/s against a same-run matmul
@@ -25,7 +26,6 @@ import json
 import os
 import pickle
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -66,6 +66,7 @@ def collect_rollouts() -> dict:
     learner = Learner(config.policy, config.maml, config.ppo, config.run.seed, "cpu", config.learner)
     worker = RolloutWorker(config.env, config.policy, config.maml, config.ppo, config.run.seed)
     specs = TaskSampler(BenchmarkTasks(config.env, config.run.seed).train_tasks(), config.run.seed).sample(20)
+    worker._envs_for(specs)  # build the 20 envs first: the rate is of stepping and learning, not env creation
     started = time.perf_counter()
     rollouts = worker.sample(learner.get_params(), specs, iteration=0)
     seconds = time.perf_counter() - started
@@ -106,6 +107,7 @@ def measure(spec: dict) -> dict:
         return measure_group(config, rollouts, spec["repeats"])
     learner = Learner(config.policy, config.maml, config.ppo, config.run.seed, "cpu", config.learner)
     base_rss_mb = _rss_mb()
+    _reset_peak_rss()  # loading the data peaked higher than the learner may: measure from here
     times = []
     for _ in range(spec["repeats"]):
         started = time.perf_counter()
@@ -138,16 +140,26 @@ def measure_group(config, rollouts, repeats: int) -> dict:
     return {"learn_s": [round(t, 3) for t in times], "learn_s_min": round(min(times), 3)}
 
 
-def _rss_mb() -> float:
+def _status_mb(field: str) -> float:
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
-    return 0.0
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _rss_mb() -> float:
+    return _status_mb("VmRSS")
+
+
+def _reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets the process's peak RSS (VmHWM) to its current RSS."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return _status_mb("VmHWM")
 
 
 def run_child(spec: dict) -> dict:

@@ -162,7 +162,7 @@ class LearnerConfig:
     gradient_accumulation_steps: int = 1
     """Process each learner's tasks in this many chunks per optimizer step (less memory, same gradient)."""
     meta_batching: str = "auto"
-    """batched: a chunk's tasks in one vmapped graph; per_task: one graph per task; auto: batched on GPUs only."""
+    """batched: a chunk's tasks in one vmapped graph; per_task: one graph per task; auto: what measured faster."""
 
     def __post_init__(self) -> None:
         _check(self.device in ("auto", "cpu", "cuda"), "device", self.device, "expected auto, cpu or cuda")

@@ -51,7 +51,7 @@ def meta_update(algorithm: MetaLearner, optimizer: torch.optim.Optimizer, tasks:
     ``num_tasks_total``: tasks over all learners (default: these)."""
     num_tasks_total = num_tasks_total or len(tasks)
     parameters = list(algorithm.policy.parameters())
-    if resolve_meta_batching(config.meta_batching, parameters[0].device) == "per_task":
+    if resolve_meta_batching(config.meta_batching, parameters[0].device, algorithm.policy) == "per_task":
         groups = [[task] for task in tasks]  # one second-order graph at a time: the least memory
     else:
         # A batched graph holds every task's second-order graph at once: at most MAX_TASKS_PER_GRAPH.
@@ -80,13 +80,16 @@ def meta_update(algorithm: MetaLearner, optimizer: torch.optim.Optimizer, tasks:
     return metrics
 
 
-def resolve_meta_batching(meta_batching: str, device: torch.device) -> str:
-    """``auto``: batched graphs on a GPU, where one large kernel beats many small ones; one graph per
-    task on a CPU, where the per-task loop already keeps the cores busy and batching measured slower
-    and larger (``python benchmarks/learner.py``)."""
+def resolve_meta_batching(meta_batching: str, device: torch.device, policy: torch.nn.Module) -> str:
+    """``auto``: batched graphs on a GPU, where one large kernel beats many small ones; on a CPU what
+    the policy measured faster at the ML10 defaults (``python benchmarks/learner.py``): batched for the
+    SSM (many small scan and norm ops per task, 0.79x the per-task time) and one graph per task for
+    the MLP (its per-task matmuls already fill the cores; batched was 1.08x slower and 4x the memory)."""
     if meta_batching != "auto":
         return meta_batching
-    return "batched" if device.type == "cuda" else "per_task"
+    if device.type == "cuda":
+        return "batched"
+    return getattr(policy, "CPU_META_BATCHING", "per_task")
 
 
 def _autocast(use_amp: bool, device: torch.device) -> contextlib.AbstractContextManager:

@@ -232,6 +232,7 @@ class GaussianSSMPolicy(nn.Module):
     # exponentially, and 10 episodes of one task say little about time scales; B, C, D, the norms and
     # the encoder/head carry the task-specific adaptation.
     FIXED_IN_INNER_LOOP = ("log_neg_lambda", "log_dt")
+    CPU_META_BATCHING = "batched"  # see learner.resolve_meta_batching
 
     def __init__(self, obs_dim: int, action_dim: int, config) -> None:
         super().__init__()
