@@ -103,8 +103,10 @@ def test_sigkilled_trial_restores_from_its_checkpoint_and_finishes(tmp_path):
     lines = [json.loads(line) for line in (trial_dirs(experiment)[0] / "result.json").read_text().splitlines() if line.strip()]
     restart = next(i for i, line in enumerate(lines) if line["pid"] != lines[0]["pid"])  # first report of the new process
     before, after = lines[restart - 1]["iteration"], lines[restart]["iteration"]
-    # Checkpoints every 2 iterations: the restart continues right after the latest one, never before it.
-    assert after == before // 2 * 2 + 1, (before, after)
+    # Checkpoints every 2 iterations: the restart continues right after a checkpoint, never before the
+    # latest reported one. Under load the kill can land after the next iteration was checkpointed but
+    # before Tune recorded its report; the restart then continues after that newer checkpoint.
+    assert after % 2 == 1 and before // 2 * 2 + 1 <= after <= before + 2, (before, after)
     iterations = [line["iteration"] for line in lines]
     assert iterations[-1] == 8
 
