@@ -64,9 +64,12 @@ def inner_loss(policy: nn.Module, params: Params, batch: TensorBatch) -> torch.T
     denominator is recorded data rather than a stop-gradient of the same expression, this is a genuine
     function of theta, so its meta-gradient is checkable by finite differences.
     """
-    new_log_probs = log_prob(policy, params, batch.observations, batch.actions)
-    ratio = torch.exp(new_log_probs - batch.log_probs)
-    return -(ratio * batch.advantages).mean()
+    return lvc_loss(log_prob(policy, params, batch.observations, batch.actions), batch)
+
+
+def lvc_loss(new_log_probs: torch.Tensor, batch: TensorBatch) -> torch.Tensor:
+    """-mean_t[ pi_theta / pi_theta_o * A_t ] per task: log-probs (..., N, T) -> (...,)."""
+    return -(torch.exp(new_log_probs - batch.log_probs) * batch.advantages).flatten(-2).mean(-1)
 
 
 def adapt(policy: nn.Module, params: Params, support: Sequence[TensorBatch], inner_lr: float, create_graph: bool) -> Params:
@@ -118,7 +121,7 @@ def adapt_batched(policy: nn.Module, params: Params, support: Sequence[TensorBat
     names = [name for name in params if not policy.fixed_in_inner_loop(name)]
     for batch in support:
         new_log_probs = batched_log_prob(policy, params, batch.observations, batch.actions)  # (K, N, T)
-        losses = -(torch.exp(new_log_probs - batch.log_probs) * batch.advantages).flatten(1).mean(1)  # (K,)
+        losses = lvc_loss(new_log_probs, batch)  # (K,)
         grads = torch.autograd.grad(losses.sum(), [params[name] for name in names], create_graph=create_graph)
         params = {**params, **{name: params[name] - inner_lr * g for name, g in zip(names, grads)}}
     return params

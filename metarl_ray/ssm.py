@@ -174,10 +174,15 @@ class DiagonalSSM(nn.Module):
 
     def discretise(self) -> tuple[torch.Tensor, torch.Tensor]:
         """A_bar (P,), B_bar (P, H) by zero-order hold."""
+        log_a_bar, b_bar = self.discretise_log()
+        return torch.exp(log_a_bar), b_bar
+
+    def discretise_log(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """log A_bar = dt * lambda (P,) and B_bar (P, H): the scans take the decay's log."""
         lam = -torch.exp(self.log_neg_lambda)  # (P,) < 0
         dt_lam = torch.exp(self.log_dt) * lam  # (P,)
         # expm1: for |dt * lambda| << 1 the naive exp(x) - 1 loses every digit (and returns 0 in float32).
-        return torch.exp(dt_lam), (torch.expm1(dt_lam) / lam).unsqueeze(-1) * self.B
+        return dt_lam, (torch.expm1(dt_lam) / lam).unsqueeze(-1) * self.B
 
     def initial_state(self, batch: int) -> torch.Tensor:
         return self.B.new_zeros(batch, self.B.shape[0])  # (B, P)
@@ -191,10 +196,8 @@ class DiagonalSSM(nn.Module):
 
     def forward_sequence(self, x: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Whole sequences: x (B, L, H), state (B, P) carried in, episode_start (B, L) bool -> y (B, L, H), last state."""
-        lam = -torch.exp(self.log_neg_lambda)  # (P,)
-        dt_lam = torch.exp(self.log_dt) * lam  # (P,) = log A_bar
-        b_bar = (torch.expm1(dt_lam) / lam).unsqueeze(-1) * self.B  # (P, H)
-        states = SCANS[self.scan](dt_lam, episode_start, x @ b_bar.T, state)  # (B, L, P)
+        log_a_bar, b_bar = self.discretise_log()  # (P,), (P, H)
+        states = SCANS[self.scan](log_a_bar, episode_start, x @ b_bar.T, state)  # (B, L, P)
         return states @ self.C.T + self.D * x, states[:, -1]
 
 
