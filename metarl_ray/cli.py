@@ -34,10 +34,12 @@ GOALS_PER_CLASS = 50  # Meta-World generates 50 goals per task class and split
 
 # Seed-project spellings that map onto a field of another name.
 ALIASES = {"env_name": "benchmark", "batch_size": "episodes_per_task"}
-BOOLEAN_FLAGS = {"first_order", "resume", "test_mode", "use_amp"}
+BOOLEAN_FLAGS = {"fast_envs", "first_order", "resume", "test_mode", "use_amp"}
 # Settings a resumed run must keep (None: the whole section): changing them would not match the
 # checkpoint, or (the seed) would silently swap the benchmark's train and test goals.
-FIXED_ON_RESUME: dict[str, list[str] | None] = {"env": None, "policy": None, "run": ["seed"]}
+# fast_envs may change: the fast path's outputs equal stock Meta-World's bit for bit.
+FIXED_ON_RESUME: dict[str, list[str] | None] = {
+    "env": ["benchmark", "task", "max_episode_length", "reward_function_version"], "policy": None, "run": ["seed"]}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,6 +57,9 @@ def _add_flag(parser: argparse.ArgumentParser, name: str, dest: str, help_text: 
     spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
     if dest in BOOLEAN_FLAGS:
         parser.add_argument(*spellings, dest=dest, action="store_const", const=True, default=argparse.SUPPRESS, help=help_text)
+        negated = [f"--no_{name}"] + ([f"--no-{name.replace('_', '-')}"] if "_" in name else [])
+        parser.add_argument(*negated, dest=dest, action="store_const", const=False, default=argparse.SUPPRESS,
+                            help=argparse.SUPPRESS)
     else:
         parser.add_argument(*spellings, dest=dest, metavar="VALUE", default=argparse.SUPPRESS, help=help_text)
 

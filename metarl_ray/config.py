@@ -51,6 +51,8 @@ class EnvConfig:
     """Steps per episode (Meta-World's own horizon is 500)."""
     reward_function_version: str = "v2"
     """Meta-World reward function version: v1 or v2."""
+    fast_envs: bool = True
+    """Step Meta-World through the verified fast path (bit-identical to stock); --no_fast_envs for stock."""
 
     def __post_init__(self) -> None:
         _check(self.benchmark in BENCHMARKS, "benchmark", self.benchmark, f"expected one of {', '.join(BENCHMARKS)}")
@@ -61,6 +63,7 @@ class EnvConfig:
             _check(self.task in names, "task", self.task, f"expected a Meta-World v3 task such as reach-v3 ({len(names)} known)")
         _check(1 <= self.max_episode_length <= 10_000, "max_episode_length", self.max_episode_length, "expected an integer in [1, 10000]")
         _check(self.reward_function_version in ("v1", "v2"), "reward_function_version", self.reward_function_version, "expected v1 or v2")
+        _check(isinstance(self.fast_envs, bool), "fast_envs", self.fast_envs, "expected true or false")
 
     @property
     def is_meta_learning(self) -> bool:

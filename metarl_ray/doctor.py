@@ -41,7 +41,10 @@ def _env_steps() -> str:
     rate = 200 / (time.perf_counter() - started)
     if not np.all(np.isfinite(obs)):
         raise RuntimeError("non-finite observation")
-    return f"reach-v3 obs {obs.shape}, {rate:.0f} steps/s"
+    from metarl_ray.fast_envs import unsupported_reason
+
+    path = "fast path" if type(env).__name__.startswith("Fast") else f"stock envs ({unsupported_reason()})"
+    return f"reach-v3 obs {obs.shape}, {rate:.0f} steps/s, {path}"
 
 
 def _ray() -> str:

@@ -113,7 +113,15 @@ def make_task_env(env_name: str, env_config: EnvConfig) -> Any:
     env = ALL_V3_ENVIRONMENTS[env_name](reward_function_version=env_config.reward_function_version)
     # The env truncates (and refuses to step) at max_path_length; match our episode length.
     env.max_path_length = env_config.max_episode_length
-    return env
+    return _maybe_fast(env, env_config)
+
+
+def _maybe_fast(env: Any, env_config: EnvConfig) -> Any:
+    if not env_config.fast_envs:
+        return env
+    from metarl_ray.fast_envs import make_fast
+
+    return make_fast(env)
 
 
 def make_eval_vector_env(env_config: EnvConfig, seed: int, meta_batch_size: int,
@@ -138,4 +146,5 @@ def make_eval_vector_env(env_config: EnvConfig, seed: int, meta_batch_size: int,
         envs = gym.make_vec(f"Meta-World/{env_config.benchmark}", **common)
     for sub_env in envs.envs:
         sub_env.unwrapped.max_path_length = env_config.max_episode_length
+        _maybe_fast(sub_env.unwrapped, env_config)  # in place: the wrappers around it stay Meta-World's
     return envs
