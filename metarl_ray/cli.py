@@ -34,7 +34,7 @@ GOALS_PER_CLASS = 50  # Meta-World generates 50 goals per task class and split
 
 # Seed-project spellings that map onto a field of another name.
 ALIASES = {"env_name": "benchmark", "batch_size": "episodes_per_task"}
-BOOLEAN_FLAGS = {"fast_envs", "first_order", "resume", "test_mode", "use_amp"}
+BOOLEAN_FLAGS = {"fast_envs", "first_order", "ray_dashboard", "resume", "test_mode", "use_amp"}
 # Settings a resumed run must keep (None: the whole section): changing them would not match the
 # checkpoint, or (the seed) would silently swap the benchmark's train and test goals.
 # fast_envs may change: the fast path's outputs equal stock Meta-World's bit for bit.
@@ -233,6 +233,8 @@ def _tune_parser() -> argparse.ArgumentParser:
     parser.add_argument("file", help="search file (YAML), e.g. tune_configs/ml1_quick.yaml")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted experiment (Tuner.restore)")
     parser.add_argument("--ray_address", "--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or local)")
+    parser.add_argument("--ray_dashboard", "--ray-dashboard", action="store_true",
+                        help="start Ray's dashboard with a local in-process Ray")
     parser.add_argument("--storage_path", "--storage-path", default=None, metavar="URI",
                         help="where Tune keeps the experiment (path, file://, s3://, gs://); overrides the file's storage_path")
     return parser
@@ -267,7 +269,7 @@ def cmd_tune(argv: Sequence[str]) -> int:
     from metarl_ray.tune import TuneInterrupted, run_tune
 
     spec, args = _tune_spec(argv)
-    with ray_session(args.ray_address):
+    with ray_session(args.ray_address, args.ray_dashboard):
         try:
             summary = run_tune(spec, resume=args.resume)
         except TuneInterrupted as stopped:

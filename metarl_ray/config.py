@@ -196,6 +196,8 @@ class RunConfig:
     """Tiny budgets for smoke tests: 2 iterations, 2 tasks (so up to 2 workers), 2 episodes of 50 steps."""
     ray_address: str | None = None
     """Ray cluster to join; default: RAY_ADDRESS if set, else a local in-process Ray."""
+    ray_dashboard: bool = False
+    """Start Ray's dashboard with a local in-process Ray (a cluster's dashboard is the cluster's own)."""
     max_failures: int = 2
     """Restarts from the latest checkpoint after the learner or another actor process dies."""
 

@@ -33,14 +33,19 @@ class LearnerPlacement:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None) -> Iterator[None]:
-    """Join the given (or RAY_ADDRESS) cluster, else start Ray in-process; shut down only what we started."""
+def ray_session(address: str | None, dashboard: bool = False) -> Iterator[None]:
+    """Join the given (or RAY_ADDRESS) cluster, else start Ray in-process; shut down only what we started.
+
+    A local Ray starts without its dashboard unless asked: the dashboard is about 4 s of every local
+    start-up on 2 cores, and the run's own log and metrics already show its progress."""
     if ray.is_initialized():
         yield
         return
-    # address="local" never joins a stale cluster left in Ray's temp dir.
-    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", logging_level=logging.WARNING,
-             log_to_driver=True, configure_logging=False)
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    # address="local" never joins a stale cluster left in Ray's temp dir. Ray refuses include_dashboard
+    # when joining a running cluster, whose dashboard is the cluster's own business.
+    local = {"include_dashboard": dashboard} if address == "local" else {}
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, configure_logging=False, **local)
     try:
         yield
     finally:
@@ -102,7 +107,7 @@ def train(config: TrainConfig, run_path: StoragePath | str, resume_from: Storage
     running. ``on_iteration(metrics, checkpoint_or_None)`` runs after every iteration (Tune reports there)."""
     run_path = StoragePath.parse(run_path)
     state = load_checkpoint(resume_from) if resume_from is not None else None
-    with ray_session(config.run.ray_address):
+    with ray_session(config.run.ray_address, config.run.ray_dashboard):
         placement = place_learner(config.learner.device, config.learner.num_learners)
         num_workers = default_num_rollout_workers(config)
         # A fresh run must not share a directory with another run started meanwhile.

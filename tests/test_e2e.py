@@ -111,6 +111,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
         assert resumed[2][key] == pytest.approx(straight[2][key], rel=1e-6, abs=1e-9), key
 
 
+@pytest.mark.slow  # a long fault scenario: `make test-slow` (CI time, issue 7)
 def test_resume_skips_a_corrupted_latest_checkpoint_with_a_clear_message(tmp_path):
     runs = str(tmp_path / "runs")
     metarl("train", "--env_name", "ML1", "--task", "reach-v3", "--test_mode", "--max_episode_length", "20",

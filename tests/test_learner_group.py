@@ -69,6 +69,7 @@ def metarl(*args, cwd):
     return subprocess.run([sys.executable, "-m", "metarl_ray", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # a long fault scenario: `make test-slow` (CI time, issue 7)
 def test_two_learners_with_amp_and_accumulation_survive_a_killed_learner_resume_on_one_and_evaluate(tmp_path):
     """The issue's command (--test_mode --num_learners 2 --use_amp --gradient_accumulation_steps 2), made
     long enough to SIGKILL learner 1 mid-run; then resumed with one learner from a file:// URI; then eval."""

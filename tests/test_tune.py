@@ -86,6 +86,7 @@ def test_sweep_reports_every_iteration_and_writes_the_best_trial(tmp_path):
     assert "best trial" in result.stdout
 
 
+@pytest.mark.slow  # a long fault scenario: `make test-slow` (CI time, issue 7)
 def test_sigkilled_trial_restores_from_its_checkpoint_and_finishes(tmp_path):
     path = write_spec(tmp_path, "killed", 8, [0.1], max_episode_length=500, checkpoint_every=2)
     process = subprocess.Popen([sys.executable, "-m", "metarl_ray", "tune", str(path)], cwd=tmp_path,
@@ -111,6 +112,7 @@ def test_sigkilled_trial_restores_from_its_checkpoint_and_finishes(tmp_path):
     assert iterations[-1] == 8
 
 
+@pytest.mark.slow  # a long fault scenario: `make test-slow` (CI time, issue 7)
 def test_interrupted_experiment_completes_with_resume(tmp_path):
     path = write_spec(tmp_path, "interrupted", 4, [0.05, 0.1], max_episode_length=500)
     process = subprocess.Popen([sys.executable, "-m", "metarl_ray", "tune", str(path)], cwd=tmp_path,
@@ -128,6 +130,7 @@ def test_interrupted_experiment_completes_with_resume(tmp_path):
     assert json.loads((experiment / "best_trial.json").read_text())["num_trials"] == 2
 
 
+@pytest.mark.slow  # a long fault scenario: `make test-slow` (CI time, issue 7)
 def test_pbt_perturbs_inner_and_meta_lr_of_running_trials_from_checkpoints(tmp_path):
     path = write_spec(tmp_path, "pbt", 3, [0.05, 0.1], max_episode_length=30)
     data = yaml.safe_load(path.read_text())
