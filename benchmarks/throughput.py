@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -80,6 +81,7 @@ def main() -> int:
     parser.add_argument("--max_episode_length", type=int, default=500)
     parser.add_argument("--iterations", type=int, default=2, help="timed iterations after one warm-up")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved raw/collection measurement pairs")
     parser.add_argument("--output", default=str(RESULTS / "throughput.json"))
     args = parser.parse_args()
 
@@ -92,30 +94,46 @@ def main() -> int:
     # Support + query passes of one iteration: (num_inner_steps + 1) x episodes_per_task episodes per task.
     episodes_per_pass = (config.maml.num_inner_steps + 1) * args.episodes_per_task
     stock_config = dataclasses.replace(config, env=dataclasses.replace(config.env, fast_envs=False))
-    raw_stock = raw_rate(stock_config, specs_per_iteration[1], episodes_per_pass)
-    raw = raw_rate(config, specs_per_iteration[1], episodes_per_pass)
-    print(f"raw (1 process, random actions): stock {raw_stock:.0f} steps/s, fast {raw:.0f} steps/s", flush=True)
 
-    results = {}
+    # Raw rates are measured with Ray up (idle: no actors) right before each collection measurement,
+    # and the pair is repeated: both sides then see the same background processes and the same moment
+    # of this noisy machine. The ratio of a worker count is the median over repeats of its pairs.
+    samples: dict[int, list[tuple[float, float, float]]] = {n: [] for n in args.workers}
     ray.init(address="local", num_cpus=max(args.workers), include_dashboard=False, logging_level="ERROR")
     try:
-        for num_workers in args.workers:
-            rate = collection_rate(config, specs_per_iteration, num_workers)
-            ratio = rate / (num_workers * raw)
-            results[str(num_workers)] = {"steps_per_s": round(rate, 1), "ratio_to_n_x_raw": round(ratio, 3),
-                                         "ratio_to_n_x_stock_raw": round(rate / (num_workers * raw_stock), 3),
-                                         "goal_met": ratio >= 0.8}
-            print(f"collection, {num_workers} worker(s): {rate:.0f} steps/s = {ratio:.2f} x ({num_workers} x fast raw)"
-                  f" = {rate / (num_workers * raw_stock):.2f} x ({num_workers} x stock raw)", flush=True)
+        for repeat in range(args.repeats):
+            for num_workers in args.workers:
+                raw_stock = raw_rate(stock_config, specs_per_iteration[1], episodes_per_pass)
+                raw = raw_rate(config, specs_per_iteration[1], episodes_per_pass)
+                rate = collection_rate(config, specs_per_iteration, num_workers)
+                samples[num_workers].append((rate, raw, raw_stock))
+                print(f"repeat {repeat}, {num_workers} worker(s): collection {rate:.0f} steps/s; raw fast {raw:.0f}, "
+                      f"stock {raw_stock:.0f} -> {rate / (num_workers * raw):.2f} x ({num_workers} x fast raw)", flush=True)
     finally:
         ray.shutdown()
+
+    results = {}
+    for num_workers, runs in samples.items():
+        ratio = statistics.median(rate / (num_workers * raw) for rate, raw, _ in runs)
+        results[str(num_workers)] = {
+            "steps_per_s": round(statistics.median(rate for rate, _, _ in runs), 1),
+            "raw_fast_steps_per_s": round(statistics.median(raw for _, raw, _ in runs), 1),
+            "raw_stock_steps_per_s": round(statistics.median(stock for _, _, stock in runs), 1),
+            "ratio_to_n_x_raw": round(ratio, 3),
+            "ratio_to_n_x_stock_raw": round(statistics.median(rate / (num_workers * stock) for rate, _, stock in runs), 3),
+            "ratios_per_repeat": [round(rate / (num_workers * raw), 3) for rate, raw, _ in runs],
+            "goal_met": ratio >= 0.8}
+    raw_all = [raw for runs in samples.values() for _, raw, _ in runs]
+    stock_all = [stock for runs in samples.values() for _, _, stock in runs]
+    raw, raw_stock = statistics.median(raw_all), statistics.median(stock_all)
 
     report = {
         "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.machine()},
         "setup": {"benchmark": args.benchmark, "task": args.task, "num_tasks": args.num_tasks,
                   "episodes_per_task": args.episodes_per_task, "max_episode_length": args.max_episode_length,
-                  "num_inner_steps": config.maml.num_inner_steps, "timed_iterations": args.iterations},
+                  "num_inner_steps": config.maml.num_inner_steps, "timed_iterations": args.iterations,
+                  "repeats": args.repeats, "raw_measured": "with Ray up and idle, right before each collection"},
         "raw_steps_per_s": round(raw, 1),
         "raw_stock_steps_per_s": round(raw_stock, 1),
         "raw_fast_over_stock": round(raw / raw_stock, 3),
