@@ -91,7 +91,6 @@ def test_learner_goes_to_the_gpu_node_and_takes_no_cpu_rollout_actors_spread(clu
         ray.shutdown()
 
 
-@pytest.mark.slow  # a long fault scenario: `make test-slow` (CI time, issue 7)
 def test_run_uses_several_nodes_and_a_killed_driver_resumes_from_shared_storage(cluster, tmp_path):
     cluster, cpu_nodes, _ = cluster
     output_uri, run_path = f"file://{tmp_path}/shared", tmp_path / "shared" / "spread"
