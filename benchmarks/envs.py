@@ -72,7 +72,7 @@ def timed_episode(env, actions: np.ndarray, states: list | None = None) -> float
     return time.perf_counter() - started
 
 
-def _physics_state(env) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _physics_state(env) -> tuple[int, np.ndarray]:
     spec = mujoco.mjtState.mjSTATE_INTEGRATION
     state = np.empty(mujoco.mj_stateSize(env.model, spec))
     mujoco.mj_getState(env.model, env.data, state, spec)

@@ -29,6 +29,7 @@ from typing import Any
 
 import mujoco
 import numpy as np
+from metaworld.utils.reward_utils import hamacher_product  # only imported where Meta-World envs are built
 
 logger = logging.getLogger(__name__)
 
@@ -368,8 +369,6 @@ class _FastSawyerMixin:
                                desired_gripper_effort: float = 1.0, high_density: bool = False,
                                medium_density: bool = False) -> float:
         # SawyerXYZEnv._gripper_caging_reward's formula, with the scalar tolerance above.
-        from metaworld.utils.reward_utils import hamacher_product
-
         assert self.obj_init_pos is not None, "`obj_init_pos` must be initialized before calling this function."
         if high_density and medium_density:
             raise ValueError("Can only be either high_density or medium_density")
