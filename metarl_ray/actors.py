@@ -11,11 +11,11 @@ import numpy as np
 import ray
 import torch
 
-from metarl_ray.batch import TaskRollouts
-from metarl_ray.config import EnvConfig, LearnerConfig, MAMLConfig, PolicyConfig, PPOConfig
+from metarl_ray.batch import GoalEvaluation, TaskRollouts
+from metarl_ray.config import EnvConfig, LearnerConfig, MAMLConfig, PolicyConfig, PPOConfig, TrainConfig
 from metarl_ray.envs import TaskSpec
 from metarl_ray.learner import Learner
-from metarl_ray.rollout import RolloutWorker, SamplePlan
+from metarl_ray.rollout import EvalPlan, RolloutWorker, SamplePlan
 
 
 def process_location() -> dict[str, Any]:
@@ -38,6 +38,16 @@ class RolloutActor:
         the actor survived; the rollouts go from the object store straight to the learner."""
         rollouts = self.worker.sample(meta_params, tasks, iteration, plan)
         return sum(task.num_steps for task in rollouts), rollouts
+
+    def evaluate(self, meta_params: dict[str, np.ndarray], tasks: Sequence[TaskSpec], plan: EvalPlan,
+                 seed: int) -> list[GoalEvaluation]:
+        return self.worker.evaluate(meta_params, tasks, plan, seed)
+
+    def evaluate_official(self, config: TrainConfig, meta_params: dict[str, np.ndarray], goals_per_class: int,
+                          num_evals: int, mt_episodes: int) -> Any:
+        from metarl_ray.eval_runner import official_result
+
+        return official_result(config, meta_params, goals_per_class, num_evals, mt_episodes)
 
     def location(self) -> dict[str, Any]:
         return process_location()

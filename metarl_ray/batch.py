@@ -44,3 +44,27 @@ class TaskRollouts:
     @property
     def num_steps(self) -> int:
         return sum(batch.num_steps for batch in self.support) + self.query.num_steps
+
+
+@dataclass(frozen=True)
+class GoalEvaluation:
+    """One held-out (task, goal) meta-tested under both action rules, before and after adaptation.
+
+    Mean-action episodes from one start state are identical (Meta-World resets a goal to the same state
+    and MuJoCo is deterministic), so one mean-action episode per phase is the whole sample. Sampled
+    episodes are K independent draws; pre-adaptation's are the first K adaptation episodes, which the
+    meta-parameters sample anyway.
+    """
+
+    slot: int  # position in the evaluation's goal list; keys the action noise
+    env_name: str
+    goal_index: int
+    pre_mean_success: bool
+    post_mean_success: bool
+    pre_mean_return: float
+    post_mean_return: float
+    pre_sampled_successes: np.ndarray  # (K,) bool
+    post_sampled_successes: np.ndarray  # (K,) bool
+    pre_sampled_returns: np.ndarray  # (K,) float32
+    post_sampled_returns: np.ndarray  # (K,) float32
+    num_steps: int  # env steps this goal cost (adaptation included)

@@ -187,45 +187,80 @@ def cmd_train(argv: Sequence[str]) -> int:
 
 
 def _eval_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="metarl eval", description="Meta-test a checkpoint with Meta-World's protocol.")
-    parser.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint file or run directory (then its latest)")
+    parser = _Parser(prog="metarl eval", description=(
+        "Meta-test runs on held-out goals: per task class and overall mean, IQM and 95%% stratified bootstrap "
+        "intervals over seeds and goals, under the mean-action and the sampled-action rule, before and after "
+        "adaptation; Meta-World's official figures beside them."))
+    parser.add_argument("--checkpoint", "--checkpoints", required=True, nargs="+", metavar="PATH",
+                        help="checkpoint files, run directories (their latest) or a Tune experiment directory; "
+                             "several runs (seeds) are pooled into one estimate")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--goals_per_class", "--goals-per-class", type=int, default=None, metavar="N",
-                        help="held-out goals per task class (default 10; 1 for test-mode runs)")
+                        help=f"goals per task class (default: all {GOALS_PER_CLASS}; 2 for test-mode runs)")
+    parser.add_argument("--sampled_episodes", "--sampled-episodes", type=int, default=3, metavar="K",
+                        help="sampled-action episodes per goal before and after adaptation")
+    parser.add_argument("--num_workers", "--num-workers", type=int, default=None, metavar="N",
+                        help="Ray rollout actors (default: one per CPU); 0 runs in this process without Ray")
+    parser.add_argument("--ray_address", "--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or local)")
     parser.add_argument("--num_evals", "--num-evals", type=int, default=1, metavar="N", help="rounds of the official ML protocol")
     parser.add_argument("--mt_episodes", "--mt-episodes", type=int, default=None, metavar="N",
-                        help="episodes per task for MT benchmarks (default 50; 2 for test-mode runs)")
+                        help="episodes per task of the official MT evaluation (default 50; 2 for test-mode runs)")
+    parser.add_argument("--official_goals_per_class", "--official-goals-per-class", type=int, default=None, metavar="N",
+                        help="goals per class of the official evaluation (default 10, at most --goals_per_class)")
     parser.add_argument("--no_official", "--no-official", action="store_true", help="skip Meta-World's own evaluation")
     return parser
 
 
 def cmd_eval(argv: Sequence[str]) -> int:
-    from metarl_ray.checkpoint import resolve_checkpoint
-    from metarl_ray.evaluation import evaluate_checkpoint
+    from metarl_ray.meta_test import EvalOptions, evaluate_runs, find_checkpoints
 
     args = _eval_parser().parse_args(argv)
-    checkpoint = resolve_checkpoint(_storage(args.checkpoint, "checkpoint"))
-    if checkpoint is None:
-        raise ConfigError(f"--checkpoint={args.checkpoint!r}: expected a checkpoint file or a run directory with checkpoints")
-    limits = {"goals_per_class": GOALS_PER_CLASS, "num_evals": 1000, "mt_episodes": 10_000}
-    for name, upper in limits.items():
+    limits = {"goals_per_class": (1, GOALS_PER_CLASS), "sampled_episodes": (1, 10), "num_workers": (0, 10_000),
+              "num_evals": (1, 1000), "mt_episodes": (1, 10_000), "official_goals_per_class": (1, GOALS_PER_CLASS)}
+    for name, (lower, upper) in limits.items():
         value = getattr(args, name)
-        if value is not None and not 1 <= value <= upper:
-            raise ConfigError(f"--{name}={value!r}: expected an integer in [1, {upper}]")
-    _read_checkpoint(checkpoint, "checkpoint")
-    result = evaluate_checkpoint(checkpoint, args.goals_per_class, args.num_evals, args.mt_episodes,
-                                 official=not args.no_official)
-    if args.json:
-        print(json.dumps(dataclasses.asdict(result)))
-        return 0
-    official = "n/a" if result.success_rate_official is None else f"{result.success_rate_official:.3f}"
-    official_return = "n/a" if result.mean_return_official is None else f"{result.mean_return_official:.1f}"
-    print(f"{result.benchmark}: success {result.success_rate:.3f} (official {official}), "
-          f"return {result.mean_return:.1f} (official {official_return}); "
-          f"before adaptation success {result.pre_adapt_success_rate:.3f}")
-    for name, entry in sorted(result.per_task.items()):
-        print(f"  {name:28s} " + "  ".join(f"{key} {value:.3f}" for key, value in entry.items()))
+        if value is not None and not lower <= value <= upper:
+            raise ConfigError(f"--{name}={value!r}: expected an integer in [{lower}, {upper}]")
+    locations = []
+    for location in args.checkpoint:
+        found = find_checkpoints(_storage(location, "checkpoint"))
+        if not found:
+            raise ConfigError(f"--checkpoint={location!r}: expected a checkpoint file, a run directory with "
+                              "checkpoints or a Tune experiment directory")
+        for checkpoint in found:
+            _read_checkpoint(checkpoint, "checkpoint")
+        locations += found
+    options = EvalOptions(goals_per_class=args.goals_per_class, num_sampled_episodes=args.sampled_episodes,
+                          official=not args.no_official, num_evals=args.num_evals, mt_episodes=args.mt_episodes,
+                          num_workers=args.num_workers,
+                          official_goals_per_class=args.official_goals_per_class)
+    report = evaluate_runs(locations, options, args.ray_address)
+    print(json.dumps(report) if args.json else format_report(report))
     return 0
+
+
+def _interval(entry: dict[str, Any], key: str = "mean") -> str:
+    ci = entry[f"{key}_ci95"]
+    return f"{entry[key]:.3f}" + ("" if ci is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]")
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The text ``metarl eval`` prints: one block per action rule, overall then per class."""
+    protocol = report["protocol"]
+    lines = [f"{report['benchmark']}{'' if not report['task'] else ' ' + report['task']}: {report['num_runs']} run(s) "
+             f"(seeds {protocol['seeds']}) x {protocol['num_goals_per_run']} {protocol['split']} goals; "
+             "success mean [95% CI], IQM [95% CI]"]
+    for rule, label in (("mean_action", "mean action, 1 episode per goal"),
+                        ("sampled", f"sampled actions, {protocol['sampled_episodes']} episodes per goal")):
+        lines.append(f"  {rule} ({label}):")
+        rows = [("overall", report["overall"][rule])] + [(name, entry[rule]) for name, entry in report["per_task"].items()]
+        for name, entry in rows:
+            lines.append(f"    {name:26s} post {_interval(entry['post'])}  pre {_interval(entry['pre'])}  "
+                         f"gain {_interval(entry['gain'])}  post IQM {_interval(entry['post'], 'iqm')}")
+    if report["success_rate_official"] is not None:
+        lines.append(f"  official (Meta-World's functions, over-counts): success {report['success_rate_official']:.3f}, "
+                     f"return {report['mean_return_official']:.1f}")
+    return "\n".join(lines)
 
 
 def _tune_parser() -> argparse.ArgumentParser:

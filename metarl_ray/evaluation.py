@@ -1,15 +1,15 @@
-"""Meta-test evaluation: Meta-World's official protocol and a direct per-(task, goal) success rate.
+"""Meta-World's official evaluation protocol, run on a MAML policy.
 
-Both evaluate the same goals: the first ``goals_per_class`` held-out goals of every test class (ML) or
-training class (MT). The official ML figure (``metalearning_evaluation``) counts the first 3 finished
-episodes per task *class* while successful episodes end early, so it over-counts successes; the direct
-figure runs every goal for exactly 3 full evaluation episodes after adaptation and averages per goal.
+``MAMLAgent`` speaks Meta-World's ``MetaLearningAgent`` protocol, so its own ``metalearning_evaluation``
+(ML) and ``evaluation`` (MT) functions score it, on the first goals of every test class (ML) or
+training class (MT). The official ML figure counts the first 3 finished episodes per task *class*
+while successful episodes end early, so it over-counts successes; ``meta_test`` computes the direct
+per-goal figures with confidence intervals beside it.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,9 @@ from metarl_ray.advantages import compute_advantages
 from metarl_ray.batch import EpisodeBatch
 from metarl_ray.checkpoint import load_checkpoint, resolve_checkpoint
 from metarl_ray.config import TrainConfig, config_from_dict
-from metarl_ray.envs import ACTION_DIM, OBS_DIM, BenchmarkTasks, fixed_task_specs, make_eval_vector_env
+from metarl_ray.envs import ACTION_DIM, OBS_DIM, BenchmarkTasks, make_eval_vector_env
 from metarl_ray.maml import TensorBatch, adapt
 from metarl_ray.policy import BatchedActor, Params, build_policy, detached_params, gaussian_log_prob
-from metarl_ray.rollout import RolloutWorker, SamplePlan
 
 logger = logging.getLogger(__name__)
 Step = tuple[np.ndarray, np.ndarray, float, float]  # observation, action, reward, sampling log-prob
@@ -53,6 +52,12 @@ class MAMLAgent:
         config = config_from_dict(state["config"])
         policy = build_policy(OBS_DIM, ACTION_DIM, config.policy)
         policy.load_state_dict(state["learner"]["policy"])
+        return cls(policy, config, seed)
+
+    @classmethod
+    def from_params(cls, config: TrainConfig, meta_params: dict[str, np.ndarray], seed: int = 0) -> "MAMLAgent":
+        policy = build_policy(OBS_DIM, ACTION_DIM, config.policy)
+        policy.load_state_dict({name: torch.tensor(value) for name, value in meta_params.items()})
         return cls(policy, config, seed)
 
     def init(self) -> None:
@@ -131,19 +136,6 @@ def episodes_to_batch(episodes: list[list[Step]], config: TrainConfig) -> Episod
     return EpisodeBatch(obs, actions, rewards, log_probs, advantages, np.zeros(len(episodes), dtype=bool))
 
 
-@dataclass
-class EvaluationResult:
-    benchmark: str
-    success_rate: float  # direct: mean over (task, goal) of post-adaptation success over 3 full episodes
-    mean_return: float
-    pre_adapt_success_rate: float
-    pre_adapt_mean_return: float
-    success_rate_official: float | None
-    mean_return_official: float | None
-    per_task: dict[str, dict[str, float]] = field(default_factory=dict)
-    protocol: dict[str, Any] = field(default_factory=dict)
-
-
 def evaluate_official(agent: MAMLAgent, config: TrainConfig, goals_per_class: int, num_evals: int,
                       mt_episodes: int, seed: int) -> tuple[float, float, dict[str, float]]:
     from metaworld.evaluation import evaluation, metalearning_evaluation
@@ -170,53 +162,3 @@ def evaluate_official(agent: MAMLAgent, config: TrainConfig, goals_per_class: in
     return float(success), float(mean_return), {name: float(value) for name, value in per_task.items()}
 
 
-def evaluate_direct(meta_params: dict[str, np.ndarray], config: TrainConfig, goals_per_class: int,
-                    seed: int) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """Adapt on 10 episodes per inner step, then 3 full mean-action episodes, for every (task, goal)."""
-    specs = fixed_task_specs(BenchmarkTasks(config.env, seed).test_tasks(), goals_per_class)
-    worker = RolloutWorker(config.env, config.policy, config.maml, config.ppo, seed)
-    # MT benchmarks adapt too: the tasks are training tasks, and pre-adaptation success is the
-    # multi-task figure that Meta-World's own MT evaluation scores.
-    plan = SamplePlan(ADAPTATION_EPISODES, EVALUATION_EPISODES, deterministic_query=True)
-    rollouts = worker.sample(meta_params, specs, iteration=0, plan=plan)
-    per_task: dict[str, dict[str, list[float]]] = {}
-    for task in rollouts:
-        entry = per_task.setdefault(task.env_name, {"success_rate": [], "mean_return": [],
-                                                     "pre_adapt_success_rate": [], "pre_adapt_mean_return": []})
-        entry["success_rate"].append(float(task.query.successes.mean()))
-        entry["mean_return"].append(float(task.query.episode_returns.mean()))
-        entry["pre_adapt_success_rate"].append(float(task.support[0].successes.mean()))
-        entry["pre_adapt_mean_return"].append(float(task.support[0].episode_returns.mean()))
-    per_task_mean = {name: {key: float(np.mean(values)) for key, values in entry.items()} for name, entry in per_task.items()}
-    overall = {key: float(np.mean([entry[key] for entry in per_task_mean.values()]))
-               for key in ("success_rate", "mean_return", "pre_adapt_success_rate", "pre_adapt_mean_return")}
-    return overall, per_task_mean
-
-
-def evaluate_checkpoint(path: str | Path, goals_per_class: int | None = None, num_evals: int = 1,
-                        mt_episodes: int | None = None, official: bool = True) -> EvaluationResult:
-    agent = MAMLAgent.from_checkpoint(path)
-    config = agent.config
-    test_mode = config.run.test_mode
-    goals_per_class = goals_per_class or (1 if test_mode else 10)
-    mt_episodes = mt_episodes or (2 if test_mode else 50)
-    # The run's seed fixes the benchmark's goal sets; Meta-World derives the test goals of seed s from
-    # s + 1, so another seed could hand back the run's own training goals as "held out".
-    seed = config.run.seed
-    meta_params = {name: p.numpy() for name, p in agent.meta_params.items()}
-    overall, per_task = evaluate_direct(meta_params, config, goals_per_class, seed)
-    official_success = official_return = None
-    if official:
-        official_success, official_return, official_per_task = evaluate_official(
-            agent, config, goals_per_class, num_evals, mt_episodes, seed)
-        for name, value in official_per_task.items():
-            per_task.setdefault(name, {})["success_rate_official"] = value
-    return EvaluationResult(
-        benchmark=config.env.benchmark, success_rate=overall["success_rate"], mean_return=overall["mean_return"],
-        pre_adapt_success_rate=overall["pre_adapt_success_rate"], pre_adapt_mean_return=overall["pre_adapt_mean_return"],
-        success_rate_official=official_success, mean_return_official=official_return, per_task=per_task,
-        protocol={"goals_per_class": goals_per_class, "adaptation_episodes": ADAPTATION_EPISODES,
-                  "evaluation_episodes": EVALUATION_EPISODES, "num_inner_steps": config.maml.num_inner_steps,
-                  "num_evals": num_evals, "mt_episodes": mt_episodes, "seed": seed,
-                  "max_episode_length": config.env.max_episode_length, "split": "test" if config.env.is_meta_learning else "train"},
-    )

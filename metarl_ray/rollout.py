@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from metarl_ray.advantages import compute_advantages
-from metarl_ray.batch import EpisodeBatch, TaskRollouts
+from metarl_ray.batch import EpisodeBatch, GoalEvaluation, TaskRollouts
 from metarl_ray.config import EnvConfig, MAMLConfig, PolicyConfig, PPOConfig
 from metarl_ray.envs import ACTION_DIM, OBS_DIM, TaskSpec, make_task_env
 from metarl_ray.maml import TensorBatch, adapt
@@ -28,8 +28,19 @@ class SamplePlan:
 
     num_support_episodes: int  # per inner step
     num_query_episodes: int
-    deterministic_query: bool = False  # evaluation acts with the mean action after adapting
-    adapt: bool = True  # False: query episodes with the meta-parameters only (multi-task evaluation)
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """Episodes per held-out goal in a meta-test (see ``GoalEvaluation``)."""
+
+    num_adaptation_episodes: int = 10  # per inner step, sampled (Meta-World's protocol)
+    num_sampled_episodes: int = 3  # sampled-action episodes before and after adaptation
+
+
+# Noise stream of evaluation episodes: never a training iteration number, so an evaluation of a goal
+# draws the same noise whatever checkpoint, worker or batch of goals it runs in.
+EVAL_NOISE_STREAM = 2**32 - 1
 
 
 class RolloutWorker:
@@ -67,14 +78,46 @@ class RolloutWorker:
                 for spec in tasks]
         params: list[Params] = [params_from_numpy(meta_params)] * len(tasks)
         supports: list[list[EpisodeBatch]] = [[] for _ in tasks]
-        for _ in range(self.maml_config.num_inner_steps if plan.adapt else 0):
+        for _ in range(self.maml_config.num_inner_steps):
             batches = self.collect(envs, params, rngs, plan.num_support_episodes)
             for index, batch in enumerate(batches):
                 supports[index].append(batch)
                 params[index] = self._adapt_one(params[index], batch)
-        queries = self.collect(envs, params, rngs, plan.num_query_episodes, plan.deterministic_query)
+        queries = self.collect(envs, params, rngs, plan.num_query_episodes)
         return [TaskRollouts(spec.slot, spec.env_name, spec.goal_index, tuple(support), query)
                 for spec, support, query in zip(tasks, supports, queries)]
+
+    def evaluate(self, meta_params: dict[str, np.ndarray], tasks: Sequence[TaskSpec], plan: EvalPlan,
+                 seed: int) -> list[GoalEvaluation]:
+        """Meta-test every task: a mean-action episode, adaptation on sampled episodes (the first K of
+        which are the pre-adaptation sampled figure), then a mean-action and K sampled episodes."""
+        if plan.num_sampled_episodes > plan.num_adaptation_episodes:
+            raise ValueError(f"num_sampled_episodes={plan.num_sampled_episodes}: expected at most "
+                             f"num_adaptation_episodes={plan.num_adaptation_episodes}")
+        envs = self._envs_for(tasks)
+        rngs = [np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, EVAL_NOISE_STREAM, spec.slot])))
+                for spec in tasks]
+        params: list[Params] = [params_from_numpy(meta_params)] * len(tasks)
+        pre_mean = self.collect(envs, params, rngs, 1, deterministic=True)
+        first_support: list[EpisodeBatch] = []
+        for _ in range(self.maml_config.num_inner_steps):  # at least one (MAMLConfig)
+            batches = self.collect(envs, params, rngs, plan.num_adaptation_episodes)
+            first_support = first_support or batches
+            params = [self._adapt_one(p, batch) for p, batch in zip(params, batches)]
+        post_mean = self.collect(envs, params, rngs, 1, deterministic=True)
+        post_sampled = self.collect(envs, params, rngs, plan.num_sampled_episodes)
+        k = plan.num_sampled_episodes
+        steps_per_task = (2 + k + plan.num_adaptation_episodes * self.maml_config.num_inner_steps) * self.env_config.max_episode_length
+        return [
+            GoalEvaluation(
+                slot=spec.slot, env_name=spec.env_name, goal_index=spec.goal_index,
+                pre_mean_success=bool(pre.successes[0]), post_mean_success=bool(post.successes[0]),
+                pre_mean_return=float(pre.episode_returns[0]), post_mean_return=float(post.episode_returns[0]),
+                pre_sampled_successes=support.successes[:k].copy(), post_sampled_successes=sampled.successes.copy(),
+                pre_sampled_returns=support.episode_returns[:k].copy(), post_sampled_returns=sampled.episode_returns.copy(),
+                num_steps=steps_per_task)
+            for spec, pre, support, post, sampled in zip(tasks, pre_mean, first_support, post_mean, post_sampled)
+        ]
 
     def _adapt_one(self, params: Params, batch: EpisodeBatch) -> Params:
         leaf_params = {name: p.detach().requires_grad_(True) for name, p in params.items()}

@@ -98,7 +98,7 @@ def test_two_learners_with_amp_and_accumulation_survive_a_killed_learner_resume_
     assert [row["iteration"] for row in rows] == [1, 2, 3, 4, 5, 6]
     assert [row["learner/num_learners"] for row in rows] == [2, 2, 2, 2, 2, 1]
     assert rows[-1]["rollout/env_steps_total"] == 6 * 2 * 2 * 300 * 2  # nothing lost or counted twice
-    evaluated = metarl("eval", "--checkpoint", f"{output}/learners", "--json", "--goals_per_class", "2", "--no_official",
+    evaluated = metarl("eval", "--checkpoint", f"{output}/learners", "--json", "--goals_per_class", "2", "--no_official", "--num_workers", "0",
                        cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert 0.0 <= json.loads(evaluated.stdout.strip().splitlines()[-1])["success_rate"] <= 1.0

@@ -7,8 +7,8 @@ import torch
 from metarl_ray.config import build_config
 from metarl_ray.envs import ACTION_DIM, OBS_DIM, BenchmarkTasks, TaskSampler
 from metarl_ray.maml import TensorBatch, adapt
-from metarl_ray.policy import build_policy, detached_params, log_prob, params_to_numpy
-from metarl_ray.rollout import RolloutWorker, SamplePlan
+from metarl_ray.policy import build_policy, detached_params, log_prob, params_from_numpy, params_to_numpy
+from metarl_ray.rollout import EvalPlan, RolloutWorker
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +58,29 @@ def test_results_do_not_depend_on_how_tasks_are_split(setup):
         np.testing.assert_allclose(a.query.episode_returns, b.query.episode_returns, rtol=1e-2)
 
 
-def test_deterministic_query_without_adaptation(setup):
+def test_evaluate_names_its_rules_and_does_not_depend_on_how_goals_are_batched(setup):
     config, policy, specs, worker = setup
-    plan = SamplePlan(num_support_episodes=1, num_query_episodes=2, deterministic_query=True, adapt=False)
-    task = worker.sample(params_to_numpy(detached_params(policy)), specs[:1], iteration=0, plan=plan)[0]
-    assert task.support == ()
-    np.testing.assert_allclose(task.query.rewards[0], task.query.rewards[1], rtol=1e-6)  # same goal, same actions
+    params = params_to_numpy(detached_params(policy))
+    plan = EvalPlan(num_adaptation_episodes=2, num_sampled_episodes=2)
+    together = worker.evaluate(params, specs, plan, seed=3)
+    apart = worker.evaluate(params, specs[:1], plan, seed=3) + worker.evaluate(params, specs[1:], plan, seed=3)
+    for a, b in zip(together, apart):
+        assert (a.slot, a.env_name, a.goal_index) == (b.slot, b.env_name, b.goal_index)
+        assert a.pre_sampled_successes.shape == a.post_sampled_successes.shape == (2,)
+        assert a.num_steps == (1 + 2 + 1 + 2) * 30
+        np.testing.assert_allclose([a.pre_mean_return, a.post_mean_return], [b.pre_mean_return, b.post_mean_return], rtol=1e-3)
+        np.testing.assert_allclose(a.post_sampled_returns, b.post_sampled_returns, rtol=1e-2)
+    # Noise is keyed by (seed, goal slot): evaluating again repeats every episode exactly.
+    first = together[0]
+    again = worker.evaluate(params, specs[:1], plan, seed=3)[0]
+    assert (first.pre_mean_return, first.post_mean_return) == (again.pre_mean_return, again.post_mean_return)
+    np.testing.assert_array_equal(first.pre_sampled_returns, again.pre_sampled_returns)
+    # Why one mean-action episode per goal is the whole sample: a second one from the reset is identical.
+    envs, rng = worker._envs_for(specs[:1]), np.random.default_rng(0)
+    twice = worker.collect(envs, [params_from_numpy(params)], [rng], num_episodes=2, deterministic=True)[0]
+    np.testing.assert_array_equal(twice.rewards[0], twice.rewards[1])
+    with pytest.raises(ValueError, match="num_sampled_episodes=3: expected at most"):
+        worker.evaluate(params, specs[:1], EvalPlan(num_adaptation_episodes=2, num_sampled_episodes=3), seed=0)
 
 
 def test_ssm_log_probs_recorded_step_by_step_equal_the_training_scan():

@@ -16,11 +16,11 @@ from metarl_ray.config import ConfigError
 from metarl_ray.tune import load_tune_spec
 
 
-def write_spec(tmp_path, name, num_epochs, grid, max_episode_length=50, checkpoint_every=1):
+def write_spec(tmp_path, name, num_epochs, grid, max_episode_length=50, checkpoint_every=1, searched="inner_lr"):
     spec = {"name": name, "storage_path": str(tmp_path / "ray_results"),
             "base": {"benchmark": "ML1", "task": "reach-v3", "test_mode": True, "num_epochs": num_epochs,
                      "checkpoint_every": checkpoint_every, "max_episode_length": max_episode_length},
-            "search_space": {"inner_lr": {"grid": grid}}, "scheduler": {"type": "fifo"},
+            "search_space": {searched: {"grid": grid}}, "scheduler": {"type": "fifo"},
             "metric": "post_adapt/success", "mode": "max", "max_failures": 2, "resources_per_trial": {"rollout_workers": 1}}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -69,8 +69,8 @@ def test_bad_search_file_is_one_clear_line(tmp_path):
     assert not (tmp_path / "ray_results").exists()
 
 
-def test_sweep_reports_every_iteration_and_writes_the_best_trial(tmp_path):
-    path = write_spec(tmp_path, "sweep", 2, [0.05, 0.1])
+def test_seed_sweep_reports_every_iteration_writes_the_best_trial_and_evaluates_pooled(tmp_path):
+    path = write_spec(tmp_path, "sweep", 2, [0, 1], searched="seed")
     data = yaml.safe_load(path.read_text())
     data["base"]["num_learners"] = 2  # each trial's two tasks on two learners, inside the trial's resources
     path.write_text(yaml.safe_dump(data))
@@ -78,12 +78,19 @@ def test_sweep_reports_every_iteration_and_writes_the_best_trial(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     experiment = tmp_path / "ray_results" / "sweep"
     best = json.loads((experiment / "best_trial.json").read_text())
-    assert best["num_trials"] == 2 and best["num_errors"] == 0 and best["best_config"]["inner_lr"] in (0.05, 0.1)
+    assert best["num_trials"] == 2 and best["num_errors"] == 0 and best["best_config"]["seed"] in (0, 1)
     for trial in trial_dirs(experiment):
         assert reported_iterations(trial) == [1, 2]
         last = json.loads((trial / "result.json").read_text().splitlines()[-1])
         assert last["learner/num_learners"] == 2
     assert "best trial" in result.stdout
+    # The experiment directory is a set of seeds: metarl eval pools its trials into one estimate.
+    evaluated = subprocess.run([sys.executable, "-m", "metarl_ray", "eval", "--checkpoint", str(experiment), "--json",
+                                "--num_workers", "0", "--no_official"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    report = json.loads(evaluated.stdout)
+    assert report["num_runs"] == 2 and sorted(report["protocol"]["seeds"]) == [0, 1]
+    assert report["overall"]["sampled"]["post"]["num_samples"] == 2 * 2  # 2 seeds x 2 test-mode goals
 
 
 @pytest.mark.slow  # a long fault scenario: `make test-slow` (CI time, issue 7)
