@@ -1,30 +1,89 @@
-"""Learning curve: meta-train on ML1 reach-v3, then meta-test every checkpoint on held-out goals.
+"""Learning curves at benchmark scale: meta-train a suite's runs, then meta-test every checkpoint.
 
-    python benchmarks/learning.py --policy_type mlp --num_epochs 100 --checkpoint_every 10
+    python benchmarks/learning.py train ml10          # trains (or resumes, exactly) each run in turn
+    python benchmarks/learning.py eval ml10           # meta-tests each checkpoint iteration, pooled over seeds
+    python benchmarks/learning.py plot ml10
 
-Runs ``metarl train`` (a real local run: Ray rollout actors and learner actor), then evaluates the
-initial policy and every checkpoint with both metrics of ``metarl eval`` (Meta-World's official
-``metalearning_evaluation`` and the direct per-goal success rate) plus pre-adaptation success.
-Results: benchmarks/results/learning.json (one entry per policy type) and learning.png.
-Goal: post-adaptation success on held-out goals clearly above pre-adaptation and >= 0.5.
+Suites: smoke (minutes, to check the pipeline), ml1-reach (ML1 reach-v3, 10M steps), ml10 (20M steps, Meta-World+'s budget), mt10 (20M steps).
+Every checkpoint (every 10 iterations) and the initial policy are meta-tested with ``metarl eval``'s
+protocol on all held-out goals (ML) or all training goals (MT), under the mean-action and the
+sampled-action rule, with 95% stratified bootstrap intervals over seeds and goals. Meta-World's
+official figure is added at the last iteration of a group. Results: benchmarks/results/SUITE.json (one
+point per group and iteration, written as each finishes, so an interrupted eval continues where it
+stopped) and SUITE.png. Run directories stay in benchmarks/runs (not in git).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
-from datetime import datetime
-from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
+RUNS = Path(os.path.relpath(Path(__file__).parent / "runs"))  # relative, as the commands in the results show it
 
 
-def initial_checkpoint(run_path: Path, out_dir: Path) -> Path:
-    """The untrained meta-policy (same seed, so the same weights the run started from)."""
+@dataclass(frozen=True)
+class Suite:
+    flags: tuple[str, ...]
+    seeds: dict[str, tuple[int, ...]]  # policy type -> seeds
+    num_epochs: int = 100
+    checkpoint_every: int = 10
+    title: str = ""
+    eval_goals_per_class: int | None = None  # None: every goal
+
+
+SUITES = {
+    # The whole pipeline in a few minutes (test-mode budgets), to check it before hours-long runs.
+    "smoke": Suite(("--env_name", "ML1", "--task", "reach-v3", "--test_mode"), {"mlp": (0, 1)}, num_epochs=2,
+                   checkpoint_every=1, title="smoke test (ML1 reach-v3, test-mode budgets)"),
+    "ml1-reach": Suite(("--env_name", "ML1", "--task", "reach-v3"), {"mlp": (0, 1, 2), "ssm": (0, 1, 2)},
+                       title="ML1 reach-v3 (10 tasks x 10 episodes x 500 steps x 2 per iteration)"),
+    "ml10": Suite(("--env_name", "ML10", "--num_tasks", "20"), {"mlp": (0, 1, 2), "ssm": (0,)},
+                  title="ML10 (20 tasks x 10 episodes x 500 steps x 2 per iteration)"),
+    # MT10 has no held-out goals; 10 of each class's 50 training goals keep a point at ~4 minutes.
+    "mt10": Suite(("--env_name", "MT10", "--num_tasks", "20"), {"mlp": (0,)}, eval_goals_per_class=10,
+                  title="MT10 (20 tasks x 10 episodes x 500 steps x 2 per iteration)"),
+}
+
+
+def run_name(suite: str, policy_type: str, seed: int) -> str:
+    return f"{suite}-{policy_type}-s{seed}"
+
+
+def train_command(suite_name: str, suite: Suite, policy_type: str, seed: int) -> list[str]:
+    return ["metarl", "train", *suite.flags, "--policy_type", policy_type, "--num_epochs", str(suite.num_epochs),
+            "--checkpoint_every", str(suite.checkpoint_every), "--seed", str(seed),
+            "--output_dir", str(RUNS), "--run_name", run_name(suite_name, policy_type, seed)]
+
+
+def checkpoint_iterations(run_path: Path) -> list[int]:
+    return sorted(int(p.stem.split("_")[1]) for p in (run_path / "checkpoints").glob("checkpoint_*.pt"))
+
+
+def cmd_train(suite_name: str, suite: Suite, groups: list[str]) -> None:
+    for policy_type in groups:
+        for seed in suite.seeds[policy_type]:
+            name = run_name(suite_name, policy_type, seed)
+            done = checkpoint_iterations(RUNS / name)
+            if done and done[-1] >= suite.num_epochs:
+                print(f"{name}: finished", flush=True)
+                continue
+            command = train_command(suite_name, suite, policy_type, seed)
+            if done:  # exact resume from the latest checkpoint
+                command = ["metarl", "train", "--resume", "--run_name", name, "--output_dir", str(RUNS),
+                           "--num_epochs", str(suite.num_epochs)]
+            print(" ".join(command), flush=True)
+            subprocess.run([sys.executable, "-m", "metarl_ray", *command[1:]], check=True)
+
+
+def initial_checkpoint(run_path: Path) -> Path:
+    """The untrained meta-policy of a run (same seed, so the weights the run started from)."""
     from metarl_ray.checkpoint import save_checkpoint
     from metarl_ray.config import config_from_dict
     from metarl_ray.learner import Learner
@@ -32,104 +91,125 @@ def initial_checkpoint(run_path: Path, out_dir: Path) -> Path:
 
     config = config_from_dict(read_config_dict(run_path))
     learner = Learner(config.policy, config.maml, config.ppo, config.run.seed, "cpu")
-    return save_checkpoint(out_dir, 0, {"iteration": 0, "env_steps_total": 0, "config": config.to_dict(),
-                                        "learner": learner.state_dict(), "task_sampler": {}})
+    out = RUNS / "initial" / run_path.name
+    path = out / "checkpoints" / "checkpoint_000000.pt"
+    if not path.is_file():
+        save_checkpoint(out, 0, {"iteration": 0, "env_steps_total": 0, "config": config.to_dict(),
+                                 "learner": learner.state_dict(), "task_sampler": {}})
+    return path
 
 
-def log_span_seconds(log: Path) -> float:
-    """Wall time of the training run, first to last line of its timestamped log (also for --skip_train)."""
-    lines = log.read_text().splitlines()
-    first, last = (datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f") for line in (lines[0], lines[-1]))
-    return (last - first).total_seconds()
+def training_time(run_path: Path) -> dict[str, float]:
+    """Wall time and end-to-end env steps/s from the run's own per-iteration timings (so the gaps
+    between sessions of a resumed run do not count)."""
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(run_path / "metrics.parquet").to_pylist()
+    seconds = sum(row["time/iteration_s"] for row in rows)
+    steps = rows[-1]["rollout/env_steps_total"]
+    return {"iterations": rows[-1]["iteration"], "env_steps": steps, "wall_h": round(seconds / 3600, 3),
+            "env_steps_per_s": round(steps / seconds, 1),
+            "sample_s_per_iteration": round(sum(r["time/sample_s"] for r in rows) / len(rows), 1),
+            "learn_s_per_iteration": round(sum(r["time/learn_s"] for r in rows) / len(rows), 1)}
 
 
-def evaluate(path: str, goals_per_class: int) -> dict:
-    import torch
-
-    from metarl_ray.checkpoint import load_checkpoint
-    from metarl_ray.evaluation import evaluate_checkpoint
-
-    torch.set_num_threads(1)
-    state = load_checkpoint(Path(path))
-    result = evaluate_checkpoint(path, goals_per_class=goals_per_class)
-    return {"iteration": int(state["iteration"]), "env_steps": int(state["env_steps_total"]),
-            "success_rate": result.success_rate, "success_rate_official": result.success_rate_official,
-            "pre_adapt_success_rate": result.pre_adapt_success_rate, "mean_return": result.mean_return,
-            "mean_return_official": result.mean_return_official, "pre_adapt_mean_return": result.pre_adapt_mean_return}
+def compact(report: dict) -> dict:
+    """What a curve point keeps of ``metarl eval``'s report: estimates per rule, overall and per class."""
+    keep = ("pre", "post", "gain", "pre_mean_return", "post_mean_return")
+    return {
+        "overall": {rule: {k: entry[k] for k in keep} for rule, entry in report["overall"].items()},
+        "per_task": {name: {rule: {k: entry[rule][k] for k in ("pre", "post", "gain")} for rule in ("mean_action", "sampled")}
+                     | {"success_rate_official": entry["success_rate_official"]} for name, entry in report["per_task"].items()},
+        "success_rate_official": report["success_rate_official"], "mean_return_official": report["mean_return_official"],
+    }
 
 
-def plot(results: dict, path: Path) -> None:
+def cmd_eval(suite_name: str, suite: Suite, groups: list[str], goals_per_class: int | None) -> None:
+    from metarl_ray.meta_test import EvalOptions, evaluate_runs
+    from metarl_ray.storage import StoragePath
+    from metarl_ray.trainer import ray_session
+
+    output = RESULTS / f"{suite_name}.json"
+    results = json.loads(output.read_text()) if output.is_file() else {"suite": suite_name, "groups": {}}
+    with ray_session(None):  # one Ray for every point
+        for policy_type in groups:
+            runs = {seed: RUNS / run_name(suite_name, policy_type, seed) for seed in suite.seeds[policy_type]}
+            runs = {seed: path for seed, path in runs.items() if checkpoint_iterations(path)}
+            if not runs:
+                continue
+            group = results["groups"].setdefault(policy_type, {"points": []})
+            iterations = sorted({0, *(i for path in runs.values() for i in checkpoint_iterations(path))})
+            for iteration in iterations:
+                seeds = [s for s, path in runs.items() if iteration == 0 or iteration in checkpoint_iterations(path)]
+                final = iteration == suite.num_epochs
+                if any(p["iteration"] == iteration and p["seeds"] == seeds for p in group["points"]):
+                    continue
+                checkpoints = [initial_checkpoint(runs[s]) if iteration == 0 else
+                               runs[s] / "checkpoints" / f"checkpoint_{iteration:06d}.pt" for s in seeds]
+                started = time.perf_counter()
+                report = evaluate_runs([StoragePath.parse(c) for c in checkpoints],
+                                       EvalOptions(goals_per_class=goals_per_class, official=final))
+                point = {"iteration": iteration, "env_steps": report["runs"][0]["env_steps"], "seeds": seeds,
+                         "eval_wall_s": round(time.perf_counter() - started, 1), **compact(report)}
+                group["points"] = sorted([p for p in group["points"] if p["iteration"] != iteration] + [point],
+                                         key=lambda p: p["iteration"])
+                group["protocol"] = report["protocol"]
+                group["train_commands"] = [" ".join(train_command(suite_name, suite, policy_type, s)) for s in runs]
+                group["training"] = {str(s): training_time(path) for s, path in runs.items()}
+                results["eval_command"] = f"python benchmarks/learning.py eval {suite_name}"
+                RESULTS.mkdir(parents=True, exist_ok=True)
+                output.write_text(json.dumps(results, indent=1) + "\n")
+                post = point["overall"]["mean_action"]["post"]
+                print(f"{suite_name} {policy_type} iteration {iteration} seeds {seeds}: post {post['mean']:.3f} "
+                      f"{post['mean_ci95']} ({point['eval_wall_s']:.0f}s)", flush=True)
+
+
+def cmd_plot(suite_name: str, suite: Suite) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    results = json.loads((RESULTS / f"{suite_name}.json").read_text())
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     colors = {"mlp": "tab:blue", "ssm": "tab:red"}
-    for policy_type, entry in results.items():
-        rows = entry["curve"]
-        steps = [row["env_steps"] / 1e6 for row in rows]
-        color = colors.get(policy_type, None)
-        ax.plot(steps, [r["success_rate"] for r in rows], "-o", color=color, label=f"{policy_type}: post-adapt (per goal)")
-        ax.plot(steps, [r["success_rate_official"] for r in rows], "--s", color=color, alpha=0.7, label=f"{policy_type}: post-adapt (official)")
-        ax.plot(steps, [r["pre_adapt_success_rate"] for r in rows], ":^", color=color, alpha=0.7, label=f"{policy_type}: pre-adapt (per goal)")
-    ax.axhline(0.5, color="gray", lw=0.8)
-    ax.set_xlabel("env steps (millions)")
-    ax.set_ylabel("meta-test success on held-out goals")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("ML1 reach-v3, MAML+PPO")
-    ax.legend(fontsize=8, loc="lower right")
+    for ax, rule in zip(axes, ("mean_action", "sampled")):
+        for policy_type, group in results["groups"].items():
+            points = group["points"]
+            steps = [p["env_steps"] / 1e6 for p in points]
+            for phase, style in (("post", "-o"), ("pre", ":^")):
+                means = [p["overall"][rule][phase]["mean"] for p in points]
+                cis = [p["overall"][rule][phase]["mean_ci95"] or [m, m] for p, m in zip(points, means)]
+                seeds = max(len(p["seeds"]) for p in points)
+                ax.plot(steps, means, style, color=colors.get(policy_type), label=f"{policy_type} {phase}-adapt ({seeds} seed(s))")
+                ax.fill_between(steps, [c[0] for c in cis], [c[1] for c in cis], color=colors.get(policy_type), alpha=0.12)
+        ax.set_title(f"{rule.replace('_', ' ')} rule")
+        ax.set_xlabel("env steps (millions)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("success, mean over classes of per-goal success (95% CI)")
+    axes[1].legend(fontsize=8, loc="upper left")
+    fig.suptitle(f"{suite.title}, MAML+PPO: meta-test on {'held-out' if suite_name != 'mt10' else 'training'} goals")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(RESULTS / f"{suite_name}.png", dpi=110)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--policy_type", default="mlp")
-    parser.add_argument("--num_epochs", type=int, default=100)
-    parser.add_argument("--checkpoint_every", type=int, default=10)
-    parser.add_argument("--goals_per_class", type=int, default=20, help="held-out goals evaluated per checkpoint")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output_dir", default="benchmarks/runs")
-    parser.add_argument("--skip_train", action="store_true", help="evaluate an existing run of the same name")
-    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more flags for metarl train")
+    parser.add_argument("command", choices=("train", "eval", "plot"))
+    parser.add_argument("suite", choices=sorted(SUITES))
+    parser.add_argument("--groups", nargs="+", default=None, help="policy types to train/evaluate (default: all)")
+    parser.add_argument("--goals_per_class", type=int, default=None, help="default: the suite's (ML: every goal)")
     args = parser.parse_args()
-
-    run_name = f"learning-ML1-reach-{args.policy_type}-seed{args.seed}"
-    run_path = Path(args.output_dir) / run_name
-    train_command = [sys.executable, "-m", "metarl_ray", "train", "--env_name", "ML1", "--task", "reach-v3",
-                     "--policy_type", args.policy_type, "--num_epochs", str(args.num_epochs),
-                     "--checkpoint_every", str(args.checkpoint_every), "--seed", str(args.seed),
-                     "--output_dir", args.output_dir, "--run_name", run_name, *args.extra]
-    if not args.skip_train:
-        subprocess.run(train_command, check=True)
-    train_seconds = log_span_seconds(run_path / "train.log")
-
-    checkpoints = [initial_checkpoint(run_path, run_path / "initial")]
-    checkpoints += sorted((run_path / "checkpoints").glob("checkpoint_*.pt"))
-    started = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=2) as pool:
-        curve = list(pool.map(evaluate, [str(p) for p in checkpoints], [args.goals_per_class] * len(checkpoints)))
-    eval_seconds = time.perf_counter() - started
-    curve.sort(key=lambda row: row["iteration"])
-    final = curve[-1]
-
-    output = RESULTS / "learning.json"
-    results = json.loads(output.read_text()) if output.is_file() else {}
-    results[args.policy_type] = {
-        "command": "python benchmarks/learning.py " + " ".join(sys.argv[1:]),
-        "train_command": "metarl " + " ".join(train_command[3:]),
-        "train_wall_s": round(train_seconds, 1),
-        "eval_wall_s": round(eval_seconds, 1),
-        "goals_per_class": args.goals_per_class,
-        "final": final,
-        "goal_met": final["success_rate"] >= 0.5 and final["success_rate"] > final["pre_adapt_success_rate"] + 0.1,
-        "curve": curve,
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2) + "\n")
-    plot(results, RESULTS / "learning.png")
-    print(json.dumps(results[args.policy_type], indent=2))
+    suite = SUITES[args.suite]
+    groups = args.groups or list(suite.seeds)
+    if args.command == "train":
+        cmd_train(args.suite, suite, groups)
+    elif args.command == "eval":
+        cmd_eval(args.suite, suite, groups, args.goals_per_class or suite.eval_goals_per_class)
+        cmd_plot(args.suite, suite)
+    else:
+        cmd_plot(args.suite, suite)
     return 0
 
 
