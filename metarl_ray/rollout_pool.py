@@ -25,6 +25,12 @@ class RolloutPool:
         self.actors = [make_actor() for _ in range(num_workers)]
         self.num_replaced = 0
 
+    def shutdown(self) -> None:
+        """End the actors: a second run in the same Ray session (a notebook, a script) needs their CPUs."""
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
+
     def _replace(self, index: int, reason: str, num_tasks: int) -> None:
         logger.warning("rollout worker %d %s; its %d tasks are sampled again on a new worker", index, reason, num_tasks)
         ray.kill(self.actors[index], no_restart=True)

@@ -73,7 +73,13 @@ class RunLogFile:
                 Path(self._staging.name).write_bytes(self.target.read_bytes())
         self.handler = logging.FileHandler(local if local is not None else self._staging.name)
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger("metarl_ray").addHandler(self.handler)
+        package_logger = logging.getLogger("metarl_ray")
+        package_logger.addHandler(self.handler)
+        # The run's log is complete whatever logging level the caller set (train() called from a
+        # notebook or a test whose root logger is at WARNING); the caller's level returns at close.
+        self._caller_level = package_logger.level
+        if package_logger.getEffectiveLevel() > logging.INFO:
+            package_logger.setLevel(logging.INFO)
 
     def sync(self) -> None:
         if self._staging is not None:
@@ -82,6 +88,7 @@ class RunLogFile:
 
     def close(self) -> None:
         logging.getLogger("metarl_ray").removeHandler(self.handler)
+        logging.getLogger("metarl_ray").setLevel(self._caller_level)
         self.handler.close()
         self.sync()
         if self._staging is not None:

@@ -148,23 +148,26 @@ def write_placement(run_path: StoragePath, learners: LearnerGroup, placement: Le
 def _train_loop(config: TrainConfig, run_path: StoragePath, state: dict[str, Any] | None,
                 placement: LearnerPlacement, num_workers: int, on_iteration: IterationCallback | None,
                 log_file: RunLogFile) -> StoragePath:
-    sampler = TaskSampler(BenchmarkTasks(config.env, config.run.seed).train_tasks(), config.run.seed)
-    learners = LearnerGroup(config, placement.device, learner_actor_options(placement), placement.num_threads)
-    try:
-        return _iterate(config, run_path, state, placement, num_workers, on_iteration, log_file, sampler, learners)
-    finally:
-        learners.shutdown()  # a restart builds a new group; the old one must not hold GPUs or ports
-
-
-def _iterate(config: TrainConfig, run_path: StoragePath, state: dict[str, Any] | None, placement: LearnerPlacement,
-             num_workers: int, on_iteration: IterationCallback | None, log_file: RunLogFile, sampler: TaskSampler,
-             learners: LearnerGroup) -> StoragePath:
     from metarl_ray.actors import RolloutActor
 
+    sampler = TaskSampler(BenchmarkTasks(config.env, config.run.seed).train_tasks(), config.run.seed)
+    learners = LearnerGroup(config, placement.device, learner_actor_options(placement), placement.num_threads)
     workers = RolloutPool(
         lambda: RolloutActor.options(**rollout_actor_options()).remote(
             config.env, config.policy, config.maml, config.ppo, config.run.seed),
         num_workers, config.rollout.sample_timeout_s)
+    try:
+        return _iterate(config, run_path, state, placement, num_workers, on_iteration, log_file, sampler, learners, workers)
+    finally:
+        # A restart builds new actors; the old ones must not hold GPUs, ports or CPUs, and neither may a
+        # finished run's when the same Ray session runs another (a notebook, Tune, a test module).
+        learners.shutdown()
+        workers.shutdown()
+
+
+def _iterate(config: TrainConfig, run_path: StoragePath, state: dict[str, Any] | None, placement: LearnerPlacement,
+             num_workers: int, on_iteration: IterationCallback | None, log_file: RunLogFile, sampler: TaskSampler,
+             learners: LearnerGroup, workers: RolloutPool) -> StoragePath:
     start_iteration, env_steps_total = 0, 0
     if state is not None:
         learners.load_state_dict(state["learner"])

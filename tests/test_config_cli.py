@@ -97,10 +97,10 @@ def test_existing_run_directory_is_never_overwritten(tmp_path):
     assert (run / "metrics.parquet").read_bytes() == b"precious"
 
 
-def test_eval_of_missing_checkpoint_is_one_line(tmp_path):
-    result = run_cli("eval", "--checkpoint", str(tmp_path / "nope"), cwd=tmp_path)
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
-    assert "--checkpoint=" in result.stderr
+def test_eval_of_missing_checkpoint_is_one_line(tmp_path, capsys):
+    assert main(["eval", "--checkpoint", str(tmp_path / "nope")]) == 2
+    stderr = capsys.readouterr().err
+    assert len(stderr.strip().splitlines()) == 1 and "--checkpoint=" in stderr
 
 
 def test_help_lists_each_flag_with_its_doc():
@@ -114,12 +114,16 @@ def test_help_lists_each_flag_with_its_doc():
     (["--goals_per_class", "51"], "--goals_per_class=51: expected an integer in [1, 50]"),
     (["--num_evals", "x"], "--num_evals"),
 ])
-def test_eval_rejects_bad_values_in_one_line(tmp_path, args, fragment):
+def test_eval_rejects_bad_values_in_one_line(tmp_path, args, fragment, capsys):
     from metarl_ray.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "run", 1, {"iteration": 1, "config": {}, "learner": {}})
-    result = run_cli("eval", "--checkpoint", str(tmp_path / "run"), *args, cwd=tmp_path)
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and fragment in result.stderr
+    try:
+        returncode = main(["eval", "--checkpoint", str(tmp_path / "run"), *args])
+    except SystemExit as exit_:  # argparse's own errors
+        returncode = exit_.code
+    stderr = capsys.readouterr().err
+    assert returncode == 2 and len(stderr.strip().splitlines()) == 1 and fragment in stderr
 
 
 def test_corrupt_checkpoint_is_a_one_line_error_for_eval_and_resume(tmp_path):

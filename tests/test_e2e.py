@@ -1,4 +1,7 @@
-"""End to end on real Ray and real Meta-World: train (2 rollout workers), resume, evaluate."""
+"""End to end on real Ray and real Meta-World: train (2 rollout workers), resume, evaluate.
+
+The first run and its evaluation go through the CLI in a subprocess, as users type them; the other
+runs call the same ``main`` in this process on the module's Ray (``in_process``, conftest.py)."""
 
 import json
 import math
@@ -39,9 +42,9 @@ def test_train_writes_config_metrics_log_and_checkpoint(trained_run):
     assert "iter 2/2" in (run / "train.log").read_text()
 
 
-def test_resume_continues_the_iteration_counter_and_eval_reports_both_metrics(trained_run):
+def test_resume_continues_the_iteration_counter_and_eval_reports_both_metrics(trained_run, in_process):
     root, run = trained_run
-    metarl("train", "--resume", "--run_name", "smoke", "--output_dir", str(root / "runs"), "--num_epochs", "3", cwd=root)
+    assert in_process("train", "--resume", "--run_name", "smoke", "--output_dir", root / "runs", "--num_epochs", "3")[0] == 0
     rows = pq.read_table(run / "metrics.parquet").to_pylist()
     assert [row["iteration"] for row in rows] == [1, 2, 3]
     assert rows[-1]["rollout/env_steps_total"] == 3 * TEST_MODE_STEPS_PER_ITERATION
@@ -59,17 +62,17 @@ def test_resume_continues_the_iteration_counter_and_eval_reports_both_metrics(tr
     assert set(result["per_task"]) == {"reach-v3"}
 
 
-def test_multi_task_benchmark_trains_and_evaluates_with_metaworlds_mt_protocol(tmp_path):
-    metarl("train", "--env_name", "MT1", "--task", "reach-v3", "--test_mode", "--num_epochs", "1",
-           "--output_dir", str(tmp_path / "runs"), "--run_name", "mt", cwd=tmp_path)
-    result = json.loads(metarl("eval", "--checkpoint", str(tmp_path / "runs" / "mt"), "--json", "--num_workers", "0",
-                               cwd=tmp_path).stdout)
+def test_multi_task_benchmark_trains_and_evaluates_with_metaworlds_mt_protocol(tmp_path, in_process):
+    assert in_process("train", "--env_name", "MT1", "--task", "reach-v3", "--test_mode", "--num_epochs", "1",
+                      "--output_dir", tmp_path / "runs", "--run_name", "mt")[0] == 0
+    status, out, _ = in_process("eval", "--checkpoint", tmp_path / "runs" / "mt", "--json", "--num_workers", "0")
+    result = json.loads(out)
     assert result["benchmark"] == "MT1" and result["protocol"]["split"] == "train"
     assert math.isfinite(result["success_rate_official"]) and math.isfinite(result["mean_return_official"])
     assert set(result["per_task"]) == {"reach-v3"}
 
 
-def test_resume_refuses_what_would_lose_results_or_swap_goals(trained_run):
+def test_resume_refuses_what_would_lose_results_or_swap_goals(trained_run, in_process):
     root, run = trained_run
     runs = str(root / "runs")
     cases = [
@@ -80,8 +83,8 @@ def test_resume_refuses_what_would_lose_results_or_swap_goals(trained_run):
     ]
     before = sorted(p.name for p in (run / "checkpoints").iterdir()), (run / "metrics.parquet").read_bytes()
     for args, fragment in cases:
-        result = subprocess.run([sys.executable, "-m", "metarl_ray", "train", *args], cwd=root, capture_output=True, text=True)
-        assert result.returncode == 2 and fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        status, _, err = in_process("train", *args)
+        assert status == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
     assert (sorted(p.name for p in (run / "checkpoints").iterdir()), (run / "metrics.parquet").read_bytes()) == before
 
 
@@ -90,25 +93,25 @@ def test_doctor_passes_on_this_install(tmp_path):
     assert "all checks passed" in result.stdout and "FAIL" not in result.stdout
 
 
-def test_ssm_policy_trains_resumes_and_evaluates(tmp_path):
+def test_ssm_policy_trains_resumes_and_evaluates(tmp_path, in_process):
     runs = str(tmp_path / "runs")
-    metarl("train", "--env_name", "ML1", "--task", "reach-v3", "--policy_type", "ssm", "--test_mode",
-           "--output_dir", runs, "--run_name", "ssm", cwd=tmp_path)
-    metarl("train", "--resume", "--run_name", "ssm", "--output_dir", runs, "--num_epochs", "3", cwd=tmp_path)
+    assert in_process("train", "--env_name", "ML1", "--task", "reach-v3", "--policy_type", "ssm", "--test_mode",
+                      "--output_dir", runs, "--run_name", "ssm")[0] == 0
+    assert in_process("train", "--resume", "--run_name", "ssm", "--output_dir", runs, "--num_epochs", "3")[0] == 0
     rows = pq.read_table(tmp_path / "runs" / "ssm" / "metrics.parquet").to_pylist()
     assert [row["iteration"] for row in rows] == [1, 2, 3]
     assert all(math.isfinite(row["loss/outer"]) and row["rollout/env_steps"] == TEST_MODE_STEPS_PER_ITERATION for row in rows)
-    result = json.loads(metarl("eval", "--checkpoint", str(tmp_path / "runs" / "ssm"), "--json", "--num_workers", "0",
-                               cwd=tmp_path).stdout)
+    status, out, _ = in_process("eval", "--checkpoint", tmp_path / "runs" / "ssm", "--json", "--num_workers", "0")
+    result = json.loads(out)
     assert math.isfinite(result["success_rate_official"]) and math.isfinite(result["mean_return"])
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path):
+def test_resumed_run_equals_uninterrupted_run(tmp_path, in_process):
     runs = str(tmp_path / "runs")
     common = ["--env_name", "ML1", "--task", "reach-v3", "--test_mode", "--max_episode_length", "20", "--output_dir", runs]
-    metarl("train", *common, "--num_epochs", "3", "--run_name", "straight", cwd=tmp_path)
-    metarl("train", *common, "--num_epochs", "2", "--run_name", "interrupted", cwd=tmp_path)
-    metarl("train", "--resume", "--run_name", "interrupted", "--output_dir", runs, "--num_epochs", "3", cwd=tmp_path)
+    assert in_process("train", *common, "--num_epochs", "3", "--run_name", "straight")[0] == 0
+    assert in_process("train", *common, "--num_epochs", "2", "--run_name", "interrupted")[0] == 0
+    assert in_process("train", "--resume", "--run_name", "interrupted", "--output_dir", runs, "--num_epochs", "3")[0] == 0
     straight = pq.read_table(tmp_path / "runs" / "straight" / "metrics.parquet").to_pylist()
     resumed = pq.read_table(tmp_path / "runs" / "interrupted" / "metrics.parquet").to_pylist()
     for key in ("pre_adapt/return", "post_adapt/return", "loss/outer", "ppo/kl", "policy/std", "rollout/env_steps_total"):

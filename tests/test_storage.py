@@ -22,13 +22,6 @@ from metarl_ray.storage import StoragePath
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_EC2_METADATA_DISABLED": "true"}
 
 
-def metarl(*args, cwd, env=None):
-    result = subprocess.run([sys.executable, "-m", "metarl_ray", *args], cwd=cwd, capture_output=True, text=True,
-                            timeout=600, env={**os.environ, **(env or {})})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
 @pytest.fixture(scope="module")
 def s3_uri(tmp_path_factory):
     """A bucket on a local S3 server; the URI carries the endpoint as pyarrow's URI options."""
@@ -94,22 +87,23 @@ def test_checkpoints_on_s3_are_verified_and_a_damaged_latest_falls_back(s3_uri, 
     assert "checkpoint_000002.pt: checksum mismatch" in caplog.text and "using checkpoint_000001.pt" in caplog.text
 
 
-def test_train_to_a_file_uri_then_eval_reads_it(tmp_path):
-    metarl("train", "--env_name", "ML1", "--task", "reach-v3", "--test_mode", "--max_episode_length", "20",
-           "--output_dir", f"file://{tmp_path}/shared/runs", "--run_name", "a", cwd=tmp_path)
+def test_train_to_a_file_uri_then_eval_reads_it(tmp_path, in_process):
+    assert in_process("train", "--env_name", "ML1", "--task", "reach-v3", "--test_mode", "--max_episode_length", "20",
+                      "--output_dir", f"file://{tmp_path}/shared/runs", "--run_name", "a")[0] == 0
     run = tmp_path / "shared" / "runs" / "a"
     for name in ("config.yaml", "metrics.parquet", "train.log", "placement.json", "checkpoints/latest"):
         assert (run / name).is_file(), name
-    result = json.loads(metarl("eval", "--checkpoint", f"file://{tmp_path}/shared/runs/a", "--json", "--num_workers", "0", cwd=tmp_path).stdout)
+    status, out, _ = in_process("eval", "--checkpoint", f"file://{tmp_path}/shared/runs/a", "--json", "--num_workers", "0")
+    result = json.loads(out)
     assert result["benchmark"] == "ML1" and 0.0 <= result["success_rate"] <= 1.0 and result["protocol"]["split"] == "test"
 
 
-def test_train_resume_and_eval_on_s3(s3_uri, tmp_path):
+def test_train_resume_and_eval_on_s3(s3_uri, tmp_path, in_process):
     output = s3_uri("runs")
     common = ["--env_name", "ML1", "--task", "reach-v3", "--test_mode", "--max_episode_length", "20", "--output_dir", output]
-    printed = metarl("train", *common, "--run_name", "s3run", cwd=tmp_path).stdout.strip().splitlines()[-1]
-    assert printed == s3_uri("runs/s3run")
-    metarl("train", "--resume", "--run_name", "s3run", "--output_dir", output, "--num_epochs", "3", cwd=tmp_path)
+    status, out, _ = in_process("train", *common, "--run_name", "s3run")
+    assert status == 0 and out.strip().splitlines()[-1] == s3_uri("runs/s3run")
+    assert in_process("train", "--resume", "--run_name", "s3run", "--output_dir", output, "--num_epochs", "3")[0] == 0
     run = StoragePath.parse(s3_uri("runs/s3run"))
     rows = pq.read_table((run / "metrics.parquet").path, filesystem=run.filesystem).to_pylist()
     assert [row["iteration"] for row in rows] == [1, 2, 3]
@@ -117,7 +111,8 @@ def test_train_resume_and_eval_on_s3(s3_uri, tmp_path):
     assert "iter 2/2" in log and "resumed" in log and "iter 3/3" in log
     assert (run / "checkpoints" / "latest").read_text() == "checkpoint_000003.pt"
     assert not list((tmp_path).glob("**/metrics.parquet"))  # nothing landed on the local disk instead
-    result = json.loads(metarl("eval", "--checkpoint", str(run), "--json", "--no_official", "--num_workers", "0", cwd=tmp_path).stdout)
+    status, out, _ = in_process("eval", "--checkpoint", str(run), "--json", "--no_official", "--num_workers", "0")
+    result = json.loads(out)
     assert result["benchmark"] == "ML1" and 0.0 <= result["success_rate"] <= 1.0
 
 

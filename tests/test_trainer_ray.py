@@ -1,18 +1,13 @@
 """Trainer plumbing on an in-process Ray: learner placement, worker count, task splitting."""
 
 import pytest
-import ray
 
 from metarl_ray.config import ConfigError, build_config
 from metarl_ray.envs import TaskSpec
 from metarl_ray.trainer import default_num_rollout_workers, place_learner, split_tasks
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # conftest.py: a 2-CPU local Ray for the module
 
 
 def test_cpu_learner_reserves_no_core_and_cuda_without_gpu_is_a_clear_error():
