@@ -2,7 +2,7 @@
 
     python benchmarks/learning.py train ml10          # trains (or resumes, exactly) each run in turn
     python benchmarks/learning.py eval ml10           # meta-tests each checkpoint iteration, pooled over seeds
-    python benchmarks/learning.py plot ml10
+    python benchmarks/learning.py plot ml10           # SUITE.png; `table ml10` prints the Markdown table
 
 Suites: smoke (minutes, to check the pipeline), ml1-reach (ML1 reach-v3, 10M steps), ml10 (20M steps, Meta-World+'s budget), mt10 (20M steps).
 Every checkpoint (every 10 iterations) and the initial policy are meta-tested with ``metarl eval``'s
@@ -124,7 +124,8 @@ def compact(report: dict) -> dict:
     }
 
 
-def cmd_eval(suite_name: str, suite: Suite, groups: list[str], goals_per_class: int | None) -> None:
+def cmd_eval(suite_name: str, suite: Suite, groups: list[str], goals_per_class: int | None,
+             only_iterations: list[int] | None = None) -> None:
     from metarl_ray.meta_test import EvalOptions, evaluate_runs
     from metarl_ray.storage import StoragePath
     from metarl_ray.trainer import ray_session
@@ -139,6 +140,7 @@ def cmd_eval(suite_name: str, suite: Suite, groups: list[str], goals_per_class: 
                 continue
             group = results["groups"].setdefault(policy_type, {"points": []})
             iterations = sorted({0, *(i for path in runs.values() for i in checkpoint_iterations(path))})
+            iterations = [i for i in iterations if only_iterations is None or i in only_iterations]
             for iteration in iterations:
                 seeds = [s for s, path in runs.items() if iteration == 0 or iteration in checkpoint_iterations(path)]
                 final = iteration == suite.num_epochs
@@ -194,22 +196,46 @@ def cmd_plot(suite_name: str, suite: Suite) -> None:
     fig.savefig(RESULTS / f"{suite_name}.png", dpi=110)
 
 
+def _cell(entry: dict) -> str:
+    ci = entry["mean_ci95"]
+    return f"{entry['mean']:.2f}" + ("" if ci is None else f" [{ci[0]:.2f}, {ci[1]:.2f}]")
+
+
+def cmd_table(suite_name: str) -> None:
+    """The curve as a Markdown table (what README.md shows), straight from SUITE.json."""
+    results = json.loads((RESULTS / f"{suite_name}.json").read_text())
+    print("| policy | env steps | seeds | goals/seed | post (mean action) | pre (mean action) | gain (mean action) "
+          "| post (sampled) | pre (sampled) | official |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for policy_type, group in results["groups"].items():
+        for point in group["points"]:
+            mean_rule, sampled = point["overall"]["mean_action"], point["overall"]["sampled"]
+            goals = mean_rule["post"]["num_samples"] // len(point["seeds"])
+            official = "" if point["success_rate_official"] is None else f"{point['success_rate_official']:.2f}"
+            print(f"| {policy_type} | {point['env_steps'] / 1e6:g}M | {len(point['seeds'])} | {goals} | {_cell(mean_rule['post'])} "
+                  f"| {_cell(mean_rule['pre'])} | {_cell(mean_rule['gain'])} | {_cell(sampled['post'])} "
+                  f"| {_cell(sampled['pre'])} | {official} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("train", "eval", "plot"))
+    parser.add_argument("command", choices=("train", "eval", "plot", "table"))
     parser.add_argument("suite", choices=sorted(SUITES))
     parser.add_argument("--groups", nargs="+", default=None, help="policy types to train/evaluate (default: all)")
     parser.add_argument("--goals_per_class", type=int, default=None, help="default: the suite's (ML: every goal)")
+    parser.add_argument("--iterations", type=int, nargs="+", default=None, help="evaluate only these checkpoints")
     args = parser.parse_args()
     suite = SUITES[args.suite]
     groups = args.groups or list(suite.seeds)
     if args.command == "train":
         cmd_train(args.suite, suite, groups)
     elif args.command == "eval":
-        cmd_eval(args.suite, suite, groups, args.goals_per_class or suite.eval_goals_per_class)
+        cmd_eval(args.suite, suite, groups, args.goals_per_class or suite.eval_goals_per_class, args.iterations)
+        cmd_plot(args.suite, suite)
+    elif args.command == "plot":
         cmd_plot(args.suite, suite)
     else:
-        cmd_plot(args.suite, suite)
+        cmd_table(args.suite)
     return 0
 
 
