@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from metarl_ray.cli import main
 from metarl_ray.config import ConfigError
 from metarl_ray.tune import load_tune_spec
 
@@ -69,7 +70,7 @@ def test_bad_search_file_is_one_clear_line(tmp_path):
     assert not (tmp_path / "ray_results").exists()
 
 
-def test_seed_sweep_reports_every_iteration_writes_the_best_trial_and_evaluates_pooled(tmp_path):
+def test_seed_sweep_reports_every_iteration_writes_the_best_trial_and_evaluates_pooled(tmp_path, capsys):
     path = write_spec(tmp_path, "sweep", 2, [0, 1], searched="seed")
     data = yaml.safe_load(path.read_text())
     data["base"]["num_learners"] = 2  # each trial's two tasks on two learners, inside the trial's resources
@@ -85,10 +86,9 @@ def test_seed_sweep_reports_every_iteration_writes_the_best_trial_and_evaluates_
         assert last["learner/num_learners"] == 2
     assert "best trial" in result.stdout
     # The experiment directory is a set of seeds: metarl eval pools its trials into one estimate.
-    evaluated = subprocess.run([sys.executable, "-m", "metarl_ray", "eval", "--checkpoint", str(experiment), "--json",
-                                "--num_workers", "0", "--no_official"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    report = json.loads(evaluated.stdout)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(experiment), "--json", "--num_workers", "0", "--no_official"]) == 0
+    report = json.loads(capsys.readouterr().out)
     assert report["num_runs"] == 2 and sorted(report["protocol"]["seeds"]) == [0, 1]
     assert report["overall"]["sampled"]["post"]["num_samples"] == 2 * 2  # 2 seeds x 2 test-mode goals
 
