@@ -92,11 +92,9 @@ def initial_checkpoint(run_path: Path) -> Path:
     config = config_from_dict(read_config_dict(run_path))
     learner = Learner(config.policy, config.maml, config.ppo, config.run.seed, "cpu")
     out = RUNS / "initial" / run_path.name
-    path = out / "checkpoints" / "checkpoint_000000.pt"
-    if not path.is_file():
-        save_checkpoint(out, 0, {"iteration": 0, "env_steps_total": 0, "config": config.to_dict(),
-                                 "learner": learner.state_dict(), "task_sampler": {}})
-    return path
+    # Written afresh every time (milliseconds): a run recreated under the same name has new settings.
+    return save_checkpoint(out, 0, {"iteration": 0, "env_steps_total": 0, "config": config.to_dict(),
+                                    "learner": learner.state_dict(), "task_sampler": {}})
 
 
 def training_time(run_path: Path) -> dict[str, float]:
@@ -139,12 +137,15 @@ def cmd_eval(suite_name: str, suite: Suite, groups: list[str], goals_per_class: 
             if not runs:
                 continue
             group = results["groups"].setdefault(policy_type, {"points": []})
-            iterations = sorted({0, *(i for path in runs.values() for i in checkpoint_iterations(path))})
+            # Only iterations every started seed has reached: each point of a curve pools the same seeds.
+            iterations = sorted({0}.union(set.intersection(*(set(checkpoint_iterations(path)) for path in runs.values()))))
             iterations = [i for i in iterations if only_iterations is None or i in only_iterations]
+            seeds = sorted(runs)
+            protocol = {"goals_per_class": goals_per_class, "sampled_episodes": EvalOptions.num_sampled_episodes}
             for iteration in iterations:
-                seeds = [s for s, path in runs.items() if iteration == 0 or iteration in checkpoint_iterations(path)]
                 final = iteration == suite.num_epochs
-                if any(p["iteration"] == iteration and p["seeds"] == seeds for p in group["points"]):
+                if any(p["iteration"] == iteration and p["seeds"] == seeds and p.get("request") == protocol
+                       for p in group["points"]):
                     continue
                 checkpoints = [initial_checkpoint(runs[s]) if iteration == 0 else
                                runs[s] / "checkpoints" / f"checkpoint_{iteration:06d}.pt" for s in seeds]
@@ -152,10 +153,10 @@ def cmd_eval(suite_name: str, suite: Suite, groups: list[str], goals_per_class: 
                 report = evaluate_runs([StoragePath.parse(c) for c in checkpoints],
                                        EvalOptions(goals_per_class=goals_per_class, official=final))
                 point = {"iteration": iteration, "env_steps": report["runs"][0]["env_steps"], "seeds": seeds,
+                         "request": protocol, "protocol": report["protocol"],
                          "eval_wall_s": round(time.perf_counter() - started, 1), **compact(report)}
                 group["points"] = sorted([p for p in group["points"] if p["iteration"] != iteration] + [point],
                                          key=lambda p: p["iteration"])
-                group["protocol"] = report["protocol"]
                 group["train_commands"] = [" ".join(train_command(suite_name, suite, policy_type, s)) for s in runs]
                 group["training"] = {str(s): training_time(path) for s, path in runs.items()}
                 results["eval_command"] = f"python benchmarks/learning.py eval {suite_name}"

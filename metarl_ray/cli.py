@@ -191,7 +191,7 @@ def _eval_parser() -> argparse.ArgumentParser:
         "Meta-test runs on held-out goals: per task class and overall mean, IQM and 95%% stratified bootstrap "
         "intervals over seeds and goals, under the mean-action and the sampled-action rule, before and after "
         "adaptation; Meta-World's official figures beside them."))
-    parser.add_argument("--checkpoint", "--checkpoints", required=True, nargs="+", metavar="PATH",
+    parser.add_argument("--checkpoint", "--checkpoints", required=True, nargs="+", action="extend", metavar="PATH",
                         help="checkpoint files, run directories (their latest) or a Tune experiment directory; "
                              "several runs (seeds) are pooled into one estimate")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -221,6 +221,9 @@ def cmd_eval(argv: Sequence[str]) -> int:
         value = getattr(args, name)
         if value is not None and not lower <= value <= upper:
             raise ConfigError(f"--{name}={value!r}: expected an integer in [{lower}, {upper}]")
+    if args.official_goals_per_class and args.goals_per_class and args.official_goals_per_class > args.goals_per_class:
+        raise ConfigError(f"--official_goals_per_class={args.official_goals_per_class}: expected at most "
+                          f"--goals_per_class={args.goals_per_class} (the official figure scores a subset of the goals)")
     locations = []
     for location in args.checkpoint:
         found = find_checkpoints(_storage(location, "checkpoint"))

@@ -38,7 +38,9 @@ def run_meta_test(runs: Sequence[RunToEvaluate], goals_per_class: int, options: 
     plan = EvalPlan(num_sampled_episodes=options.num_sampled_episodes)
     specs = [goal_specs(run, goals_per_class) for run in runs]
     official_goals = official_goals_for(options, goals_per_class)
-    progress = Progress(sum(len(s) for s in specs), "goals", "meta-test")
+    # An official evaluation counts as its goals: about the same episodes per goal as ours.
+    num_official_goals = official_goals * len({spec.env_name for spec in specs[0]}) if options.official else 0
+    progress = Progress(sum(len(s) for s in specs) + num_official_goals * len(runs), "goals", "meta-test")
     results: list[list[GoalEvaluation]] = [[] for _ in runs]
     official: list[OfficialResult | None] = [None] * len(runs)
     try:
@@ -52,8 +54,10 @@ def run_meta_test(runs: Sequence[RunToEvaluate], goals_per_class: int, options: 
                 if options.official:
                     official[run_index] = official_result(run.config, run.meta_params, official_goals,
                                                           options.num_evals, options.mt_episodes)
+                    progress.update(num_official_goals)
         else:
-            _run_on_actors(runs, specs, plan, official_goals, options, ray_address, progress, results, official)
+            _run_on_actors(runs, specs, plan, official_goals, num_official_goals, options, ray_address, progress,
+                           results, official)
     finally:
         progress.close()
     for run_results in results:
@@ -62,7 +66,7 @@ def run_meta_test(runs: Sequence[RunToEvaluate], goals_per_class: int, options: 
 
 
 def _run_on_actors(runs: Sequence[RunToEvaluate], specs: list[list[TaskSpec]], plan: EvalPlan, official_goals: int,
-                   options: EvalOptions, ray_address: str | None, progress: Progress,
+                   num_official_goals: int, options: EvalOptions, ray_address: str | None, progress: Progress,
                    results: list[list[GoalEvaluation]], official: list[OfficialResult | None]) -> None:
     import ray
 
@@ -83,7 +87,7 @@ def _run_on_actors(runs: Sequence[RunToEvaluate], specs: list[list[TaskSpec]], p
             for run_index, run in enumerate(runs):
                 calls.append(lambda actor, r=run, ref=params_refs[run_index]: actor.evaluate_official.remote(
                     r.config, ref, official_goals, options.num_evals, options.mt_episodes))
-                kinds.append(("official", run_index, 0))
+                kinds.append(("official", run_index, num_official_goals))
         size = max(1, min(MAX_GOALS_PER_CALL, -(-sum(map(len, specs)) // (4 * num_workers))))
         for run_index, run in enumerate(runs):
             for batch in _batches(specs[run_index], size):
@@ -105,4 +109,4 @@ def _run_on_actors(runs: Sequence[RunToEvaluate], specs: list[list[TaskSpec]], p
         make_actor = lambda: RolloutActor.options(**rollout_actor_options()).remote(  # noqa: E731
             config.env, config.policy, config.maml, config.ppo, config.run.seed)
         logger.info("meta-test: %d runs x %d goals on %d rollout actors", len(runs), len(specs[0]), num_workers)
-        run_queue(make_actor, num_workers, calls, on_result)
+        run_queue(make_actor, num_workers, calls, on_result, config.rollout.sample_timeout_s)

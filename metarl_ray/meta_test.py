@@ -89,10 +89,14 @@ def find_checkpoints(location: StoragePath) -> list[StoragePath]:
 
 
 def load_run(checkpoint: StoragePath) -> RunToEvaluate:
-    state = load_checkpoint(checkpoint)
-    config = config_from_dict(state["config"])
-    policy = build_policy(OBS_DIM, ACTION_DIM, config.policy)
-    policy.load_state_dict(state["learner"]["policy"])  # also checks the checkpoint fits the config
+    try:
+        state = load_checkpoint(checkpoint)
+        config = config_from_dict(state["config"])
+        policy = build_policy(OBS_DIM, ACTION_DIM, config.policy)
+        policy.load_state_dict(state["learner"]["policy"])  # also checks the checkpoint fits the config
+    except (KeyError, RuntimeError, TypeError, ValueError) as error:  # a damaged or foreign checkpoint is input
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise ConfigError(f"--checkpoint={str(checkpoint)!r}: not a usable metarl-ray checkpoint ({reason})") from None
     params = params_to_numpy(dict(policy.named_parameters()))
     return RunToEvaluate(checkpoint, config, params, int(state["iteration"]), int(state.get("env_steps_total", 0)))
 
@@ -115,8 +119,10 @@ def check_compatible(runs: Sequence[RunToEvaluate]) -> None:
                 f"{runs[0].checkpoint}; expected checkpoints at one training budget (pass checkpoint files)")
     seeds = [run.seed for run in runs]
     if len(set(seeds)) < len(seeds):
-        logger.warning("runs share a seed (%s): they meta-test the same goals, so their samples are not "
-                       "independent and the intervals are too narrow", sorted(seeds))
+        # Same seed: the same goals and the same evaluation noise, so pooling would count one
+        # policy's luck twice (or, for the same checkpoint twice, the very same episodes).
+        repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+        raise ConfigError(f"--checkpoint: runs share seed(s) {repeated}; expected one checkpoint per seed")
 
 
 def goals_per_class_for(options: EvalOptions, config: TrainConfig) -> int:
@@ -133,56 +139,52 @@ def goal_specs(run: RunToEvaluate, goals_per_class: int) -> list[TaskSpec]:
     return fixed_task_specs(BenchmarkTasks(run.config.env, run.seed).test_tasks(), goals_per_class)
 
 
-def _scores(results: Sequence[GoalEvaluation], rule: str, phase: str) -> np.ndarray:
+def _goal_score(goal: GoalEvaluation, rule: str, phase: str, returns: bool = False) -> float:
+    kind = "return" if returns else "success"
     if rule == "mean_action":
-        return np.array([float(getattr(r, f"{phase}_mean_success")) for r in results])
-    return np.array([float(np.mean(getattr(r, f"{phase}_sampled_successes"))) for r in results])
+        return float(getattr(goal, f"{phase}_mean_{kind}"))
+    return float(np.mean(getattr(goal, f"{phase}_sampled_{kind}{'es' if kind == 'success' else 's'}")))
 
 
-def _returns(results: Sequence[GoalEvaluation], rule: str, phase: str) -> np.ndarray:
-    if rule == "mean_action":
-        return np.array([getattr(r, f"{phase}_mean_return") for r in results])
-    return np.array([float(np.mean(getattr(r, f"{phase}_sampled_returns"))) for r in results])
+def score_table(results: Sequence[Sequence[GoalEvaluation]], classes: Sequence[str], rule: str, phase: str,
+                returns: bool = False) -> np.ndarray:
+    """(seeds, classes, goals) scores: every run meta-tests the same number of goals per class."""
+    table = [[[_goal_score(g, rule, phase, returns) for g in run if g.env_name == name] for name in classes]
+             for run in results]
+    sizes = {len(goals) for run in table for goals in run}
+    if len(sizes) != 1:
+        raise ValueError(f"goal counts per (run, class) differ: {sorted(sizes)}")
+    return np.array(table)
 
 
-def summarize_rule(results_by_class: dict[str, list[GoalEvaluation]], rule: str) -> dict[str, Any]:
-    """Pre, post and the paired gain (post - pre per goal) of one action rule, plus mean returns."""
-    pre = {name: _scores(results, rule, "pre") for name, results in results_by_class.items()}
-    post = {name: _scores(results, rule, "post") for name, results in results_by_class.items()}
+def summarize_rule(results: Sequence[Sequence[GoalEvaluation]], classes: Sequence[str], rule: str) -> dict[str, Any]:
+    """Pre, post and the paired gain (post - pre, goal by goal) of one action rule, plus mean returns."""
+    pre, post = (score_table(results, classes, rule, phase) for phase in ("pre", "post"))
     return {
-        "pre": estimate(pre).to_dict(), "post": estimate(post).to_dict(),
-        "gain": estimate({name: post[name] - pre[name] for name in pre}).to_dict(),
-        "pre_mean_return": float(np.mean([_returns(r, rule, "pre").mean() for r in results_by_class.values()])),
-        "post_mean_return": float(np.mean([_returns(r, rule, "post").mean() for r in results_by_class.values()])),
+        "pre": estimate(pre).to_dict(), "post": estimate(post).to_dict(), "gain": estimate(post - pre).to_dict(),
+        "pre_mean_return": float(score_table(results, classes, rule, "pre", returns=True).mean()),
+        "post_mean_return": float(score_table(results, classes, rule, "post", returns=True).mean()),
     }
 
 
 def summarize(runs: Sequence[RunToEvaluate], results: Sequence[Sequence[GoalEvaluation]],
               official: Sequence[OfficialResult | None], options: EvalOptions, goals_per_class: int) -> dict[str, Any]:
     """The report ``metarl eval --json`` prints: overall and per-class estimates per rule, and per run."""
-    by_class: dict[str, list[GoalEvaluation]] = {}
-    for run_results in results:
-        for goal in run_results:
-            by_class.setdefault(goal.env_name, []).append(goal)
+    classes = sorted({goal.env_name for run_results in results for goal in run_results})
     config = runs[0].config
-    overall = {rule: summarize_rule(by_class, rule) for rule in RULES}
-    per_task = {name: {rule: summarize_rule({name: goals}, rule) for rule in RULES} for name, goals in sorted(by_class.items())}
+    overall = {rule: summarize_rule(results, classes, rule) for rule in RULES}
+    per_task = {name: {rule: summarize_rule(results, [name], rule) for rule in RULES} for name in classes}
     have_official = [o for o in official if o is not None]
     for name, entry in per_task.items():
         values = [o.per_task[name] for o in have_official if name in o.per_task]
         entry["success_rate_official"] = float(np.mean(values)) if values else None
-    per_run = []
-    for run, run_results, run_official in zip(runs, results, official):
-        run_by_class: dict[str, list[GoalEvaluation]] = {}
-        for goal in run_results:
-            run_by_class.setdefault(goal.env_name, []).append(goal)
-        per_run.append({
-            "checkpoint": str(run.checkpoint), "seed": run.seed, "iteration": run.iteration, "env_steps": run.env_steps,
-            "success_rate": {rule: {phase: float(np.mean([_scores(g, rule, phase).mean() for g in run_by_class.values()]))
-                                    for phase in ("pre", "post")} for rule in RULES},
-            "success_rate_official": None if run_official is None else run_official.success_rate,
-            "mean_return_official": None if run_official is None else run_official.mean_return,
-        })
+    per_run = [{
+        "checkpoint": str(run.checkpoint), "seed": run.seed, "iteration": run.iteration, "env_steps": run.env_steps,
+        "success_rate": {rule: {phase: float(score_table([run_results], classes, rule, phase).mean(axis=-1).mean())
+                                for phase in ("pre", "post")} for rule in RULES},
+        "success_rate_official": None if run_official is None else run_official.success_rate,
+        "mean_return_official": None if run_official is None else run_official.mean_return,
+    } for run, run_results, run_official in zip(runs, results, official)]
     headline = overall["mean_action"]
     return {
         "benchmark": config.env.benchmark, "task": config.env.task if config.env.benchmark in ("ML1", "MT1") else None,
@@ -199,9 +201,10 @@ def summarize(runs: Sequence[RunToEvaluate], results: Sequence[Sequence[GoalEval
             "adaptation_episodes": EvalPlan.num_adaptation_episodes, "num_inner_steps": config.maml.num_inner_steps,
             "sampled_episodes": options.num_sampled_episodes, "mean_action_episodes": 1,
             "max_episode_length": config.env.max_episode_length, "seeds": [run.seed for run in runs],
-            "sample": "one (seed, goal) pair; mean_action: its episode's success (0/1); sampled: the fraction of its episodes that succeed",
-            "interval": "95% percentile bootstrap, stratified by task class (scipy.stats.bootstrap, 5000 resamples)",
-            "mean": "mean over task classes of the per-class mean", "iqm": "mean of the middle 50% of all samples",
+            "score": "per (seed, goal); mean_action: its one episode's success (0/1); sampled: the fraction of its episodes that succeed",
+            "interval": "95% percentile, two-stage bootstrap (seeds, then goals within each seed and task class; classes are strata), 5000 resamples",
+            "mean": "mean over task classes of the class mean over seeds and goals",
+            "iqm": "mean of the middle 50% of the per-(seed, class) success rates (rliable's aggregate_iqm)",
             "official": None if not have_official else {
                 "goals_per_class": official_goals_for(options, goals_per_class), "num_evals": options.num_evals,
                 "mt_episodes": options.mt_episodes, "note": "Meta-World's own functions; they over-count success (README)"},

@@ -15,7 +15,7 @@ import torch
 from metarl_ray.advantages import compute_advantages
 from metarl_ray.batch import EpisodeBatch, GoalEvaluation, TaskRollouts
 from metarl_ray.config import EnvConfig, MAMLConfig, PolicyConfig, PPOConfig
-from metarl_ray.envs import ACTION_DIM, OBS_DIM, TaskSpec, make_task_env
+from metarl_ray.envs import ACTION_DIM, OBS_DIM, TaskSpec, all_task_names, make_task_env
 from metarl_ray.maml import TensorBatch, adapt
 from metarl_ray.policy import BatchedActor, Params, build_policy, params_from_numpy
 
@@ -38,8 +38,7 @@ class EvalPlan:
     num_sampled_episodes: int = 3  # sampled-action episodes before and after adaptation
 
 
-# Noise stream of evaluation episodes: never a training iteration number, so an evaluation of a goal
-# draws the same noise whatever checkpoint, worker or batch of goals it runs in.
+# Noise stream of evaluation episodes: never a training iteration number.
 EVAL_NOISE_STREAM = 2**32 - 1
 
 
@@ -95,8 +94,11 @@ class RolloutWorker:
             raise ValueError(f"num_sampled_episodes={plan.num_sampled_episodes}: expected at most "
                              f"num_adaptation_episodes={plan.num_adaptation_episodes}")
         envs = self._envs_for(tasks)
-        rngs = [np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, EVAL_NOISE_STREAM, spec.slot])))
-                for spec in tasks]
+        # Keyed by the goal itself (class, goal index), not its place in this evaluation's list: a goal
+        # draws the same episodes whatever --goals_per_class, batch or worker it runs in.
+        class_ids = {name: index for index, name in enumerate(all_task_names())}
+        rngs = [np.random.Generator(np.random.PCG64(np.random.SeedSequence(
+            [seed, EVAL_NOISE_STREAM, class_ids[spec.env_name], spec.goal_index]))) for spec in tasks]
         params: list[Params] = [params_from_numpy(meta_params)] * len(tasks)
         pre_mean = self.collect(envs, params, rngs, 1, deterministic=True)
         first_support: list[EpisodeBatch] = []

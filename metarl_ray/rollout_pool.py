@@ -70,39 +70,51 @@ class RolloutPool:
 
 
 def run_queue(make_actor: Callable[[], Any], num_workers: int, calls: Sequence[Callable[[Any], Any]],
-              on_result: Callable[[int, Any], None], max_retries: int = 2) -> None:
+              on_result: Callable[[int, Any], None], timeout_s: float, max_retries: int = 2) -> None:
     """Run independent calls (``call(actor) -> ObjectRef``) on a pool of actors, each actor taking the
-    next call as soon as it is free, so uneven calls balance out. A call whose actor dies runs again on
-    a new actor (evaluation noise is keyed by goal, so a retried call returns what the lost one would
-    have); ``on_result(index, value)`` sees each call's result once, in completion order."""
+    next call as soon as it is free, so uneven calls balance out. A call whose actor dies, or stays
+    silent for ``timeout_s``, runs again on a new actor (evaluation noise is keyed by goal, so a retried
+    call returns what the lost one would have); ``on_result(index, value)`` sees each call's result
+    once, in completion order. The actors are ended on return and on error."""
     actors = [make_actor() for _ in range(min(num_workers, len(calls)))]
     queue, attempts = list(range(len(calls))), [0] * len(calls)
-    running: dict[Any, tuple[int, int]] = {}  # ref -> (call index, actor index)
+    running: dict[Any, tuple[int, int, float]] = {}  # ref -> (call index, actor index, start time)
 
     def submit(actor_index: int) -> None:
         if queue:
             index = queue.pop(0)
-            running[calls[index](actors[actor_index])] = (index, actor_index)
+            running[calls[index](actors[actor_index])] = (index, actor_index, time.monotonic())
 
-    for actor_index in range(len(actors)):
+    def retry(ref: Any, reason: str) -> None:
+        index, actor_index, _ = running.pop(ref)
+        attempts[index] += 1
+        if attempts[index] > max_retries:
+            raise RuntimeError(f"call {index} failed {attempts[index]} times; last: actor {actor_index} {reason}")
+        logger.warning("actor %d %s; its call runs again on a new actor", actor_index, reason)
+        ray.kill(actors[actor_index], no_restart=True)
+        actors[actor_index] = make_actor()
+        queue.insert(0, index)
         submit(actor_index)
-    while running:
-        ready, _ = ray.wait(list(running), num_returns=1)
-        index, actor_index = running.pop(ready[0])
-        try:
-            value = ray.get(ready[0])
-        except RayActorError as error:
-            attempts[index] += 1
-            if attempts[index] > max_retries:
-                raise
-            logger.warning("evaluation actor %d died (%s); its call runs again on a new actor", actor_index,
-                           type(error).__name__)
-            ray.kill(actors[actor_index], no_restart=True)
-            actors[actor_index] = make_actor()
-            queue.insert(0, index)
+
+    try:
+        for actor_index in range(len(actors)):
             submit(actor_index)
-            continue
-        on_result(index, value)
-        submit(actor_index)
-    for actor in actors:
-        ray.kill(actor, no_restart=True)
+        while running:
+            # Short waits: a hung call is noticed, and Ctrl-C is handled, within seconds.
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=5.0)
+            if not ready:
+                now = time.monotonic()
+                for ref in [r for r, (_, _, started) in running.items() if now - started > timeout_s]:
+                    retry(ref, f"timed out after {timeout_s:g}s")
+                continue
+            try:
+                value = ray.get(ready[0])
+            except RayActorError as error:
+                retry(ready[0], f"died ({type(error).__name__})")
+                continue
+            index, actor_index, _ = running.pop(ready[0])
+            on_result(index, value)
+            submit(actor_index)
+    finally:
+        for actor in actors:
+            ray.kill(actor, no_restart=True)

@@ -1,23 +1,25 @@
-"""Success-rate estimates with confidence intervals: mean, interquartile mean (IQM) and 95% stratified
-bootstrap intervals, as Agarwal et al. 2021 ("Deep RL at the Edge of the Statistical Precipice",
-rliable) and Meta-World+ (McLean et al. 2025) recommend.
+"""Success-rate estimates with confidence intervals over seeds and goals: mean, interquartile mean
+(IQM) and 95% bootstrap intervals, as Agarwal et al. 2021 ("Deep RL at the Edge of the Statistical
+Precipice", rliable) and Meta-World+ (McLean et al. 2025) recommend.
 
-A sample is one (seed, goal) pair's score; strata are task classes. The bootstrap resamples the
-samples of each class independently, with replacement (rliable's ``StratifiedBootstrap`` with classes
-as tasks), and recomputes the aggregate: the mean over classes of each class's mean (Meta-World's
-figure weights every class equally), or the IQM of all samples pooled (rliable's ``aggregate_iqm``).
-Runs with different seeds meta-test different goal sets (Meta-World derives the test goals from the
-seed), so (seed, goal) pairs are independent draws and one bootstrap covers seeds and goals at once.
+Scores come as a table ``(num_seeds, num_classes, num_goals)``: one score per (seed, task class, goal).
+All goals of one seed share one trained policy, so they are not independent draws of the method; the
+interval resamples at both levels (a two-stage, or hierarchical, bootstrap): seeds with replacement,
+then, within every drawn seed and every class, that class's goals with replacement. Classes are strata
+and are never resampled, as in rliable's stratified bootstrap. With one seed the interval covers goals
+only, and says nothing about seed-to-seed spread.
 
-The resampling is ``scipy.stats.bootstrap``, which resamples each of several samples independently;
-rliable 1.2.0 itself does not import with pandas 3 (its ``arch`` dependency), and ``arch`` 8 changed the
-API it calls.
+- mean: mean over classes of the class's mean over seeds and goals (Meta-World weights classes equally);
+- IQM: rliable's ``aggregate_iqm`` on the seeds x classes table of per-(seed, class) success rates,
+  i.e. the mean of its middle 50% (``scipy.stats.trim_mean(..., 0.25)``).
+
+rliable 1.2.0 itself does not import with pandas 3 (its ``arch`` dependency) and fails with ``arch`` 8,
+and ``scipy.stats.bootstrap`` has no two-stage resampling, so the resampling is written here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 from scipy import stats
@@ -25,51 +27,66 @@ from scipy import stats
 CONFIDENCE = 0.95
 NUM_RESAMPLES = 5000
 IQM_TRIM = 0.25  # trimmed from each end: the mean of the middle 50%
+_MAX_RESAMPLE_ELEMENTS = 4_000_000  # bootstrap resamples are drawn in blocks of at most this many scores
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """An aggregate of per-sample scores with 95% percentile-bootstrap intervals (None when some class
-    has fewer than 2 samples: one sample bootstraps to itself and says nothing about spread)."""
+    """An aggregate of scores with 95% percentile-bootstrap intervals (None when there is only one
+    goal per class and one seed: nothing to resample)."""
 
-    num_samples: int
+    num_seeds: int
+    num_samples: int  # (seed, goal) pairs over all classes
     mean: float
     iqm: float
     mean_ci95: tuple[float, float] | None
     iqm_ci95: tuple[float, float] | None
 
     def to_dict(self) -> dict[str, object]:
-        return {"num_samples": self.num_samples, "mean": self.mean, "iqm": self.iqm,
+        return {"num_seeds": self.num_seeds, "num_samples": self.num_samples, "mean": self.mean, "iqm": self.iqm,
                 "mean_ci95": None if self.mean_ci95 is None else list(self.mean_ci95),
                 "iqm_ci95": None if self.iqm_ci95 is None else list(self.iqm_ci95)}
 
 
-def mean_of_class_means(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.mean([np.mean(sample, axis=axis) for sample in samples], axis=0)
+def _mean_and_iqm(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(..., seeds, classes, goals) -> mean and IQM over the last three axes."""
+    rates = scores.mean(axis=-1)  # (..., seeds, classes)
+    mean = rates.mean(axis=-2).mean(axis=-1)
+    iqm = stats.trim_mean(rates.reshape(*rates.shape[:-2], -1), IQM_TRIM, axis=-1)
+    return mean, iqm
 
 
-def pooled_iqm(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
-    return stats.trim_mean(np.concatenate(samples, axis=axis), IQM_TRIM, axis=axis)
+def _bootstrap(scores: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    num_seeds, num_classes, num_goals = scores.shape
+    rng = np.random.default_rng(seed)
+    block = max(1, _MAX_RESAMPLE_ELEMENTS // scores.size)
+    means, iqms = [], []
+    classes = np.arange(num_classes)[None, None, :, None]
+    for start in range(0, NUM_RESAMPLES, block):
+        size = min(block, NUM_RESAMPLES - start)
+        seeds = rng.integers(num_seeds, size=(size, num_seeds))[:, :, None, None]
+        goals = rng.integers(num_goals, size=(size, num_seeds, num_classes, num_goals))
+        mean, iqm = _mean_and_iqm(scores[seeds, classes, goals])
+        means.append(mean)
+        iqms.append(iqm)
+    return np.concatenate(means), np.concatenate(iqms)
 
 
-def _interval(samples: list[np.ndarray], statistic, seed: int) -> tuple[float, float]:
-    result = stats.bootstrap(samples, statistic, n_resamples=NUM_RESAMPLES, confidence_level=CONFIDENCE,
-                             method="percentile", vectorized=True, rng=np.random.default_rng(seed))
-    low, high = result.confidence_interval
+def _percentiles(values: np.ndarray) -> tuple[float, float]:
+    tail = 100 * (1 - CONFIDENCE) / 2
+    low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
 
 
-def estimate(scores_by_class: Mapping[str, np.ndarray], seed: int = 0) -> Estimate:
-    """Mean, IQM and their stratified bootstrap intervals of per-sample scores grouped by class."""
-    samples = [np.asarray(scores_by_class[name], dtype=np.float64).ravel() for name in sorted(scores_by_class)]
-    if not samples or any(sample.size == 0 for sample in samples):
-        raise ValueError("estimate: every class needs at least one score")
-    mean = float(mean_of_class_means(*samples))
-    iqm = float(pooled_iqm(*samples))
-    if min(sample.size for sample in samples) < 2:
-        return Estimate(sum(s.size for s in samples), mean, iqm, None, None)
-    if all(np.all(sample == samples[0][0]) for sample in samples):
-        # Every score equal (all goals solved, or none): every resample is the same; scipy would warn.
-        return Estimate(sum(s.size for s in samples), mean, iqm, (mean, mean), (iqm, iqm))
-    return Estimate(sum(s.size for s in samples), mean, iqm,
-                    _interval(samples, mean_of_class_means, seed), _interval(samples, pooled_iqm, seed))
+def estimate(scores: np.ndarray, seed: int = 0) -> Estimate:
+    """Mean, IQM and their two-stage bootstrap intervals of a (seeds, classes, goals) score table."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 3 or scores.size == 0:
+        raise ValueError(f"estimate: expected a non-empty (seeds, classes, goals) table, got shape {scores.shape}")
+    num_seeds, num_classes, num_goals = scores.shape
+    mean, iqm = (float(value) for value in _mean_and_iqm(scores))
+    if num_seeds == 1 and num_goals == 1:
+        return Estimate(num_seeds, num_seeds * num_classes * num_goals, mean, iqm, None, None)
+    boot_mean, boot_iqm = _bootstrap(scores, seed)
+    return Estimate(num_seeds, num_seeds * num_classes * num_goals, mean, iqm,
+                    _percentiles(boot_mean), _percentiles(boot_iqm))

@@ -152,17 +152,21 @@ def _train_loop(config: TrainConfig, run_path: StoragePath, state: dict[str, Any
 
     sampler = TaskSampler(BenchmarkTasks(config.env, config.run.seed).train_tasks(), config.run.seed)
     learners = LearnerGroup(config, placement.device, learner_actor_options(placement), placement.num_threads)
-    workers = RolloutPool(
-        lambda: RolloutActor.options(**rollout_actor_options()).remote(
-            config.env, config.policy, config.maml, config.ppo, config.run.seed),
-        num_workers, config.rollout.sample_timeout_s)
+    workers = None
     try:
+        workers = RolloutPool(
+            lambda: RolloutActor.options(**rollout_actor_options()).remote(
+                config.env, config.policy, config.maml, config.ppo, config.run.seed),
+            num_workers, config.rollout.sample_timeout_s)
         return _iterate(config, run_path, state, placement, num_workers, on_iteration, log_file, sampler, learners, workers)
     finally:
         # A restart builds new actors; the old ones must not hold GPUs, ports or CPUs, and neither may a
         # finished run's when the same Ray session runs another (a notebook, Tune, a test module).
-        learners.shutdown()
-        workers.shutdown()
+        try:
+            learners.shutdown()
+        finally:
+            if workers is not None:
+                workers.shutdown()
 
 
 def _iterate(config: TrainConfig, run_path: StoragePath, state: dict[str, Any] | None, placement: LearnerPlacement,
