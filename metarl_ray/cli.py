@@ -188,7 +188,7 @@ def cmd_train(argv: Sequence[str]) -> int:
 
 def _eval_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="metarl eval", description=(
-        "Meta-test runs on held-out goals: per task class and overall mean, IQM and 95%% stratified bootstrap "
+        "Meta-test runs on held-out goals: per task class and overall mean, IQM and 95%% bootstrap "
         "intervals over seeds and goals, under the mean-action and the sampled-action rule, before and after "
         "adaptation; Meta-World's official figures beside them."))
     parser.add_argument("--checkpoint", "--checkpoints", required=True, nargs="+", action="extend", metavar="PATH",
