@@ -20,7 +20,6 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import torch
 
 from report import write_report  # benchmarks/report.py
@@ -28,7 +27,7 @@ from report import write_report  # benchmarks/report.py
 from metarl_ray.checkpoint import load_checkpoint, save_checkpoint
 from metarl_ray.config import build_config
 from metarl_ray.learner import Learner
-
+from metarl_ray.metrics import read_metrics
 
 
 def policy_costs(policy_type: str, repeats: int = 5) -> dict[str, float]:
@@ -59,7 +58,7 @@ def ml10_overhead(num_epochs: int) -> dict[str, float]:
                         "--checkpoint_every", "1", "--output_dir", directory, "--run_name", "ckpt"], check=True,
                        capture_output=True)
         run = Path(directory) / "ckpt"
-        iteration_s = [row["time/iteration_s"] for row in pq.read_table(run / "metrics.parquet").to_pylist()]
+        iteration_s = [row["time/iteration_s"] for row in read_metrics(run)]
         checkpoint_s = [float(m.group(1)) for m in re.finditer(r"checkpoint \S+ \(([\d.]+)s\)", (run / "train.log").read_text())]
     ratio = statistics.mean(checkpoint_s) / statistics.mean(iteration_s)
     return {"iterations": num_epochs, "mean_iteration_s": round(statistics.mean(iteration_s), 2),

@@ -100,9 +100,9 @@ def initial_checkpoint(run_path: Path) -> Path:
 def training_time(run_path: Path) -> dict[str, float]:
     """Wall time and end-to-end env steps/s from the run's own per-iteration timings (so the gaps
     between sessions of a resumed run do not count)."""
-    import pyarrow.parquet as pq
+    from metarl_ray.metrics import read_metrics
 
-    rows = pq.read_table(run_path / "metrics.parquet").to_pylist()
+    rows = read_metrics(run_path)
     seconds = sum(row["time/iteration_s"] for row in rows)
     steps = rows[-1]["rollout/env_steps_total"]
     return {"iterations": rows[-1]["iteration"], "env_steps": steps, "wall_h": round(seconds / 3600, 3),

@@ -33,10 +33,10 @@ class RolloutActor:
 
     @ray.method(num_returns=2)
     def sample(self, meta_params: dict[str, np.ndarray], tasks: Sequence[TaskSpec], iteration: int,
-               plan: SamplePlan | None = None) -> tuple[int, list[TaskRollouts]]:
+               plan: SamplePlan | None = None, inner_lr: float | None = None) -> tuple[int, list[TaskRollouts]]:
         """(env steps, rollouts): the driver fetches only the step count, which also tells it whether
         the actor survived; the rollouts go from the object store straight to the learner."""
-        rollouts = self.worker.sample(meta_params, tasks, iteration, plan)
+        rollouts = self.worker.sample(meta_params, tasks, iteration, plan, inner_lr)
         return sum(task.num_steps for task in rollouts), rollouts
 
     def evaluate(self, meta_params: dict[str, np.ndarray], tasks: Sequence[TaskSpec], plan: EvalPlan,
@@ -77,13 +77,13 @@ class LearnerActor:
     def get_params(self) -> dict[str, np.ndarray]:
         return self.learner.get_params()
 
-    def update(self, first_slot: int, end_slot: int, num_tasks_total: int,
+    def update(self, first_slot: int, end_slot: int, num_tasks_total: int, iteration: int | None,
                *rollouts_per_worker: list[TaskRollouts]) -> dict[str, float]:
         """Meta-update on the tasks with slots in [first_slot, end_slot) of the workers' rollouts."""
         mine = [task for rollouts in rollouts_per_worker for task in rollouts if first_slot <= task.slot < end_slot]
         if sorted(task.slot for task in mine) != list(range(first_slot, end_slot)):  # else the gradient scale is wrong
             raise RuntimeError(f"learner share [{first_slot}, {end_slot}) got slots {sorted(t.slot for t in mine)}")
-        return {**self.learner.update(mine, num_tasks_total), "learner/num_tasks": float(len(mine))}
+        return {**self.learner.update(mine, num_tasks_total, iteration), "learner/num_tasks": float(len(mine))}
 
     def state_dict(self) -> dict[str, Any]:
         return self.learner.state_dict()

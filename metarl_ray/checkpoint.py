@@ -18,8 +18,11 @@ import os
 import re
 from typing import Any
 
+import dataclasses
+
 import torch
 
+from metarl_ray.config import TrainConfig, config_from_dict
 from metarl_ray.storage import StoragePath
 
 CHECKPOINT_DIR = "checkpoints"
@@ -118,3 +121,15 @@ def load_checkpoint(path: Location) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: not a metarl-ray checkpoint (format {FORMAT_VERSION})")
     return state
+
+
+def trained_config(state: dict[str, Any]) -> TrainConfig:
+    """The config a checkpoint's parameters were trained under: its saved config, with the inner and
+    meta learning rates scaled down by any non-finite-update rollbacks (``learner.py``), so an agent
+    adapts with the inner_lr the meta-parameters were trained for."""
+    config = config_from_dict(state["config"])
+    scale = float(state["learner"].get("lr_scale", 1.0))
+    if scale == 1.0:
+        return config
+    return dataclasses.replace(config, maml=dataclasses.replace(config.maml, inner_lr=config.maml.inner_lr * scale),
+                               ppo=dataclasses.replace(config.ppo, meta_lr=config.ppo.meta_lr * scale))

@@ -15,6 +15,7 @@ import re
 import sys
 from typing import Any, Sequence
 
+from metarl_ray.errors import TrainingDivergedError
 from metarl_ray.config import (
     FIELD_SECTION,
     SECTIONS,
@@ -337,6 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"metarl: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except TrainingDivergedError as error:
+        print(f"metarl: error: training diverged: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("metarl: interrupted", file=sys.stderr)
         return 130

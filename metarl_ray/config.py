@@ -166,6 +166,10 @@ class LearnerConfig:
     """Process each learner's tasks in this many chunks per optimizer step (less memory, same gradient)."""
     meta_batching: str = "auto"
     """batched: a chunk's tasks in one vmapped graph; per_task: one graph per task; auto: what measured faster."""
+    nonfinite_lr_factor: float = 0.5
+    """On a NaN/Inf loss or gradient the update is undone and meta_lr and inner_lr are multiplied by this."""
+    max_nonfinite_rollbacks: int = 3
+    """Stop the run (its last good checkpoint intact) after this many rolled-back updates in a row."""
 
     def __post_init__(self) -> None:
         _check(self.device in ("auto", "cpu", "cuda"), "device", self.device, "expected auto, cpu or cuda")
@@ -174,6 +178,10 @@ class LearnerConfig:
                self.gradient_accumulation_steps, "expected an integer in [1, 1000]")
         _check(self.meta_batching in ("auto", "batched", "per_task"), "meta_batching", self.meta_batching,
                "expected auto, batched or per_task")
+        _check(0.0 < self.nonfinite_lr_factor <= 1.0, "nonfinite_lr_factor", self.nonfinite_lr_factor,
+               "expected a number in (0, 1]")
+        _check(1 <= self.max_nonfinite_rollbacks <= 1000, "max_nonfinite_rollbacks", self.max_nonfinite_rollbacks,
+               "expected an integer in [1, 1000]")
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ import torch
 
 from metarl_ray.advantages import compute_advantages
 from metarl_ray.batch import EpisodeBatch
-from metarl_ray.checkpoint import load_checkpoint, resolve_checkpoint
-from metarl_ray.config import TrainConfig, config_from_dict
+from metarl_ray.checkpoint import load_checkpoint, resolve_checkpoint, trained_config
+from metarl_ray.config import TrainConfig
 from metarl_ray.envs import ACTION_DIM, OBS_DIM, BenchmarkTasks, make_eval_vector_env
 from metarl_ray.maml import TensorBatch, adapt
 from metarl_ray.policy import BatchedActor, Params, build_policy, detached_params, gaussian_log_prob
@@ -49,7 +49,7 @@ class MAMLAgent:
         if checkpoint is None:
             raise FileNotFoundError(f"no checkpoint at {path}")
         state = load_checkpoint(checkpoint)
-        config = config_from_dict(state["config"])
+        config = trained_config(state)
         policy = build_policy(OBS_DIM, ACTION_DIM, config.policy)
         policy.load_state_dict(state["learner"]["policy"])
         return cls(policy, config, seed)

@@ -10,6 +10,9 @@ clipping and the Adam step, so every learner applies the same update to the same
 from __future__ import annotations
 
 import contextlib
+import copy
+import logging
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -44,11 +47,21 @@ def task_chunks(tasks: Sequence[Any], num_chunks: int) -> list[list[Any]]:
 # Tasks in one batched graph at most; more are split into chunks (the gradient is the same).
 MAX_TASKS_PER_GRAPH = 8
 
+# Fault injection for tests: comma-separated iterations (1-based) whose meta-update loss is made NaN.
+INJECT_NONFINITE_ENV = "METARL_INJECT_NONFINITE"
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteUpdateError(ArithmeticError):
+    """A NaN or Inf in a loss or gradient, caught before the optimizer step applied it."""
+
 
 def meta_update(algorithm: MetaLearner, optimizer: torch.optim.Optimizer, tasks: Sequence[TaskTensors],
-                config: LearnerConfig, grad_clip: float, num_tasks_total: int | None = None) -> dict[str, float]:
+                config: LearnerConfig, grad_clip: float, num_tasks_total: int | None = None,
+                poison_loss: bool = False) -> dict[str, float]:
     """``algorithm.num_updates`` optimizer steps on the mean loss over every learner's tasks.
-    ``num_tasks_total``: tasks over all learners (default: these)."""
+    ``num_tasks_total``: tasks over all learners (default: these). Raises NonFiniteUpdateError, before
+    that optimizer step, if a loss or the gradient is not finite (``poison_loss`` injects a NaN loss)."""
     num_tasks_total = num_tasks_total or len(tasks)
     parameters = list(algorithm.policy.parameters())
     if resolve_meta_batching(config.meta_batching, parameters[0].device, algorithm.policy) == "per_task":
@@ -64,13 +77,22 @@ def meta_update(algorithm: MetaLearner, optimizer: torch.optim.Optimizer, tasks:
         for group in groups:
             with _autocast(config.use_amp, parameters[0].device):
                 loss, stats = algorithm.loss(group)
+            if poison_loss:
+                loss = loss * float("nan")
             # Each group's share of the mean over all tasks of all learners.
             (loss * (len(group) / num_tasks_total)).backward()
             loss_sum += float(loss.detach()) * len(group)
             for key, value in stats.items():
                 stats_sum[key] = stats_sum.get(key, 0.0) + value * len(group)
+        if not np.isfinite(loss_sum):  # a non-finite loss reaches every learner through the all-reduce
+            for p in parameters:
+                p.grad = torch.full_like(p, float("nan"))
         average_gradients_across_learners(parameters)
+        # After the all-reduce every learner sees the same gradient, so all of them roll back or none.
         grad_norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+        if not torch.isfinite(grad_norm):
+            raise NonFiniteUpdateError(f"non-finite {'loss' if not np.isfinite(loss_sum) else 'gradient'} "
+                                       f"in PPO epoch {update + 1} of {algorithm.num_updates}")
         optimizer.step()
         if update == 0:
             metrics["loss/outer"] = loss_sum / len(tasks)
@@ -126,32 +148,57 @@ class Learner:
         self.policy = build_policy(OBS_DIM, ACTION_DIM, policy_config).to(self.device)
         self.algorithm: MetaLearner = MAMLPPO(self.policy, maml_config, ppo_config)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=ppo_config.meta_lr)
+        # Product of the nonfinite_lr_factor of every rollback so far: scales meta_lr and inner_lr.
+        self.lr_scale = 1.0
+        self._poisoned_iterations = {int(i) for i in os.environ.get(INJECT_NONFINITE_ENV, "").split(",") if i.strip()}
 
     def get_params(self) -> dict[str, np.ndarray]:
         return params_to_numpy(dict(self.policy.named_parameters()))
 
-    def update(self, rollouts: Sequence[TaskRollouts], num_tasks_total: int | None = None) -> dict[str, float]:
+    def update(self, rollouts: Sequence[TaskRollouts], num_tasks_total: int | None = None,
+               iteration: int | None = None) -> dict[str, float]:
         """One iteration's meta-update on this learner's tasks. ``num_tasks_total``: tasks over all
-        learners (default: these), so that the all-reduced gradient is the mean over every task."""
+        learners (default: these), so that the all-reduced gradient is the mean over every task.
+
+        A non-finite loss or gradient in any PPO epoch undoes the whole iteration's update: parameters
+        and Adam state return to the last good iteration's and both learning rates are scaled down
+        (``fault/nonfinite_update`` = 1 in the metrics; the trainer stops after too many in a row)."""
         rollouts = sorted(rollouts, key=lambda task: task.slot)  # independent of which worker finished first
         tasks = [TaskTensors.from_rollouts(task, self.device) for task in rollouts]
-        metrics = meta_update(self.algorithm, self.optimizer, tasks, self.config, self.ppo_config.grad_clip,
-                              num_tasks_total or len(tasks))
+        last_good = copy.deepcopy(self.state_dict())
+        try:
+            metrics = meta_update(self.algorithm, self.optimizer, tasks, self.config, self.ppo_config.grad_clip,
+                                  num_tasks_total or len(tasks), poison_loss=iteration in self._poisoned_iterations)
+            metrics["fault/nonfinite_update"] = 0.0
+        except NonFiniteUpdateError as error:
+            self.load_state_dict(last_good)
+            self.set_lr_scale(self.lr_scale * self.config.nonfinite_lr_factor)
+            logger.warning("%s: update undone, meta_lr and inner_lr scaled to %.3g of the configured values",
+                           error, self.lr_scale)
+            metrics = {"fault/nonfinite_update": 1.0}
         metrics.update(rollout_metrics(rollouts))
         metrics["policy/std"] = float(self.policy.log_std.detach().exp().mean())
+        metrics["learner/lr_scale"] = self.lr_scale
         return metrics
+
+    def set_lr_scale(self, lr_scale: float) -> None:
+        self.lr_scale = lr_scale
+        self.algorithm.inner_lr = self.algorithm.maml.inner_lr * lr_scale
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.ppo_config.meta_lr * lr_scale
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "policy": {k: v.detach().cpu() for k, v in self.policy.state_dict().items()},
             "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "lr_scale": self.lr_scale,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])  # Adam moves its state to the params' device
-        for group in self.optimizer.param_groups:  # a resumed run may be given a new --meta_lr
-            group["lr"] = self.ppo_config.meta_lr
+        # A resumed run may be given a new --meta_lr; earlier rollbacks' scaling carries over.
+        self.set_lr_scale(float(state.get("lr_scale", 1.0)))
 
 
 def _to_cpu(value: Any) -> Any:

@@ -9,13 +9,14 @@ tests. Ray only places the actors and passes the rendezvous address.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import ray
 from ray.exceptions import RayError
 
 from metarl_ray.config import TrainConfig
-from metarl_ray.learner import task_chunks
+from metarl_ray.learner import INJECT_NONFINITE_ENV, task_chunks
 
 # A peer that dies mid all-reduce closes its sockets and the others fail at once; this bounds the
 # wait if a peer hangs instead.
@@ -28,6 +29,8 @@ class LearnerGroup:
 
         self.num_learners = config.learner.num_learners
         self.num_tasks = config.maml.num_tasks
+        if os.environ.get(INJECT_NONFINITE_ENV):  # fault injection (tests) reaches the learner processes
+            actor_options = {**actor_options, "runtime_env": {"env_vars": {INJECT_NONFINITE_ENV: os.environ[INJECT_NONFINITE_ENV]}}}
         self.actors = [
             LearnerActor.options(**actor_options).remote(
                 config.policy, config.maml, config.ppo, config.learner, config.run.seed, device, num_threads_each)
@@ -44,13 +47,14 @@ class LearnerGroup:
         """The meta-parameters (every learner holds the same; learner 0 publishes them)."""
         return self.actors[0].get_params.remote()
 
-    def update(self, rollout_refs: Sequence[ray.ObjectRef], worker_slot_ranges: Sequence[tuple[int, int]]) -> dict[str, float]:
+    def update(self, rollout_refs: Sequence[ray.ObjectRef], worker_slot_ranges: Sequence[tuple[int, int]],
+               iteration: int | None = None) -> dict[str, float]:
         """One meta-update. ``rollout_refs[w]`` holds the rollouts of slots ``worker_slot_ranges[w]``;
         each learner is handed only the workers' outputs that overlap its share."""
         calls = []
         for actor, (first, end) in zip(self.actors, self.shares):
             refs = [ref for ref, (w_first, w_end) in zip(rollout_refs, worker_slot_ranges) if w_first < end and first < w_end]
-            calls.append(actor.update.remote(first, end, self.num_tasks, *refs))
+            calls.append(actor.update.remote(first, end, self.num_tasks, iteration, *refs))
         return merge_learner_metrics(self._get_all(calls))
 
     def state_dict(self) -> dict[str, Any]:

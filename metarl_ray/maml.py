@@ -151,6 +151,7 @@ class MAMLPPO:
         self.policy = policy
         self.maml = maml
         self.ppo = ppo
+        self.inner_lr = maml.inner_lr  # scaled down by the learner after a non-finite update
 
     @property
     def num_updates(self) -> int:
@@ -160,7 +161,7 @@ class MAMLPPO:
         return dict(self.policy.named_parameters())
 
     def adapt(self, params: Params, support: Sequence[TensorBatch], create_graph: bool) -> Params:
-        return adapt(self.policy, params, support, self.maml.inner_lr, create_graph)
+        return adapt(self.policy, params, support, self.inner_lr, create_graph)
 
     def _clipped_surrogate(self, new_log_probs: torch.Tensor, query: TensorBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """PPO's clipped loss per task: log-probs (..., N, T) -> (...,), and KL / clip-fraction statistics."""
@@ -186,7 +187,7 @@ class MAMLPPO:
         """K tasks stacked on a leading dim, adapted and scored in one graph: per-task losses (K,)."""
         num_tasks = stacked.query.observations.shape[0]
         per_task = {name: p.unsqueeze(0).expand(num_tasks, *p.shape) for name, p in meta_params.items()}
-        adapted = adapt_batched(self.policy, per_task, stacked.support, self.maml.inner_lr,
+        adapted = adapt_batched(self.policy, per_task, stacked.support, self.inner_lr,
                                 create_graph=not self.maml.first_order)
         new_log_probs = batched_log_prob(self.policy, adapted, stacked.query.observations, stacked.query.actions)
         return self._clipped_surrogate(new_log_probs, stacked.query)

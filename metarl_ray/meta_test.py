@@ -22,8 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from metarl_ray.batch import GoalEvaluation
-from metarl_ray.checkpoint import CHECKPOINT_DIR, load_checkpoint, resolve_checkpoint
-from metarl_ray.config import ConfigError, TrainConfig, config_from_dict
+from metarl_ray.checkpoint import CHECKPOINT_DIR, load_checkpoint, resolve_checkpoint, trained_config
+from metarl_ray.config import ConfigError, TrainConfig
 from metarl_ray.envs import ACTION_DIM, OBS_DIM, BenchmarkTasks, TaskSpec, fixed_task_specs
 from metarl_ray.policy import build_policy, params_to_numpy
 from metarl_ray.rollout import EvalPlan
@@ -38,7 +38,8 @@ RULES = ("mean_action", "sampled")
 # Settings that are not part of the method or the benchmark: runs pooled into one estimate may differ
 # in these (the seed above all) and must agree in every other setting.
 NOT_PART_OF_THE_METHOD = {"env": {"fast_envs"}, "rollout": {"num_rollout_workers", "sample_timeout_s"},
-                          "learner": {"device", "num_learners", "gradient_accumulation_steps", "meta_batching"},
+                          "learner": {"device", "num_learners", "gradient_accumulation_steps", "meta_batching",
+                                      "nonfinite_lr_factor", "max_nonfinite_rollbacks"},
                           "run": None}
 
 
@@ -91,7 +92,7 @@ def find_checkpoints(location: StoragePath) -> list[StoragePath]:
 def load_run(checkpoint: StoragePath) -> RunToEvaluate:
     try:
         state = load_checkpoint(checkpoint)
-        config = config_from_dict(state["config"])
+        config = trained_config(state)
         policy = build_policy(OBS_DIM, ACTION_DIM, config.policy)
         policy.load_state_dict(state["learner"]["policy"])  # also checks the checkpoint fits the config
     except (KeyError, RuntimeError, TypeError, ValueError) as error:  # a damaged or foreign checkpoint is input

@@ -68,8 +68,9 @@ class RolloutWorker:
         return envs
 
     def sample(self, meta_params: dict[str, np.ndarray], tasks: Sequence[TaskSpec], iteration: int,
-               plan: SamplePlan | None = None) -> list[TaskRollouts]:
-        """Support episodes -> inner step (x num_inner_steps) -> query episodes, for every task."""
+               plan: SamplePlan | None = None, inner_lr: float | None = None) -> list[TaskRollouts]:
+        """Support episodes -> inner step (x num_inner_steps) -> query episodes, for every task.
+        ``inner_lr``: the learner's current one (lower after a rolled-back update), default the config's."""
         plan = plan or SamplePlan(self.maml_config.episodes_per_task, self.maml_config.episodes_per_task)
         envs = self._envs_for(tasks)
         # Noise streams keyed by (seed, iteration, slot): results do not depend on how tasks are split.
@@ -81,7 +82,7 @@ class RolloutWorker:
             batches = self.collect(envs, params, rngs, plan.num_support_episodes)
             for index, batch in enumerate(batches):
                 supports[index].append(batch)
-                params[index] = self._adapt_one(params[index], batch)
+                params[index] = self._adapt_one(params[index], batch, inner_lr)
         queries = self.collect(envs, params, rngs, plan.num_query_episodes)
         return [TaskRollouts(spec.slot, spec.env_name, spec.goal_index, tuple(support), query)
                 for spec, support, query in zip(tasks, supports, queries)]
@@ -121,10 +122,10 @@ class RolloutWorker:
             for spec, pre, support, post, sampled in zip(tasks, pre_mean, first_support, post_mean, post_sampled)
         ]
 
-    def _adapt_one(self, params: Params, batch: EpisodeBatch) -> Params:
+    def _adapt_one(self, params: Params, batch: EpisodeBatch, inner_lr: float | None = None) -> Params:
         leaf_params = {name: p.detach().requires_grad_(True) for name, p in params.items()}
-        adapted = adapt(self.policy, leaf_params, [TensorBatch.from_numpy(batch)], self.maml_config.inner_lr,
-                        create_graph=False)
+        adapted = adapt(self.policy, leaf_params, [TensorBatch.from_numpy(batch)],
+                        self.maml_config.inner_lr if inner_lr is None else inner_lr, create_graph=False)
         return {name: p.detach() for name, p in adapted.items()}
 
     def collect(self, envs: Sequence[Any], params: Sequence[Params], rngs: Sequence[np.random.Generator],

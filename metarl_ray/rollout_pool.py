@@ -37,13 +37,14 @@ class RolloutPool:
         self.actors[index] = self.make_actor()
         self.num_replaced += 1
 
-    def sample(self, params_ref: Any, chunks: Sequence[Sequence[TaskSpec]], iteration: int) -> tuple[list[Any], int]:
+    def sample(self, params_ref: Any, chunks: Sequence[Sequence[TaskSpec]], iteration: int,
+               inner_lr: float | None = None) -> tuple[list[Any], int]:
         """One sample call per chunk; returns the rollout refs (chunk order) and the env steps collected."""
         rollout_refs: list[Any] = [None] * len(chunks)
         pending: dict[Any, int] = {}
 
         def submit(index: int) -> None:
-            steps_ref, rollout_refs[index] = self.actors[index].sample.remote(params_ref, chunks[index], iteration)
+            steps_ref, rollout_refs[index] = self.actors[index].sample.remote(params_ref, chunks[index], iteration, None, inner_lr)
             pending[steps_ref] = index
 
         for index in range(len(chunks)):

@@ -1,4 +1,4 @@
-"""A run directory: resolved config, Parquet metrics, a timestamped log and checkpoints.
+"""A run directory: resolved config, metrics (``metrics.py``), a timestamped log and checkpoints.
 
 The directory may be a local path or a URI (``storage.py``); every file in it is written atomically.
 """
@@ -12,15 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 
 from metarl_ray.config import TrainConfig
 from metarl_ray.storage import StoragePath
 
 CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.parquet"
 LOG_FILE = "train.log"
 PLACEMENT_FILE = "placement.json"
 
@@ -36,26 +33,6 @@ def write_config(run_path: StoragePath, config: TrainConfig) -> None:
 
 def read_config_dict(run_path: StoragePath | str | Path) -> dict[str, Any]:
     return yaml.safe_load((StoragePath.parse(run_path) / CONFIG_FILE).read_text())
-
-
-class MetricsLog:
-    """One row per iteration, rewritten atomically as a whole (small: one row per iteration)."""
-
-    def __init__(self, path: StoragePath, keep_up_to_iteration: int | None = None) -> None:
-        self.path = path
-        self.rows: list[dict[str, float]] = []
-        if keep_up_to_iteration is not None and path.is_file():
-            # On resume, rows after the checkpoint are dropped: those iterations run again.
-            table = pq.read_table(pa.BufferReader(path.read_bytes()))
-            self.rows = [row for row in table.to_pylist() if row["iteration"] <= keep_up_to_iteration]
-
-    def append(self, row: dict[str, float]) -> None:
-        self.rows.append(row)
-        # Union of keys in first-seen order: a key added by a newer version shows as null in older rows.
-        keys = list(dict.fromkeys(key for row in self.rows for key in row))
-        sink = pa.BufferOutputStream()
-        pq.write_table(pa.table({key: [row.get(key) for row in self.rows] for key in keys}), sink)
-        self.path.write_bytes(sink.getvalue().to_pybytes())
 
 
 class RunLogFile:

@@ -16,10 +16,13 @@ from ray.exceptions import RayError
 
 from metarl_ray.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from metarl_ray.config import ConfigError, TrainConfig
+from metarl_ray.errors import TrainingDivergedError
 from metarl_ray.envs import BenchmarkTasks, TaskSampler, TaskSpec
 from metarl_ray.learner_group import LearnerGroup
 from metarl_ray.rollout_pool import RolloutPool
-from metarl_ray.run_dir import METRICS_FILE, PLACEMENT_FILE, MetricsLog, RunLogFile, write_config
+from metarl_ray.metrics import RunMetrics
+from metarl_ray.progress import Progress
+from metarl_ray.run_dir import PLACEMENT_FILE, RunLogFile, write_config
 from metarl_ray.storage import StoragePath
 
 logger = logging.getLogger(__name__)
@@ -172,58 +175,95 @@ def _train_loop(config: TrainConfig, run_path: StoragePath, state: dict[str, Any
 def _iterate(config: TrainConfig, run_path: StoragePath, state: dict[str, Any] | None, placement: LearnerPlacement,
              num_workers: int, on_iteration: IterationCallback | None, log_file: RunLogFile, sampler: TaskSampler,
              learners: LearnerGroup, workers: RolloutPool) -> StoragePath:
-    start_iteration, env_steps_total = 0, 0
+    start_iteration, env_steps_total, lr_scale = 0, 0, 1.0
     if state is not None:
         learners.load_state_dict(state["learner"])
         sampler.load_state_dict(state["task_sampler"])
         start_iteration, env_steps_total = int(state["iteration"]), int(state["env_steps_total"])
+        lr_scale = float(state["learner"].get("lr_scale", 1.0))
         logger.info("resumed %s at iteration %d (%d env steps)", run_path, start_iteration, env_steps_total)
-    metrics_log = MetricsLog(run_path / METRICS_FILE, keep_up_to_iteration=start_iteration)
     num_nodes = write_placement(run_path, learners, placement, workers)
     logger.info("run %s: %s, driver pid %d, %d rollout workers on %d node(s), %d learner(s) on %s; see %s", run_path,
                 config.env.benchmark, os.getpid(), num_workers, num_nodes, learners.num_learners, placement.device,
                 PLACEMENT_FILE)
+    run_metrics = RunMetrics(run_path, start_iteration if state is not None else None, env_steps_total)
+    # On a terminal a live bar; elsewhere the per-iteration log line below is the progress display.
+    progress = Progress(config.run.num_epochs, "it", f"train {run_path.name}", log_every_s=float("inf"),
+                        initial=start_iteration)
+    rollbacks_in_a_row = 0
+    try:
+        for iteration in range(start_iteration, config.run.num_epochs):
+            started = time.perf_counter()
+            tasks = sampler.sample(config.maml.num_tasks)
+            # Publish the meta-parameters once; every worker reads the same object.
+            params_ref = learners.get_params()
+            # Lost or hung workers are replaced inside and their tasks sampled again: no episode is lost.
+            replaced_before = workers.num_replaced
+            worker_tasks = split_tasks(tasks, num_workers)
+            sample_refs, _ = workers.sample(params_ref, worker_tasks, iteration, config.maml.inner_lr * lr_scale)
+            sampled = time.perf_counter()
+            if workers.num_replaced != replaced_before:
+                num_nodes = write_placement(run_path, learners, placement, workers)
+            # The learners take the rollouts straight from the object store; the driver never copies them.
+            metrics = learners.update(sample_refs, [(chunk[0].slot, chunk[-1].slot + 1) for chunk in worker_tasks],
+                                      iteration + 1)
+            learned = time.perf_counter()
 
-    for iteration in range(start_iteration, config.run.num_epochs):
-        started = time.perf_counter()
-        tasks = sampler.sample(config.maml.num_tasks)
-        # Publish the meta-parameters once; every worker reads the same object.
-        params_ref = learners.get_params()
-        # Lost or hung workers are replaced inside and their tasks sampled again: no episode is lost.
-        replaced_before = workers.num_replaced
-        worker_tasks = split_tasks(tasks, num_workers)
-        sample_refs, _ = workers.sample(params_ref, worker_tasks, iteration)
-        sampled = time.perf_counter()
-        if workers.num_replaced != replaced_before:
-            num_nodes = write_placement(run_path, learners, placement, workers)
-        # The learners take the rollouts straight from the object store; the driver never copies them.
-        metrics = learners.update(sample_refs, [(chunk[0].slot, chunk[-1].slot + 1) for chunk in worker_tasks])
-        learned = time.perf_counter()
-
-        env_steps_total += int(metrics["rollout/env_steps"])
-        row = {"iteration": iteration + 1, "rollout/env_steps_total": env_steps_total, **metrics,
-               "time/sample_s": sampled - started, "time/learn_s": learned - sampled,
-               "time/iteration_s": learned - started,
-               "rollout/env_steps_per_s": metrics["rollout/env_steps"] / (sampled - started),
-               "rollout/workers_replaced": workers.num_replaced, "rollout/num_nodes": num_nodes}
-        metrics_log.append(row)
-        logger.info("iter %d/%d steps %d | pre %.1f (succ %.2f) -> post %.1f (succ %.2f) | kl %.4f | sample %.1fs learn %.1fs",
-                    iteration + 1, config.run.num_epochs, env_steps_total, row["pre_adapt/return"],
-                    row["pre_adapt/success"], row["post_adapt/return"], row["post_adapt/success"], row["ppo/kl"],
-                    row["time/sample_s"], row["time/learn_s"])
-        path = None
-        if (iteration + 1) % config.run.checkpoint_every == 0 or iteration + 1 == config.run.num_epochs:
-            checkpoint_started = time.perf_counter()
-            path = save_checkpoint(run_path, iteration + 1, {
-                "iteration": iteration + 1,
-                "env_steps_total": env_steps_total,
-                "config": config.to_dict(),
-                "learner": learners.state_dict(),
-                "task_sampler": sampler.state_dict(),
-                "metrics": row,  # the iteration's metrics, for whoever continues from this checkpoint
-            })
-            logger.info("checkpoint %s (%.3fs)", path, time.perf_counter() - checkpoint_started)
-            log_file.sync()
-        if on_iteration is not None:
-            on_iteration(row, path)
+            env_steps_total += int(metrics["rollout/env_steps"])
+            lr_scale = metrics["learner/lr_scale"]
+            rollbacks_in_a_row = rollbacks_in_a_row + 1 if metrics["fault/nonfinite_update"] else 0
+            if rollbacks_in_a_row:
+                logger.warning("iteration %d: non-finite loss or gradient; update undone, meta_lr and inner_lr now "
+                               "%.3g of the configured values (%d in a row, at most %d)", iteration + 1, lr_scale,
+                               rollbacks_in_a_row, config.learner.max_nonfinite_rollbacks)
+            row = {"iteration": iteration + 1, "rollout/env_steps_total": env_steps_total, **metrics,
+                   "time/sample_s": sampled - started, "time/learn_s": learned - sampled,
+                   "time/iteration_s": learned - started,
+                   "rollout/env_steps_per_s": metrics["rollout/env_steps"] / (sampled - started),
+                   "rollout/workers_replaced": workers.num_replaced, "rollout/num_nodes": num_nodes,
+                   "fault/nonfinite_rollbacks_in_a_row": rollbacks_in_a_row}
+            run_metrics.append(row)
+            _log_iteration(config, row, progress)
+            if rollbacks_in_a_row >= config.learner.max_nonfinite_rollbacks:
+                last = latest_checkpoint(run_path)
+                raise TrainingDivergedError(
+                    f"iteration {iteration + 1}: {rollbacks_in_a_row} non-finite updates in a row "
+                    f"(--max_nonfinite_rollbacks={config.learner.max_nonfinite_rollbacks}); last good checkpoint: "
+                    f"{last if last is not None else 'none'}")
+            path = None
+            if (iteration + 1) % config.run.checkpoint_every == 0 or iteration + 1 == config.run.num_epochs:
+                path = _checkpoint(config, run_path, iteration + 1, env_steps_total, learners, sampler, row)
+                run_metrics.sync()
+                log_file.sync()
+            if on_iteration is not None:
+                on_iteration(row, path)
+    finally:
+        progress.close()
+        run_metrics.close()
     return run_path
+
+
+def _log_iteration(config: TrainConfig, row: dict[str, float], progress: Progress) -> None:
+    iterations_left = config.run.num_epochs - row["iteration"]
+    logger.info("iter %d/%d steps %d | pre %.1f (succ %.2f) -> post %.1f (succ %.2f) | kl %.4f | sample %.1fs learn %.1fs"
+                " | %.0f steps/s, ETA %.0f min%s", row["iteration"], config.run.num_epochs, row["rollout/env_steps_total"],
+                row["pre_adapt/return"], row["pre_adapt/success"], row["post_adapt/return"], row["post_adapt/success"],
+                row.get("ppo/kl", float("nan")), row["time/sample_s"], row["time/learn_s"],
+                row["rollout/env_steps"] / row["time/iteration_s"], iterations_left * row["time/iteration_s"] / 60,
+                " | NON-FINITE UPDATE UNDONE" if row["fault/nonfinite_update"] else "")
+    progress.update(1, steps=int(row["rollout/env_steps_total"]), post_succ=f"{row['post_adapt/success']:.2f}")
+
+
+def _checkpoint(config: TrainConfig, run_path: StoragePath, iteration: int, env_steps_total: int,
+                learners: LearnerGroup, sampler: TaskSampler, row: dict[str, float]) -> StoragePath:
+    started = time.perf_counter()
+    path = save_checkpoint(run_path, iteration, {
+        "iteration": iteration,
+        "env_steps_total": env_steps_total,
+        "config": config.to_dict(),
+        "learner": learners.state_dict(),
+        "task_sampler": sampler.state_dict(),
+        "metrics": row,  # the iteration's metrics, for whoever continues from this checkpoint
+    })
+    logger.info("checkpoint %s (%.3fs)", path, time.perf_counter() - started)
+    return path

@@ -91,10 +91,10 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, frag
 def test_existing_run_directory_is_never_overwritten(tmp_path):
     run = tmp_path / "runs" / "keep"
     run.mkdir(parents=True)
-    (run / "metrics.parquet").write_bytes(b"precious")
+    (run / "metrics.jsonl").write_bytes(b"precious")
     result = run_cli("train", "--output_dir", str(tmp_path / "runs"), "--run_name", "keep", cwd=tmp_path)
     assert result.returncode == 2 and "already exists" in result.stderr
-    assert (run / "metrics.parquet").read_bytes() == b"precious"
+    assert (run / "metrics.jsonl").read_bytes() == b"precious"
 
 
 def test_eval_of_missing_checkpoint_is_one_line(tmp_path, capsys):

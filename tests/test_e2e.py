@@ -8,8 +8,10 @@ import math
 import subprocess
 import sys
 
-import pyarrow.parquet as pq
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from metarl_ray.metrics import read_metrics
 
 TEST_MODE_STEPS_PER_ITERATION = 2 * 2 * 50 * 2  # tasks x episodes x steps x (support + query)
 
@@ -32,7 +34,7 @@ def test_train_writes_config_metrics_log_and_checkpoint(trained_run):
     _, run = trained_run
     assert (run / "config.yaml").is_file() and (run / "train.log").is_file()
     assert (run / "checkpoints" / "checkpoint_000002.pt").is_file()
-    rows = pq.read_table(run / "metrics.parquet").to_pylist()
+    rows = read_metrics(run)
     assert [row["iteration"] for row in rows] == [1, 2]
     assert all(row["rollout/env_steps"] == TEST_MODE_STEPS_PER_ITERATION for row in rows)
     assert rows[-1]["rollout/env_steps_total"] == 2 * TEST_MODE_STEPS_PER_ITERATION
@@ -45,11 +47,19 @@ def test_train_writes_config_metrics_log_and_checkpoint(trained_run):
 def test_resume_continues_the_iteration_counter_and_eval_reports_both_metrics(trained_run, in_process):
     root, run = trained_run
     assert in_process("train", "--resume", "--run_name", "smoke", "--output_dir", root / "runs", "--num_epochs", "3")[0] == 0
-    rows = pq.read_table(run / "metrics.parquet").to_pylist()
+    rows = read_metrics(run)
     assert [row["iteration"] for row in rows] == [1, 2, 3]
     assert rows[-1]["rollout/env_steps_total"] == 3 * TEST_MODE_STEPS_PER_ITERATION
     assert (run / "checkpoints" / "checkpoint_000003.pt").is_file()
     assert "resumed" in (run / "train.log").read_text()
+    # TensorBoard's own reader sees every iteration of both sessions, at their env steps, with the
+    # journal's values (TensorBoard stores float32).
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert {"post_adapt/success", "loss/outer", "time/sample_s"} <= set(events.Tags()["scalars"])
+    scalars = events.Scalars("post_adapt/return")
+    assert [event.step for event in scalars] == [row["rollout/env_steps_total"] for row in rows]
+    assert [event.value for event in scalars] == pytest.approx([row["post_adapt/return"] for row in rows], rel=1e-6)
 
     evaluated = metarl("eval", "--checkpoint", str(run), "--json", cwd=root)  # on Ray rollout actors
     assert "meta-test: 4/4 goals (100%)" in evaluated.stderr  # 2 goals + 2 official; plain lines off a terminal
@@ -81,11 +91,11 @@ def test_resume_refuses_what_would_lose_results_or_swap_goals(trained_run, in_pr
         (["--resume", "--run_name", "smoke", "--output_dir", runs, "--num_epochs", "9", "--seed", "5"], "--seed=5: differs"),
         (["--resume", "--run_name", "smoke", "--output_dir", runs, "--num_epochs", "9", "--hidden_size", "7"], "--hidden_size=7: differs"),
     ]
-    before = sorted(p.name for p in (run / "checkpoints").iterdir()), (run / "metrics.parquet").read_bytes()
+    before = sorted(p.name for p in (run / "checkpoints").iterdir()), (run / "metrics.jsonl").read_bytes()
     for args, fragment in cases:
         status, _, err = in_process("train", *args)
         assert status == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
-    assert (sorted(p.name for p in (run / "checkpoints").iterdir()), (run / "metrics.parquet").read_bytes()) == before
+    assert (sorted(p.name for p in (run / "checkpoints").iterdir()), (run / "metrics.jsonl").read_bytes()) == before
 
 
 def test_doctor_passes_on_this_install(tmp_path):
@@ -98,7 +108,7 @@ def test_ssm_policy_trains_resumes_and_evaluates(tmp_path, in_process):
     assert in_process("train", "--env_name", "ML1", "--task", "reach-v3", "--policy_type", "ssm", "--test_mode",
                       "--output_dir", runs, "--run_name", "ssm")[0] == 0
     assert in_process("train", "--resume", "--run_name", "ssm", "--output_dir", runs, "--num_epochs", "3")[0] == 0
-    rows = pq.read_table(tmp_path / "runs" / "ssm" / "metrics.parquet").to_pylist()
+    rows = read_metrics(tmp_path / "runs" / "ssm")
     assert [row["iteration"] for row in rows] == [1, 2, 3]
     assert all(math.isfinite(row["loss/outer"]) and row["rollout/env_steps"] == TEST_MODE_STEPS_PER_ITERATION for row in rows)
     status, out, _ = in_process("eval", "--checkpoint", tmp_path / "runs" / "ssm", "--json", "--num_workers", "0")
@@ -112,8 +122,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, in_process):
     assert in_process("train", *common, "--num_epochs", "3", "--run_name", "straight")[0] == 0
     assert in_process("train", *common, "--num_epochs", "2", "--run_name", "interrupted")[0] == 0
     assert in_process("train", "--resume", "--run_name", "interrupted", "--output_dir", runs, "--num_epochs", "3")[0] == 0
-    straight = pq.read_table(tmp_path / "runs" / "straight" / "metrics.parquet").to_pylist()
-    resumed = pq.read_table(tmp_path / "runs" / "interrupted" / "metrics.parquet").to_pylist()
+    straight = read_metrics(tmp_path / "runs" / "straight")
+    resumed = read_metrics(tmp_path / "runs" / "interrupted")
     for key in ("pre_adapt/return", "post_adapt/return", "loss/outer", "ppo/kl", "policy/std", "rollout/env_steps_total"):
         assert resumed[2][key] == pytest.approx(straight[2][key], rel=1e-6, abs=1e-9), key
 
@@ -128,5 +138,5 @@ def test_resume_skips_a_corrupted_latest_checkpoint_with_a_clear_message(tmp_pat
     result = metarl("train", "--resume", "--run_name", "c", "--output_dir", runs, "--num_epochs", "3", cwd=tmp_path)
     warning = [line for line in result.stderr.splitlines() if "checksum mismatch" in line]
     assert len(warning) == 1 and "using checkpoint_000001.pt" in warning[0]
-    rows = pq.read_table(tmp_path / "runs" / "c" / "metrics.parquet").to_pylist()
+    rows = read_metrics(tmp_path / "runs" / "c")
     assert [row["iteration"] for row in rows] == [1, 2, 3]

@@ -7,10 +7,10 @@ import subprocess
 import sys
 import time
 
-import pyarrow.parquet as pq
 import pytest
 import ray
 
+from metarl_ray.metrics import read_metrics
 from metarl_ray.config import build_config
 from metarl_ray.envs import BenchmarkTasks, TaskSampler
 from metarl_ray.policy import build_policy, detached_params, params_to_numpy
@@ -35,7 +35,7 @@ def test_sigkilled_rollout_actor_loses_no_episodes(tmp_path):
     os.kill(placement(tmp_path / "ft")["rollout_workers"][0]["pid"], signal.SIGKILL)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr[-2000:]
-    rows = pq.read_table(tmp_path / "ft" / "metrics.parquet").to_pylist()
+    rows = read_metrics(tmp_path / "ft")
     assert [row["iteration"] for row in rows] == [1, 2, 3, 4]
     assert all(row["rollout/env_steps"] == steps_per_iteration for row in rows)
     assert rows[-1]["rollout/workers_replaced"] >= 1
@@ -97,6 +97,6 @@ def test_sigkilled_learner_restarts_from_the_latest_checkpoint(tmp_path):
     assert process.returncode == 0, stderr[-2000:]
     text = log.read_text()
     assert "restarting from checkpoint_000002.pt" in text  # never back past the latest checkpoint
-    rows = pq.read_table(tmp_path / "learner" / "metrics.parquet").to_pylist()
+    rows = read_metrics(tmp_path / "learner")
     assert [row["iteration"] for row in rows] == [1, 2, 3, 4, 5]
     assert rows[-1]["rollout/env_steps_total"] == 5 * 2 * 2 * 300 * 2

@@ -13,9 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 import yaml
+from metarl_ray.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv's ray and metarl
@@ -113,7 +113,7 @@ def test_train_job_succeeds_and_writes_a_complete_run_directory(head, tmp_path):
     assert status == "SUCCEEDED", status
     run = tmp_path / "runs" / "job"
     assert yaml.safe_load((run / "config.yaml").read_text())["env"]["benchmark"] == "ML1"
-    rows = pq.read_table(run / "metrics.parquet").to_pylist()
+    rows = read_metrics(run)
     assert [row["iteration"] for row in rows] == [1, 2]
     assert (run / "checkpoints" / "latest").read_text() == "checkpoint_000002.pt"
     assert (run / "checkpoints" / "checkpoint_000002.pt.sha256").is_file()

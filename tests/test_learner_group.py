@@ -9,10 +9,10 @@ import sys
 import time
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import ray
 
+from metarl_ray.metrics import read_metrics
 from metarl_ray.config import build_config
 from metarl_ray.envs import BenchmarkTasks, TaskSampler
 from metarl_ray.learner import Learner
@@ -94,7 +94,7 @@ def test_two_learners_with_amp_and_accumulation_survive_a_killed_learner_resume_
     resumed = metarl("train", "--resume", "--test_mode", "--num_learners", "1", "--use_amp", "--max_episode_length", "300",
                      "--num_epochs", "6", "--output_dir", output, "--run_name", "learners", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    rows = pq.read_table(run / "metrics.parquet").to_pylist()
+    rows = read_metrics(run)
     assert [row["iteration"] for row in rows] == [1, 2, 3, 4, 5, 6]
     assert [row["learner/num_learners"] for row in rows] == [2, 2, 2, 2, 2, 1]
     assert rows[-1]["rollout/env_steps_total"] == 6 * 2 * 2 * 300 * 2  # nothing lost or counted twice

@@ -9,11 +9,11 @@ import subprocess
 import sys
 import time
 
-import pyarrow.parquet as pq
 import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from metarl_ray.metrics import read_metrics
 from metarl_ray.config import ConfigError
 from metarl_ray.trainer import learner_actor_options, place_learner, rollout_actor_options
 
@@ -53,8 +53,7 @@ def wait_for(predicate, timeout=180, process=None):
 
 
 def metrics_rows(run_path):
-    path = run_path / "metrics.parquet"
-    return pq.read_table(path).to_pylist() if path.is_file() else []
+    return read_metrics(run_path)
 
 
 def placement(run_path):

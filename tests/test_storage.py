@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import pytest
 import torch
 
+from metarl_ray.metrics import read_metrics
 from metarl_ray.checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
 from metarl_ray.storage import StoragePath
 
@@ -91,7 +91,7 @@ def test_train_to_a_file_uri_then_eval_reads_it(tmp_path, in_process):
     assert in_process("train", "--env_name", "ML1", "--task", "reach-v3", "--test_mode", "--max_episode_length", "20",
                       "--output_dir", f"file://{tmp_path}/shared/runs", "--run_name", "a")[0] == 0
     run = tmp_path / "shared" / "runs" / "a"
-    for name in ("config.yaml", "metrics.parquet", "train.log", "placement.json", "checkpoints/latest"):
+    for name in ("config.yaml", "metrics.jsonl", "train.log", "placement.json", "checkpoints/latest"):
         assert (run / name).is_file(), name
     status, out, _ = in_process("eval", "--checkpoint", f"file://{tmp_path}/shared/runs/a", "--json", "--num_workers", "0")
     result = json.loads(out)
@@ -105,12 +105,12 @@ def test_train_resume_and_eval_on_s3(s3_uri, tmp_path, in_process):
     assert status == 0 and out.strip().splitlines()[-1] == s3_uri("runs/s3run")
     assert in_process("train", "--resume", "--run_name", "s3run", "--output_dir", output, "--num_epochs", "3")[0] == 0
     run = StoragePath.parse(s3_uri("runs/s3run"))
-    rows = pq.read_table((run / "metrics.parquet").path, filesystem=run.filesystem).to_pylist()
+    rows = read_metrics(run)
     assert [row["iteration"] for row in rows] == [1, 2, 3]
     log = (run / "train.log").read_text()  # uploaded at every checkpoint and at the end
     assert "iter 2/2" in log and "resumed" in log and "iter 3/3" in log
     assert (run / "checkpoints" / "latest").read_text() == "checkpoint_000003.pt"
-    assert not list((tmp_path).glob("**/metrics.parquet"))  # nothing landed on the local disk instead
+    assert not list((tmp_path).glob("**/metrics.jsonl")) and not list(tmp_path.glob("**/events.out.tfevents.*"))  # nothing landed on the local disk instead
     status, out, _ = in_process("eval", "--checkpoint", str(run), "--json", "--no_official", "--num_workers", "0")
     result = json.loads(out)
     assert result["benchmark"] == "ML1" and 0.0 <= result["success_rate"] <= 1.0

@@ -1,0 +1,5 @@
+"""Errors the command line reports in one line (kept free of heavy imports: the CLI catches them)."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """Too many non-finite updates in a row: the run stops with its last good checkpoint intact."""

@@ -1,0 +1,73 @@
+"""Non-finite updates in a real run (real Ray, real Meta-World): caught before the optimizer step,
+undone, learning rates scaled down; too many in a row stop the run with its last good checkpoint."""
+
+import math
+
+import torch
+
+from metarl_ray.checkpoint import latest_checkpoint, load_checkpoint, trained_config
+from metarl_ray.learner import INJECT_NONFINITE_ENV
+from metarl_ray.metrics import read_metrics
+
+FLAGS = ("--env_name", "ML1", "--task", "reach-v3", "--test_mode", "--max_episode_length", "20", "--checkpoint_every", "1")
+
+
+def learner_state(run, iteration):
+    return load_checkpoint(run / "checkpoints" / f"checkpoint_{iteration:06d}.pt")["learner"]
+
+
+def assert_same_tensors(a, b):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert_same_tensors(a[key], b[key])
+    elif isinstance(a, list):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same_tensors(x, y)
+    else:
+        assert a == b
+
+
+def test_a_nan_update_is_undone_and_both_learning_rates_scaled(tmp_path, in_process, monkeypatch):
+    monkeypatch.setenv(INJECT_NONFINITE_ENV, "2")  # iteration 2's meta-update loss is NaN
+    status, _, err = in_process("train", *FLAGS, "--num_epochs", "4", "--num_learners", "2", "--nonfinite_lr_factor", "0.25",
+                                "--output_dir", tmp_path, "--run_name", "nan")
+    assert status == 0, err
+    run = tmp_path / "nan"
+    rows = read_metrics(run)
+    assert [r["fault/nonfinite_update"] for r in rows] == [0.0, 1.0, 0.0, 0.0]
+    assert [r["learner/lr_scale"] for r in rows] == [1.0, 0.25, 0.25, 0.25]
+    assert "iteration 2: non-finite loss or gradient; update undone" in (run / "train.log").read_text()
+    # Parameters and Adam state after the undone iteration are exactly the last good iteration's.
+    before, undone, after = learner_state(run, 1), learner_state(run, 2), learner_state(run, 3)
+    assert_same_tensors(before["policy"], undone["policy"])
+    assert_same_tensors(before["optimizer"]["state"], undone["optimizer"]["state"])
+    assert undone["optimizer"]["param_groups"][0]["lr"] == 0.25 * before["optimizer"]["param_groups"][0]["lr"]
+    assert not torch.equal(after["policy"]["log_std"], undone["policy"]["log_std"])  # training went on
+    assert all(torch.isfinite(t).all() for t in after["policy"].values())
+    # The meta-parameters were trained for the lower inner_lr: evaluation adapts with it.
+    state = load_checkpoint(run / "checkpoints" / "checkpoint_000004.pt")
+    assert trained_config(state).maml.inner_lr == 0.25 * state["config"]["maml"]["inner_lr"]
+
+
+def test_too_many_nan_updates_in_a_row_stop_the_run_with_its_last_good_checkpoint(tmp_path, in_process, monkeypatch):
+    monkeypatch.setenv(INJECT_NONFINITE_ENV, "2,3,4")
+    status, _, err = in_process("train", *FLAGS, "--num_epochs", "5", "--max_nonfinite_rollbacks", "2",
+                                "--output_dir", tmp_path, "--run_name", "diverged")
+    lines = err.strip().splitlines()
+    assert status == 1 and lines[-1].startswith("metarl: error: training diverged: iteration 3: 2 non-finite updates in a row")
+    assert "Traceback" not in err and "checkpoint_000002.pt" in lines[-1]
+    run = tmp_path / "diverged"
+    assert [r["iteration"] for r in read_metrics(run)] == [1, 2, 3]  # the failing iteration's row is kept
+    last = latest_checkpoint(run)
+    assert last.name == "checkpoint_000002.pt"
+    assert all(torch.isfinite(t).all() for t in load_checkpoint(last)["learner"]["policy"].values())
+    # ... and the run resumes from it once the cause is fixed.
+    monkeypatch.delenv(INJECT_NONFINITE_ENV)
+    assert in_process("train", "--resume", "--run_name", "diverged", "--output_dir", tmp_path)[0] == 0
+    rows = read_metrics(run)
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4, 5] and not any(r["fault/nonfinite_update"] for r in rows[2:])
+    assert all(math.isfinite(r["post_adapt/return"]) for r in rows)
