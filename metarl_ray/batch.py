@@ -21,6 +21,7 @@ class EpisodeBatch:
     log_probs: np.ndarray  # (N, T) float32, log pi(a|s) of the sampling policy
     advantages: np.ndarray  # (N, T) float32, GAE over the linear baseline, normalised per batch
     successes: np.ndarray  # (N,) bool, the episode reached success at some step
+    num_env_faults: int = 0  # episodes sampled again after their env raised or went non-finite
 
     @property
     def num_steps(self) -> int:

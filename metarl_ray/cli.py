@@ -267,6 +267,28 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _plot_parser() -> argparse.ArgumentParser:
+    from metarl_ray.plotting import DEFAULT_METRICS
+
+    parser = _Parser(prog="metarl plot", description=(
+        "Learning curves of runs against env steps; seeds of one setting are drawn as their mean with a "
+        "min-max band."))
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="run directories (paths or URIs)")
+    parser.add_argument("--metric", nargs="+", action="extend", default=None, metavar="NAME",
+                        help=f"metrics keys, one panel each (default: {' '.join(DEFAULT_METRICS)})")
+    parser.add_argument("--out", required=True, metavar="FILE", help="image to write: .png, .pdf or .svg")
+    return parser
+
+
+def cmd_plot(argv: Sequence[str]) -> int:
+    from metarl_ray.plotting import DEFAULT_METRICS, plot_runs
+
+    args = _plot_parser().parse_args(argv)
+    plot_runs(args.runs, args.metric or list(DEFAULT_METRICS), args.out)
+    print(args.out)
+    return 0
+
+
 def _tune_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="metarl tune", description="Ray Tune search from a file in tune_configs/.")
     parser.add_argument("file", help="search file (YAML), e.g. tune_configs/ml1_quick.yaml")
@@ -290,8 +312,8 @@ def check_command(argv: Sequence[str]) -> None:
     """Parse and validate a ``metarl`` command line without running it and without touching its
     output storage (an ``s3://`` bucket may only exist on the cluster). Deployment manifests under
     ``cluster/`` are checked with this. Raises ConfigError with the usual one-line message."""
-    if not argv or argv[0] not in ("train", "eval", "tune", "doctor"):
-        raise ConfigError(f"command {argv[0] if argv else ''!r}: expected one of train, eval, tune, doctor")
+    if not argv or argv[0] not in ("train", "eval", "tune", "plot", "doctor"):
+        raise ConfigError(f"command {argv[0] if argv else ''!r}: expected one of train, eval, tune, plot, doctor")
     command, rest = argv[0], list(argv[1:])
     if command == "train":
         _train_config(rest)
@@ -299,6 +321,8 @@ def check_command(argv: Sequence[str]) -> None:
         _tune_spec(rest)
     elif command == "eval":
         _eval_parser().parse_args(rest)
+    elif command == "plot":
+        _plot_parser().parse_args(rest)
     elif rest:
         raise ConfigError(f"metarl doctor: unexpected arguments {' '.join(rest)!r}")
 
@@ -322,12 +346,12 @@ def cmd_tune(argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    commands = {"train": cmd_train, "eval": cmd_eval, "tune": cmd_tune, "doctor": None}
+    commands = {"train": cmd_train, "eval": cmd_eval, "tune": cmd_tune, "plot": cmd_plot, "doctor": None}
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: metarl {train,eval,tune,doctor} [options]   (metarl COMMAND --help for options)")
+        print("usage: metarl {train,eval,tune,plot,doctor} [options]   (metarl COMMAND --help for options)")
         return 0 if argv else EXIT_USAGE
     if argv[0] not in commands:
-        print(f"metarl: error: command {argv[0]!r}: expected one of train, eval, tune, doctor", file=sys.stderr)
+        print(f"metarl: error: command {argv[0]!r}: expected one of train, eval, tune, plot, doctor", file=sys.stderr)
         return EXIT_USAGE
     try:
         if argv[0] == "doctor":

@@ -361,3 +361,11 @@ def config_from_dict(data: dict[str, dict[str, Any]]) -> TrainConfig:
     # Where a run resumed from is history, not a setting of the run itself.
     overrides.setdefault("run", {}).update(resume=False, checkpoint_path=None)
     return build_config(overrides)
+
+
+# Settings that are not part of the method or the benchmark: runs pooled into one estimate may differ
+# in these (the seed above all) and must agree in every other setting.
+NOT_PART_OF_THE_METHOD = {"env": {"fast_envs"}, "rollout": {"num_rollout_workers", "sample_timeout_s"},
+                          "learner": {"device", "num_learners", "gradient_accumulation_steps", "meta_batching",
+                                      "nonfinite_lr_factor", "max_nonfinite_rollbacks"},
+                          "run": None}

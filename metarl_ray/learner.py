@@ -30,6 +30,7 @@ def rollout_metrics(rollouts: Sequence[TaskRollouts]) -> dict[str, float]:
     """Pre-adaptation (first support batch) and post-adaptation (query) return and success."""
     return {
         "rollout/env_steps": float(sum(task.num_steps for task in rollouts)),
+        "rollout/env_faults": float(sum(batch.num_env_faults for task in rollouts for batch in (*task.support, task.query))),
         "pre_adapt/return": float(np.mean([task.support[0].episode_returns.mean() for task in rollouts])),
         "pre_adapt/success": float(np.mean([task.support[0].successes.mean() for task in rollouts])),
         "post_adapt/return": float(np.mean([task.query.episode_returns.mean() for task in rollouts])),

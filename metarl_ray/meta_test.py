@@ -23,7 +23,7 @@ import numpy as np
 
 from metarl_ray.batch import GoalEvaluation
 from metarl_ray.checkpoint import CHECKPOINT_DIR, load_checkpoint, resolve_checkpoint, trained_config
-from metarl_ray.config import ConfigError, TrainConfig
+from metarl_ray.config import NOT_PART_OF_THE_METHOD, ConfigError, TrainConfig
 from metarl_ray.envs import ACTION_DIM, OBS_DIM, BenchmarkTasks, TaskSpec, fixed_task_specs
 from metarl_ray.policy import build_policy, params_to_numpy
 from metarl_ray.rollout import EvalPlan
@@ -35,12 +35,6 @@ GOALS_PER_CLASS = 50  # Meta-World generates 50 goals per task class and split
 TEST_MODE_GOALS_PER_CLASS = 2  # the fewest that give an interval
 OFFICIAL_GOALS_PER_CLASS = 10  # Meta-World's official evaluation holds one sub-env per goal
 RULES = ("mean_action", "sampled")
-# Settings that are not part of the method or the benchmark: runs pooled into one estimate may differ
-# in these (the seed above all) and must agree in every other setting.
-NOT_PART_OF_THE_METHOD = {"env": {"fast_envs"}, "rollout": {"num_rollout_workers", "sample_timeout_s"},
-                          "learner": {"device", "num_learners", "gradient_accumulation_steps", "meta_batching",
-                                      "nonfinite_lr_factor", "max_nonfinite_rollbacks"},
-                          "run": None}
 
 
 @dataclass(frozen=True)

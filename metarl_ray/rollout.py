@@ -40,6 +40,19 @@ class EvalPlan:
 
 # Noise stream of evaluation episodes: never a training iteration number.
 EVAL_NOISE_STREAM = 2**32 - 1
+# Faults of one env in one episode before the worker gives up (and the pool samples its tasks again).
+MAX_FAULTS_PER_EPISODE = 3
+
+
+def _log_fault(env: Any, where: str, error: Exception) -> None:
+    logger.warning("env %s faulted %s (%s: %s); rebuilding it and sampling the episode again",
+                   type(env).__name__, where, type(error).__name__, str(error)[:200])
+
+
+def _finite(observation: np.ndarray) -> np.ndarray:
+    if not np.all(np.isfinite(observation)):
+        raise FloatingPointError("non-finite observation")
+    return observation
 
 
 class RolloutWorker:
@@ -52,6 +65,7 @@ class RolloutWorker:
         self.policy = build_policy(OBS_DIM, ACTION_DIM, policy_config)
         self.actor = BatchedActor(self.policy)
         self._env_pool: dict[str, list[Any]] = {}
+        self._task_of: dict[int, tuple[str, Any]] = {}  # id(env) -> (class, task), to rebuild a faulted env
 
     def _envs_for(self, tasks: Sequence[TaskSpec]) -> list[Any]:
         """One env per task; envs are created once per class and reused across iterations."""
@@ -64,6 +78,7 @@ class RolloutWorker:
             used[spec.env_name] = index + 1
             env = pool[index]
             env.set_task(spec.task)
+            self._task_of[id(env)] = (spec.env_name, spec.task)
             envs.append(env)
         return envs
 
@@ -139,34 +154,99 @@ class RolloutWorker:
         successes = np.zeros((num_envs, num_episodes), dtype=bool)
         step = self.actor.bind(list(params))
         all_start = torch.ones(num_envs, dtype=torch.bool)
-        no_start = torch.zeros(num_envs, dtype=torch.bool)
         with torch.no_grad():
             log_std = step(torch.zeros(num_envs, OBS_DIM), self.actor.initial_state(num_envs), all_start)[1]
             log_std = log_std.expand(num_envs, ACTION_DIM).numpy()  # (K, A), state-independent
+        num_faults = np.zeros(num_envs, dtype=np.int64)
         for episode in range(num_episodes):
             # Noise for a whole episode per env at once: one generator call instead of one per step.
             noise = np.zeros((num_envs, horizon, ACTION_DIM), dtype=np.float32)
             if not deterministic:
                 noise = np.stack([rng.standard_normal((horizon, ACTION_DIM), dtype=np.float32) for rng in rngs])
             scaled_noise = np.exp(log_std)[:, None, :] * noise  # (K, T, A)
-            obs = np.stack([env.reset()[0] for env in envs]).astype(np.float32)  # (K, D)
-            state = self.actor.initial_state(num_envs)  # recurrent policies restart at every episode
-            for t in range(horizon):
-                observations[:, episode, t] = obs
-                with torch.no_grad():
-                    mean, _, state = step(torch.from_numpy(obs), state, all_start if t == 0 else no_start)
-                step_actions = mean.numpy() + scaled_noise[:, t]
-                actions[:, episode, t] = step_actions
-                for k, env in enumerate(envs):
-                    next_obs, reward, _, _, info = env.step(step_actions[k])
-                    rewards[k, episode, t] = reward
-                    successes[k, episode] |= bool(info["success"])
-                    obs[k] = next_obs
+            episode_arrays, faulted = self._lockstep_episode(envs, step, scaled_noise)
+            for k in np.flatnonzero(faulted):
+                # The env is rebuilt and its episode sampled again alone, with the same noise, so the
+                # batch is what it would have been without the fault (see _resample_faulted_episode).
+                redone, faults = self._resample_faulted_episode(envs, k, params[k], scaled_noise[k:k + 1])
+                num_faults[k] += faults
+                for arrays, row in zip(episode_arrays, redone):
+                    arrays[k] = row[0]
+            observations[:, episode], actions[:, episode], rewards[:, episode], successes[:, episode] = episode_arrays
             # log N(a; mu, sigma) with a = mu + sigma * eps depends only on eps and log sigma.
             log_probs[:, episode] = (-0.5 * noise**2 - log_std[:, None, :] - 0.5 * np.log(2 * np.pi)).sum(-1)
         return [
             EpisodeBatch(observations[k], actions[k], rewards[k], log_probs[k],
                          compute_advantages(observations[k], rewards[k], self.ppo_config.gamma, self.ppo_config.gae_lambda),
-                         successes[k])
+                         successes[k], int(num_faults[k]))
             for k in range(num_envs)
         ]
+
+    def _lockstep_episode(self, envs: Sequence[Any], step: Any, scaled_noise: np.ndarray
+                          ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+        """One episode in every env, stepped together: (observations (K, T, D), actions (K, T, A),
+        rewards (K, T), successes (K,)) and which envs faulted. An env that raises, or returns a
+        non-finite observation or reward (a MuJoCo instability, say), stops there; its row is junk."""
+        num_envs, horizon = scaled_noise.shape[:2]
+        observations = np.zeros((num_envs, horizon, OBS_DIM), dtype=np.float32)
+        actions = np.zeros((num_envs, horizon, ACTION_DIM), dtype=np.float32)
+        rewards = np.zeros((num_envs, horizon), dtype=np.float32)
+        successes = np.zeros(num_envs, dtype=bool)
+        faulted = np.zeros(num_envs, dtype=bool)
+        obs = np.zeros((num_envs, OBS_DIM), dtype=np.float32)
+        for k, env in enumerate(envs):
+            try:
+                obs[k] = _finite(env.reset()[0])
+            except Exception as error:  # noqa: BLE001 - any env failure is handled the same way
+                _log_fault(env, "on reset", error)
+                faulted[k] = True
+        all_start = torch.ones(num_envs, dtype=torch.bool)
+        no_start = torch.zeros(num_envs, dtype=torch.bool)
+        state = self.actor.initial_state(num_envs)  # recurrent policies restart at every episode
+        for t in range(horizon):
+            observations[:, t] = obs
+            with torch.no_grad():
+                mean, _, state = step(torch.from_numpy(obs), state, all_start if t == 0 else no_start)
+            step_actions = mean.numpy() + scaled_noise[:, t]
+            actions[:, t] = step_actions
+            for k, env in enumerate(envs):
+                if faulted[k]:
+                    continue
+                try:
+                    next_obs, reward, _, _, info = env.step(step_actions[k])
+                except Exception as error:  # noqa: BLE001
+                    _log_fault(env, f"at step {t}", error)
+                    faulted[k] = True
+                    continue
+                obs[k] = next_obs
+                rewards[k, t] = reward
+                successes[k] |= bool(info["success"])
+            # One vectorised check per step for all envs (a per-env check would cost more than this).
+            non_finite = ~(np.isfinite(obs).all(axis=1) & np.isfinite(rewards[:, t])) & ~faulted
+            for k in np.flatnonzero(non_finite):
+                _log_fault(envs[k], f"at step {t}", FloatingPointError("non-finite observation or reward"))
+                faulted[k] = True
+        return (observations, actions, rewards, successes), faulted
+
+    def _resample_faulted_episode(self, envs: list[Any], k: int, params: Params, scaled_noise: np.ndarray
+                                  ) -> tuple[tuple[np.ndarray, ...], int]:
+        """Rebuild env ``k`` (same class and task) and run its episode alone with the same noise;
+        returns the episode's arrays (leading dim 1) and the number of faults it took. The policy acts
+        on each env independently, so the redone episode is the one the lockstep would have produced."""
+        for attempt in range(1, MAX_FAULTS_PER_EPISODE + 1):
+            envs[k] = self._rebuild(envs[k])
+            redone, faulted = self._lockstep_episode([envs[k]], self.actor.bind([params]), scaled_noise)
+            if not faulted[0]:
+                return redone, attempt
+        raise RuntimeError(f"env {type(envs[k]).__name__} faulted {MAX_FAULTS_PER_EPISODE + 1} times in one episode")
+
+    def _rebuild(self, env: Any) -> Any:
+        """A fresh env of the faulted one's class and task, in the faulted one's place in the pool."""
+        env_name, task = self._task_of[id(env)]
+        fresh = make_task_env(env_name, self.env_config)
+        fresh.set_task(task)
+        pool = self._env_pool[env_name]
+        pool[next(i for i, e in enumerate(pool) if e is env)] = fresh
+        del self._task_of[id(env)]
+        self._task_of[id(fresh)] = (env_name, task)
+        return fresh

@@ -101,3 +101,72 @@ def test_ssm_log_probs_recorded_step_by_step_equal_the_training_scan():
         query = TensorBatch.from_numpy(task.query)
         torch.testing.assert_close(log_prob(policy, adapted, query.observations, query.actions).detach(),
                                    query.log_probs, atol=1e-4, rtol=1e-5)
+
+
+class FaultyEnv:
+    """A real Meta-World env that fails once, at a chosen step: by raising (as a MuJoCo instability
+    does) or by returning a NaN observation."""
+
+    def __init__(self, env, fail_at_step, mode):
+        self.env, self.fail_at_step, self.mode, self.steps = env, fail_at_step, mode, 0
+
+    def __getattr__(self, name):
+        return getattr(self.env, name)
+
+    def step(self, action):
+        self.steps += 1
+        out = self.env.step(action)
+        if self.steps == self.fail_at_step:
+            if self.mode == "raise":
+                raise ValueError("MuJoCo Warning: Nan, Inf or huge value in QACC (injected)")
+            return (np.full_like(out[0], np.nan), *out[1:])
+        return out
+
+
+def inject_fault(worker, specs, index, fail_at_step, mode):
+    """Make the env that ``specs[index]`` steps in a ``sample(..., specs)`` call fail once."""
+    env = worker._envs_for(specs)[index]  # creates the envs if needed
+    pool = worker._env_pool[specs[index].env_name]
+    position = next(i for i, e in enumerate(pool) if e is env)
+    pool[position] = FaultyEnv(env, fail_at_step, mode)
+    return pool[position]
+
+
+@pytest.mark.parametrize("mode", ["raise", "nan"])
+def test_a_faulted_env_is_rebuilt_and_its_episode_sampled_again_with_the_same_noise(setup, mode):
+    config, policy, specs, _ = setup
+    params = params_to_numpy(detached_params(policy))
+    clean = RolloutWorker(config.env, config.policy, config.maml, config.ppo, seed=0)
+    faulty = RolloutWorker(config.env, config.policy, config.maml, config.ppo, seed=0)
+    # One task: the redone episode runs in a batch of one like the rest, so it is bit-identical.
+    broken = inject_fault(faulty, specs[:1], 0, fail_at_step=45, mode=mode)  # in the 2nd support episode
+    expected, got = clean.sample(params, specs[:1], iteration=3)[0], faulty.sample(params, specs[:1], iteration=3)[0]
+    assert broken not in faulty._env_pool[specs[0].env_name]  # replaced by a fresh env
+    assert got.support[0].num_env_faults == 1 and got.query.num_env_faults == 0
+    for a, b in zip((*expected.support, expected.query), (*got.support, got.query)):
+        for field in ("observations", "actions", "rewards", "log_probs", "advantages", "successes"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+    # Three tasks in lockstep: the faulted one is redone alone (batch of one), which differs from the
+    # batch-of-three forward only by float rounding, as when tasks are split (test above).
+    inject_fault(faulty, specs, 1, fail_at_step=10, mode=mode)
+    expected, got = clean.sample(params, specs, iteration=4), faulty.sample(params, specs, iteration=4)
+    assert [t.support[0].num_env_faults for t in got] == [0, 1, 0]
+    for a, b in zip(expected, got):
+        np.testing.assert_allclose(a.support[0].actions[:, :5], b.support[0].actions[:, :5], atol=1e-5)
+        np.testing.assert_allclose(a.query.episode_returns, b.query.episode_returns, rtol=1e-2)
+        assert np.all(np.isfinite(b.support[0].observations))
+
+
+def test_an_env_that_keeps_faulting_fails_the_sample_call(setup):
+    config, policy, specs, _ = setup
+    worker = RolloutWorker(config.env, config.policy, config.maml, config.ppo, seed=0)
+    import metarl_ray.rollout as rollout_module
+
+    real_make = rollout_module.make_task_env
+    try:  # every rebuilt env faults again at its first step
+        rollout_module.make_task_env = lambda name, env_config: FaultyEnv(real_make(name, env_config), 1, "raise")
+        inject_fault(worker, specs[:1], 0, fail_at_step=1, mode="raise")
+        with pytest.raises(RuntimeError, match="faulted 4 times in one episode"):
+            worker.sample(params_to_numpy(detached_params(policy)), specs[:1], iteration=5)
+    finally:
+        rollout_module.make_task_env = real_make
