@@ -289,6 +289,49 @@ def cmd_plot(argv: Sequence[str]) -> int:
     return 0
 
 
+def _render_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="metarl render", description=(
+        "Video of the meta-policy on one held-out goal: before adaptation (left) and after (right), "
+        "mean-action episodes, MuJoCo's offscreen renderer."))
+    parser.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint file or run directory (its latest)")
+    parser.add_argument("--task", default=None, metavar="NAME", help="meta-test class (default: the first)")
+    parser.add_argument("--goal", type=int, default=0, metavar="I", help=f"goal index within the class, 0-{GOALS_PER_CLASS - 1}")
+    parser.add_argument("--out", required=True, metavar="FILE", help="video to write (.mp4)")
+    parser.add_argument("--camera", default="corner", help="Meta-World camera: corner, corner2, corner3, topview, behindGripper, gripperPOV")
+    parser.add_argument("--size", type=int, default=256, metavar="PIXELS", help="height and width of each half")
+    parser.add_argument("--fps", type=int, default=30)
+    return parser
+
+
+def cmd_render(argv: Sequence[str]) -> int:
+    from metarl_ray.checkpoint import resolve_checkpoint
+    from metarl_ray.render import render_goal
+
+    args = _render_parser().parse_args(argv)
+    if not 0 <= args.goal < GOALS_PER_CLASS:
+        raise ConfigError(f"--goal={args.goal}: expected an integer in [0, {GOALS_PER_CLASS - 1}]")
+    if not 16 <= args.size <= 2048 or args.size % 2:
+        raise ConfigError(f"--size={args.size}: expected an even number of pixels in [16, 2048]")
+    if not 1 <= args.fps <= 240:
+        raise ConfigError(f"--fps={args.fps}: expected an integer in [1, 240]")
+    if args.camera not in ("corner", "corner2", "corner3", "topview", "behindGripper", "gripperPOV"):
+        raise ConfigError(f"--camera={args.camera!r}: expected corner, corner2, corner3, topview, behindGripper or gripperPOV")
+    if not args.out.lower().endswith(".mp4"):
+        raise ConfigError(f"--out={args.out!r}: expected a file name ending in .mp4")
+    out = _storage(args.out, "out")
+    if out.local is not None and not out.local.parent.resolve().is_dir():
+        raise ConfigError(f"--out={args.out!r}: folder {str(out.local.parent)!r} does not exist; expected an existing folder")
+    checkpoint = resolve_checkpoint(_storage(args.checkpoint, "checkpoint"))
+    if checkpoint is None:
+        raise ConfigError(f"--checkpoint={args.checkpoint!r}: expected a checkpoint file or a run directory with checkpoints")
+    _read_checkpoint(checkpoint, "checkpoint")
+    rendered = render_goal(checkpoint, args.task, args.goal, args.out, args.camera, args.size, args.fps)
+    print(f"{args.out}: {rendered.task} goal {rendered.goal_index}, {rendered.num_frames} frames; before adaptation "
+          f"success {rendered.pre_success} return {rendered.pre_return:.1f}, after success {rendered.post_success} "
+          f"return {rendered.post_return:.1f}")
+    return 0
+
+
 def _tune_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="metarl tune", description="Ray Tune search from a file in tune_configs/.")
     parser.add_argument("file", help="search file (YAML), e.g. tune_configs/ml1_quick.yaml")
@@ -312,8 +355,8 @@ def check_command(argv: Sequence[str]) -> None:
     """Parse and validate a ``metarl`` command line without running it and without touching its
     output storage (an ``s3://`` bucket may only exist on the cluster). Deployment manifests under
     ``cluster/`` are checked with this. Raises ConfigError with the usual one-line message."""
-    if not argv or argv[0] not in ("train", "eval", "tune", "plot", "doctor"):
-        raise ConfigError(f"command {argv[0] if argv else ''!r}: expected one of train, eval, tune, plot, doctor")
+    if not argv or argv[0] not in ("train", "eval", "tune", "plot", "render", "doctor"):
+        raise ConfigError(f"command {argv[0] if argv else ''!r}: expected one of train, eval, tune, plot, render, doctor")
     command, rest = argv[0], list(argv[1:])
     if command == "train":
         _train_config(rest)
@@ -323,6 +366,8 @@ def check_command(argv: Sequence[str]) -> None:
         _eval_parser().parse_args(rest)
     elif command == "plot":
         _plot_parser().parse_args(rest)
+    elif command == "render":
+        _render_parser().parse_args(rest)
     elif rest:
         raise ConfigError(f"metarl doctor: unexpected arguments {' '.join(rest)!r}")
 
@@ -346,12 +391,12 @@ def cmd_tune(argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    commands = {"train": cmd_train, "eval": cmd_eval, "tune": cmd_tune, "plot": cmd_plot, "doctor": None}
+    commands = {"train": cmd_train, "eval": cmd_eval, "tune": cmd_tune, "plot": cmd_plot, "render": cmd_render, "doctor": None}
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: metarl {train,eval,tune,plot,doctor} [options]   (metarl COMMAND --help for options)")
+        print("usage: metarl {train,eval,tune,plot,render,doctor} [options]   (metarl COMMAND --help for options)")
         return 0 if argv else EXIT_USAGE
     if argv[0] not in commands:
-        print(f"metarl: error: command {argv[0]!r}: expected one of train, eval, tune, plot, doctor", file=sys.stderr)
+        print(f"metarl: error: command {argv[0]!r}: expected one of train, eval, tune, plot, render, doctor", file=sys.stderr)
         return EXIT_USAGE
     try:
         if argv[0] == "doctor":

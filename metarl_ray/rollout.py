@@ -44,6 +44,14 @@ EVAL_NOISE_STREAM = 2**32 - 1
 MAX_FAULTS_PER_EPISODE = 3
 
 
+def _eval_rngs(tasks: Sequence[TaskSpec], seed: int) -> list[np.random.Generator]:
+    """Keyed by the goal itself (class, goal index), not its place in an evaluation's list: a goal
+    draws the same episodes whatever --goals_per_class, batch or worker it runs in."""
+    class_ids = {name: index for index, name in enumerate(all_task_names())}
+    return [np.random.Generator(np.random.PCG64(np.random.SeedSequence(
+        [seed, EVAL_NOISE_STREAM, class_ids[spec.env_name], spec.goal_index]))) for spec in tasks]
+
+
 def _log_fault(env: Any, where: str, error: Exception) -> None:
     logger.warning("env %s faulted %s (%s: %s); rebuilding it and sampling the episode again",
                    type(env).__name__, where, type(error).__name__, str(error)[:200])
@@ -110,11 +118,7 @@ class RolloutWorker:
             raise ValueError(f"num_sampled_episodes={plan.num_sampled_episodes}: expected at most "
                              f"num_adaptation_episodes={plan.num_adaptation_episodes}")
         envs = self._envs_for(tasks)
-        # Keyed by the goal itself (class, goal index), not its place in this evaluation's list: a goal
-        # draws the same episodes whatever --goals_per_class, batch or worker it runs in.
-        class_ids = {name: index for index, name in enumerate(all_task_names())}
-        rngs = [np.random.Generator(np.random.PCG64(np.random.SeedSequence(
-            [seed, EVAL_NOISE_STREAM, class_ids[spec.env_name], spec.goal_index]))) for spec in tasks]
+        rngs = _eval_rngs(tasks, seed)
         params: list[Params] = [params_from_numpy(meta_params)] * len(tasks)
         pre_mean = self.collect(envs, params, rngs, 1, deterministic=True)
         first_support: list[EpisodeBatch] = []
@@ -136,6 +140,14 @@ class RolloutWorker:
                 num_steps=steps_per_task)
             for spec, pre, support, post, sampled in zip(tasks, pre_mean, first_support, post_mean, post_sampled)
         ]
+
+    def adapt_to_goal(self, meta_params: dict[str, np.ndarray], task: TaskSpec, plan: EvalPlan, seed: int) -> Params:
+        """The adapted parameters ``evaluate`` reaches on one goal: its adaptation episodes, same noise."""
+        envs, rngs = self._envs_for([task]), _eval_rngs([task], seed)
+        params = params_from_numpy(meta_params)
+        for _ in range(self.maml_config.num_inner_steps):
+            params = self._adapt_one(params, self.collect(envs, [params], rngs, plan.num_adaptation_episodes)[0])
+        return params
 
     def _adapt_one(self, params: Params, batch: EpisodeBatch, inner_lr: float | None = None) -> Params:
         leaf_params = {name: p.detach().requires_grad_(True) for name, p in params.items()}
