@@ -60,7 +60,7 @@ def collection_rate(config, specs_per_iteration, num_workers: int) -> float:
 
     def one_iteration(iteration: int, specs) -> int:
         steps_refs = [w.sample.remote(params_ref, chunk, iteration)[0] for w, chunk in zip(workers, split_tasks(specs, num_workers))]
-        return sum(ray.get(steps_refs))
+        return sum(info.env_steps for info in ray.get(steps_refs))
 
     one_iteration(0, specs_per_iteration[0])  # warm-up: env creation and imports are not throughput
     steps, started = 0, time.perf_counter()

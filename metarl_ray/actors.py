@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import ray
@@ -16,6 +16,18 @@ from metarl_ray.config import EnvConfig, LearnerConfig, MAMLConfig, PolicyConfig
 from metarl_ray.envs import TaskSpec
 from metarl_ray.learner import Learner
 from metarl_ray.rollout import EvalPlan, RolloutWorker, SamplePlan
+
+
+class SampleInfo(NamedTuple):
+    env_steps: int
+    rss_mb: float  # resident memory of the rollout actor after sampling
+
+
+def process_memory_mb() -> float:
+    """Resident set size of this process (psutil comes with Ray)."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def process_location() -> dict[str, Any]:
@@ -33,11 +45,11 @@ class RolloutActor:
 
     @ray.method(num_returns=2)
     def sample(self, meta_params: dict[str, np.ndarray], tasks: Sequence[TaskSpec], iteration: int,
-               plan: SamplePlan | None = None, inner_lr: float | None = None) -> tuple[int, list[TaskRollouts]]:
-        """(env steps, rollouts): the driver fetches only the step count, which also tells it whether
+               plan: SamplePlan | None = None, inner_lr: float | None = None) -> tuple[SampleInfo, list[TaskRollouts]]:
+        """(summary, rollouts): the driver fetches only the small summary, which also tells it whether
         the actor survived; the rollouts go from the object store straight to the learner."""
         rollouts = self.worker.sample(meta_params, tasks, iteration, plan, inner_lr)
-        return sum(task.num_steps for task in rollouts), rollouts
+        return SampleInfo(sum(task.num_steps for task in rollouts), process_memory_mb()), rollouts
 
     def evaluate(self, meta_params: dict[str, np.ndarray], tasks: Sequence[TaskSpec], plan: EvalPlan,
                  seed: int) -> list[GoalEvaluation]:
@@ -83,7 +95,8 @@ class LearnerActor:
         mine = [task for rollouts in rollouts_per_worker for task in rollouts if first_slot <= task.slot < end_slot]
         if sorted(task.slot for task in mine) != list(range(first_slot, end_slot)):  # else the gradient scale is wrong
             raise RuntimeError(f"learner share [{first_slot}, {end_slot}) got slots {sorted(t.slot for t in mine)}")
-        return {**self.learner.update(mine, num_tasks_total, iteration), "learner/num_tasks": float(len(mine))}
+        return {**self.learner.update(mine, num_tasks_total, iteration), "learner/num_tasks": float(len(mine)),
+                "memory/learner_rss_mb": process_memory_mb()}
 
     def state_dict(self) -> dict[str, Any]:
         return self.learner.state_dict()

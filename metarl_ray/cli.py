@@ -15,7 +15,7 @@ import re
 import sys
 from typing import Any, Sequence
 
-from metarl_ray.errors import TrainingDivergedError
+from metarl_ray.errors import RunStorageError, TrainingDivergedError
 from metarl_ray.config import (
     FIELD_SECTION,
     SECTIONS,
@@ -409,6 +409,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except TrainingDivergedError as error:
         print(f"metarl: error: training diverged: {error}", file=sys.stderr)
+        return 1
+    except RunStorageError as error:
+        print(f"metarl: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("metarl: interrupted", file=sys.stderr)

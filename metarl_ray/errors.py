@@ -3,3 +3,7 @@
 
 class TrainingDivergedError(RuntimeError):
     """Too many non-finite updates in a row: the run stops with its last good checkpoint intact."""
+
+
+class RunStorageError(OSError):
+    """The run directory cannot be written (disk full, permissions, a lost mount); earlier files are intact."""

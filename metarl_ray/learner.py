@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import os
 from typing import Any, Sequence
@@ -48,8 +49,10 @@ def task_chunks(tasks: Sequence[Any], num_chunks: int) -> list[list[Any]]:
 # Tasks in one batched graph at most; more are split into chunks (the gradient is the same).
 MAX_TASKS_PER_GRAPH = 8
 
-# Fault injection for tests: comma-separated iterations (1-based) whose meta-update loss is made NaN.
+# Fault injection for tests: comma-separated iterations (1-based) whose meta-update loss is made NaN;
+# and a simulated memory limit: a graph of more than this many tasks raises an out-of-memory error.
 INJECT_NONFINITE_ENV = "METARL_INJECT_NONFINITE"
+INJECT_OOM_ENV = "METARL_INJECT_OOM_ABOVE_TASKS"
 logger = logging.getLogger(__name__)
 
 
@@ -59,7 +62,7 @@ class NonFiniteUpdateError(ArithmeticError):
 
 def meta_update(algorithm: MetaLearner, optimizer: torch.optim.Optimizer, tasks: Sequence[TaskTensors],
                 config: LearnerConfig, grad_clip: float, num_tasks_total: int | None = None,
-                poison_loss: bool = False) -> dict[str, float]:
+                poison_loss: bool = False, max_tasks_per_graph_injected: int | None = None) -> dict[str, float]:
     """``algorithm.num_updates`` optimizer steps on the mean loss over every learner's tasks.
     ``num_tasks_total``: tasks over all learners (default: these). Raises NonFiniteUpdateError, before
     that optimizer step, if a loss or the gradient is not finite (``poison_loss`` injects a NaN loss)."""
@@ -76,6 +79,8 @@ def meta_update(algorithm: MetaLearner, optimizer: torch.optim.Optimizer, tasks:
         optimizer.zero_grad(set_to_none=True)
         loss_sum, stats_sum = 0.0, {}
         for group in groups:
+            if max_tasks_per_graph_injected is not None and len(group) > max_tasks_per_graph_injected:
+                raise torch.OutOfMemoryError(f"injected: a graph of {len(group)} tasks > {max_tasks_per_graph_injected}")
             with _autocast(config.use_amp, parameters[0].device):
                 loss, stats = algorithm.loss(group)
             if poison_loss:
@@ -152,6 +157,10 @@ class Learner:
         # Product of the nonfinite_lr_factor of every rollback so far: scales meta_lr and inner_lr.
         self.lr_scale = 1.0
         self._poisoned_iterations = {int(i) for i in os.environ.get(INJECT_NONFINITE_ENV, "").split(",") if i.strip()}
+        self._oom_above_tasks = int(os.environ[INJECT_OOM_ENV]) if os.environ.get(INJECT_OOM_ENV) else None
+        # Raised for the rest of the run after an out-of-memory error (not checkpointed: a resumed run,
+        # perhaps on a bigger device, starts from the configured value again).
+        self.accumulation_steps = self.config.gradient_accumulation_steps
 
     def get_params(self) -> dict[str, np.ndarray]:
         return params_to_numpy(dict(self.policy.named_parameters()))
@@ -167,20 +176,52 @@ class Learner:
         rollouts = sorted(rollouts, key=lambda task: task.slot)  # independent of which worker finished first
         tasks = [TaskTensors.from_rollouts(task, self.device) for task in rollouts]
         last_good = copy.deepcopy(self.state_dict())
-        try:
-            metrics = meta_update(self.algorithm, self.optimizer, tasks, self.config, self.ppo_config.grad_clip,
-                                  num_tasks_total or len(tasks), poison_loss=iteration in self._poisoned_iterations)
-            metrics["fault/nonfinite_update"] = 0.0
-        except NonFiniteUpdateError as error:
-            self.load_state_dict(last_good)
-            self.set_lr_scale(self.lr_scale * self.config.nonfinite_lr_factor)
-            logger.warning("%s: update undone, meta_lr and inner_lr scaled to %.3g of the configured values",
-                           error, self.lr_scale)
-            metrics = {"fault/nonfinite_update": 1.0}
+        oom_retries = 0
+        while True:
+            try:
+                config = dataclasses.replace(self.config, gradient_accumulation_steps=self.accumulation_steps)
+                metrics = meta_update(self.algorithm, self.optimizer, tasks, config, self.ppo_config.grad_clip,
+                                      num_tasks_total or len(tasks), poison_loss=iteration in self._poisoned_iterations,
+                                      max_tasks_per_graph_injected=self._oom_above_tasks)
+                metrics["fault/nonfinite_update"] = 0.0
+                break
+            except NonFiniteUpdateError as error:
+                self.load_state_dict(last_good)
+                self.set_lr_scale(self.lr_scale * self.config.nonfinite_lr_factor)
+                logger.warning("%s: update undone, meta_lr and inner_lr scaled to %.3g of the configured values",
+                               error, self.lr_scale)
+                metrics = {"fault/nonfinite_update": 1.0}
+                break
+            except torch.OutOfMemoryError as error:
+                self._recover_from_out_of_memory(error, last_good, len(tasks))
+                oom_retries += 1
+        metrics["fault/oom_retries"] = float(oom_retries)
+        metrics["learner/gradient_accumulation_steps"] = float(self.accumulation_steps)
         metrics.update(rollout_metrics(rollouts))
         metrics["policy/std"] = float(self.policy.log_std.detach().exp().mean())
         metrics["learner/lr_scale"] = self.lr_scale
+        if self.device.type == "cuda":  # peak of this iteration's update
+            metrics["memory/learner_cuda_peak_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+            torch.cuda.reset_peak_memory_stats(self.device)
         return metrics
+
+    def _recover_from_out_of_memory(self, error: Exception, last_good: dict[str, Any], num_tasks: int) -> None:
+        """Undo the partial update, free the cached blocks and split the meta-batch into twice the
+        chunks (the gradient is the same, peak memory lower); re-raise when it cannot be split further.
+        With several learners the others wait in the all-reduce of the epoch this one failed in, so a
+        retry would pair mismatched epochs: there the error ends the group (the trainer restarts it)."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            raise error
+        per_task = resolve_meta_batching(self.config.meta_batching, self.device, self.policy) == "per_task"
+        more = min(num_tasks, 2 * self.accumulation_steps)
+        if per_task or more == self.accumulation_steps:
+            raise error
+        self.load_state_dict(last_good)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        logger.warning("out of memory in the meta-update (%s); retrying with the meta-batch in %d chunks",
+                       str(error).splitlines()[0][:200], more)
+        self.accumulation_steps = more
 
     def set_lr_scale(self, lr_scale: float) -> None:
         self.lr_scale = lr_scale

@@ -16,7 +16,7 @@ import ray
 from ray.exceptions import RayError
 
 from metarl_ray.config import TrainConfig
-from metarl_ray.learner import INJECT_NONFINITE_ENV, task_chunks
+from metarl_ray.learner import INJECT_NONFINITE_ENV, INJECT_OOM_ENV, task_chunks
 
 # A peer that dies mid all-reduce closes its sockets and the others fail at once; this bounds the
 # wait if a peer hangs instead.
@@ -29,8 +29,9 @@ class LearnerGroup:
 
         self.num_learners = config.learner.num_learners
         self.num_tasks = config.maml.num_tasks
-        if os.environ.get(INJECT_NONFINITE_ENV):  # fault injection (tests) reaches the learner processes
-            actor_options = {**actor_options, "runtime_env": {"env_vars": {INJECT_NONFINITE_ENV: os.environ[INJECT_NONFINITE_ENV]}}}
+        injected = {name: os.environ[name] for name in (INJECT_NONFINITE_ENV, INJECT_OOM_ENV) if os.environ.get(name)}
+        if injected:  # fault injection (tests) reaches the learner processes
+            actor_options = {**actor_options, "runtime_env": {"env_vars": injected}}
         self.actors = [
             LearnerActor.options(**actor_options).remote(
                 config.policy, config.maml, config.ppo, config.learner, config.run.seed, device, num_threads_each)
@@ -98,6 +99,11 @@ def merge_learner_metrics(per_learner: Sequence[dict[str, float]]) -> dict[str, 
         if key == "learner/num_tasks":
             continue
         values = [row[key] for row in per_learner]
-        merged[key] = sum(values) if key == "rollout/env_steps" else sum(w * v for w, v in zip(weights, values)) / total
+        if key == "rollout/env_steps":
+            merged[key] = sum(values)
+        elif key.startswith("memory/"):  # the largest learner is the one that runs out first
+            merged[key] = max(values)
+        else:
+            merged[key] = sum(w * v for w, v in zip(weights, values)) / total
     merged["learner/num_learners"] = float(len(per_learner))
     return merged

@@ -24,6 +24,7 @@ class RolloutPool:
         self.timeout_s = timeout_s
         self.actors = [make_actor() for _ in range(num_workers)]
         self.num_replaced = 0
+        self.max_rss_mb = 0.0
 
     def shutdown(self) -> None:
         """End the actors: a second run in the same Ray session (a notebook, a script) needs their CPUs."""
@@ -39,9 +40,11 @@ class RolloutPool:
 
     def sample(self, params_ref: Any, chunks: Sequence[Sequence[TaskSpec]], iteration: int,
                inner_lr: float | None = None) -> tuple[list[Any], int]:
-        """One sample call per chunk; returns the rollout refs (chunk order) and the env steps collected."""
+        """One sample call per chunk; returns the rollout refs (chunk order) and the env steps collected.
+        ``max_rss_mb`` is then the largest resident memory among the actors that sampled."""
         rollout_refs: list[Any] = [None] * len(chunks)
         pending: dict[Any, int] = {}
+        self.max_rss_mb = 0.0
 
         def submit(index: int) -> None:
             steps_ref, rollout_refs[index] = self.actors[index].sample.remote(params_ref, chunks[index], iteration, None, inner_lr)
@@ -62,7 +65,9 @@ class RolloutPool:
                 continue
             index = pending.pop(ready[0])
             try:
-                total_steps += ray.get(ready[0])
+                info = ray.get(ready[0])
+                total_steps += info.env_steps
+                self.max_rss_mb = max(self.max_rss_mb, info.rss_mb)
             except RayActorError as error:
                 self._replace(index, f"died ({type(error).__name__})", len(chunks[index]))
                 submit(index)

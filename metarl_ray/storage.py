@@ -147,11 +147,15 @@ class StoragePath:
         tmp = self.with_name(f".{self.name}.tmp")
         local = self.local
         if local is not None:
-            with open(tmp.path, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp.path, local)
+            try:
+                with open(tmp.path, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp.path, local)
+            except OSError:
+                Path(tmp.path).unlink(missing_ok=True)  # a full disk must not keep the partial copy too
+                raise
             _fsync_directory(local.parent)
             return
         with self.filesystem.open_output_stream(tmp.path) as stream:

@@ -16,7 +16,7 @@ from ray.exceptions import RayError
 
 from metarl_ray.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from metarl_ray.config import ConfigError, TrainConfig
-from metarl_ray.errors import TrainingDivergedError
+from metarl_ray.errors import RunStorageError, TrainingDivergedError
 from metarl_ray.envs import BenchmarkTasks, TaskSampler, TaskSpec
 from metarl_ray.learner_group import LearnerGroup
 from metarl_ray.rollout_pool import RolloutPool
@@ -175,6 +175,8 @@ def _train_loop(config: TrainConfig, run_path: StoragePath, state: dict[str, Any
 def _iterate(config: TrainConfig, run_path: StoragePath, state: dict[str, Any] | None, placement: LearnerPlacement,
              num_workers: int, on_iteration: IterationCallback | None, log_file: RunLogFile, sampler: TaskSampler,
              learners: LearnerGroup, workers: RolloutPool) -> StoragePath:
+    from metarl_ray.actors import process_memory_mb
+
     start_iteration, env_steps_total, lr_scale = 0, 0, 1.0
     if state is not None:
         learners.load_state_dict(state["learner"])
@@ -212,6 +214,10 @@ def _iterate(config: TrainConfig, run_path: StoragePath, state: dict[str, Any] |
             env_steps_total += int(metrics["rollout/env_steps"])
             lr_scale = metrics["learner/lr_scale"]
             rollbacks_in_a_row = rollbacks_in_a_row + 1 if metrics["fault/nonfinite_update"] else 0
+            if metrics["fault/oom_retries"]:
+                logger.warning("iteration %d: the learner ran out of memory; update retried with the meta-batch in %d "
+                               "chunks (kept for the rest of the run)", iteration + 1,
+                               metrics["learner/gradient_accumulation_steps"])
             if rollbacks_in_a_row:
                 logger.warning("iteration %d: non-finite loss or gradient; update undone, meta_lr and inner_lr now "
                                "%.3g of the configured values (%d in a row, at most %d)", iteration + 1, lr_scale,
@@ -221,8 +227,10 @@ def _iterate(config: TrainConfig, run_path: StoragePath, state: dict[str, Any] |
                    "time/iteration_s": learned - started,
                    "rollout/env_steps_per_s": metrics["rollout/env_steps"] / (sampled - started),
                    "rollout/workers_replaced": workers.num_replaced, "rollout/num_nodes": num_nodes,
+                   "memory/driver_rss_mb": process_memory_mb(), "memory/rollout_rss_mb_max": workers.max_rss_mb,
                    "fault/nonfinite_rollbacks_in_a_row": rollbacks_in_a_row}
-            run_metrics.append(row)
+            with _run_storage(run_path, iteration + 1, "its metrics"):
+                run_metrics.append(row)
             _log_iteration(config, row, progress)
             if rollbacks_in_a_row >= config.learner.max_nonfinite_rollbacks:
                 last = latest_checkpoint(run_path)
@@ -232,15 +240,30 @@ def _iterate(config: TrainConfig, run_path: StoragePath, state: dict[str, Any] |
                     f"{last if last is not None else 'none'}")
             path = None
             if (iteration + 1) % config.run.checkpoint_every == 0 or iteration + 1 == config.run.num_epochs:
-                path = _checkpoint(config, run_path, iteration + 1, env_steps_total, learners, sampler, row)
-                run_metrics.sync()
-                log_file.sync()
+                with _run_storage(run_path, iteration + 1, "a checkpoint"):
+                    path = _checkpoint(config, run_path, iteration + 1, env_steps_total, learners, sampler, row)
+                    run_metrics.sync()
+                    log_file.sync()
             if on_iteration is not None:
                 on_iteration(row, path)
     finally:
         progress.close()
         run_metrics.close()
     return run_path
+
+
+@contextlib.contextmanager
+def _run_storage(run_path: StoragePath, iteration: int, what: str) -> Iterator[None]:
+    """A failed write to the run directory (disk full, permissions) as a one-line error naming the
+    checkpoint to resume from; writes are atomic, so everything written before is intact."""
+    try:
+        yield
+    except OSError as error:
+        last = latest_checkpoint(run_path)
+        reason = error.strerror or str(error).splitlines()[0][:200]
+        raise RunStorageError(
+            f"iteration {iteration}: cannot write {what} to {run_path} ({reason}); earlier files are intact, latest "
+            f"checkpoint {last.name if last is not None else 'none'}: free space or fix the folder, then --resume") from None
 
 
 def _log_iteration(config: TrainConfig, row: dict[str, float], progress: Progress) -> None:

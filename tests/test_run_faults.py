@@ -1,13 +1,17 @@
-"""Non-finite updates in a real run (real Ray, real Meta-World): caught before the optimizer step,
-undone, learning rates scaled down; too many in a row stop the run with its last good checkpoint."""
+"""Faults in a real run (real Ray, real Meta-World), injected: non-finite updates (caught before the
+optimizer step, undone, learning rates scaled down; too many in a row stop the run with its last good
+checkpoint), out-of-memory on the learner (retried in more chunks), a full disk while checkpointing."""
 
+import errno
 import math
 
+import numpy as np
 import torch
 
 from metarl_ray.checkpoint import latest_checkpoint, load_checkpoint, trained_config
-from metarl_ray.learner import INJECT_NONFINITE_ENV
+from metarl_ray.learner import INJECT_NONFINITE_ENV, INJECT_OOM_ENV
 from metarl_ray.metrics import read_metrics
+from metarl_ray.storage import StoragePath
 
 FLAGS = ("--env_name", "ML1", "--task", "reach-v3", "--test_mode", "--max_episode_length", "20", "--checkpoint_every", "1")
 
@@ -71,3 +75,44 @@ def test_too_many_nan_updates_in_a_row_stop_the_run_with_its_last_good_checkpoin
     rows = read_metrics(run)
     assert [r["iteration"] for r in rows] == [1, 2, 3, 4, 5] and not any(r["fault/nonfinite_update"] for r in rows[2:])
     assert all(math.isfinite(r["post_adapt/return"]) for r in rows)
+
+
+def test_out_of_memory_on_the_learner_is_retried_in_more_chunks_with_the_same_update(tmp_path, in_process, monkeypatch):
+    batched = ("--meta_batching", "batched", "--num_epochs", "2", "--output_dir", tmp_path)
+    assert in_process("train", *FLAGS, *batched, "--gradient_accumulation_steps", "2", "--run_name", "chunked")[0] == 0
+    monkeypatch.setenv(INJECT_OOM_ENV, "1")  # a graph of the 2 tasks together does not fit
+    status, _, err = in_process("train", *FLAGS, *batched, "--run_name", "oom")
+    assert status == 0, err
+    rows = read_metrics(tmp_path / "oom")
+    assert [r["fault/oom_retries"] for r in rows] == [1.0, 0.0]  # the larger chunk count is kept
+    assert [r["learner/gradient_accumulation_steps"] for r in rows] == [2.0, 2.0]
+    assert "iteration 1: the learner ran out of memory; update retried with the meta-batch in 2 chunks" in \
+        (tmp_path / "oom" / "train.log").read_text()
+    # The retried update is the one a run configured with 2 chunks from the start makes.
+    retried, chunked = learner_state(tmp_path / "oom", 2)["policy"], learner_state(tmp_path / "chunked", 2)["policy"]
+    for name in chunked:
+        np.testing.assert_allclose(retried[name].numpy(), chunked[name].numpy(), rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_the_run_resumes(tmp_path, in_process, monkeypatch):
+    real_write = StoragePath.write_bytes
+
+    def disk_full_from_checkpoint_2(self, data):
+        if self.name.startswith("checkpoint_") and not self.name.startswith("checkpoint_000001"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, data)
+
+    monkeypatch.setattr(StoragePath, "write_bytes", disk_full_from_checkpoint_2)
+    status, _, err = in_process("train", *FLAGS, "--num_epochs", "3", "--output_dir", tmp_path, "--run_name", "full")
+    lines = err.strip().splitlines()
+    assert status == 1 and "Traceback" not in err
+    assert lines[-1].startswith("metarl: error: iteration 2: cannot write a checkpoint to ") and \
+        "(No space left on device); earlier files are intact, latest checkpoint checkpoint_000001.pt" in lines[-1]
+    run = tmp_path / "full"
+    assert latest_checkpoint(run).name == "checkpoint_000001.pt" and load_checkpoint(latest_checkpoint(run))["iteration"] == 1
+    assert not list((run / "checkpoints").glob(".*.tmp"))  # no partial copy left on the full disk
+    assert [r["iteration"] for r in read_metrics(run)] == [1, 2]
+    monkeypatch.setattr(StoragePath, "write_bytes", real_write)  # space is back
+    assert in_process("train", "--resume", "--run_name", "full", "--output_dir", tmp_path)[0] == 0
+    assert [r["iteration"] for r in read_metrics(run)] == [1, 2, 3]
+    assert latest_checkpoint(run).name == "checkpoint_000003.pt"
