@@ -274,7 +274,9 @@ def _log_iteration(config: TrainConfig, row: dict[str, float], progress: Progres
                 row.get("ppo/kl", float("nan")), row["time/sample_s"], row["time/learn_s"],
                 row["rollout/env_steps"] / row["time/iteration_s"], iterations_left * row["time/iteration_s"] / 60,
                 " | NON-FINITE UPDATE UNDONE" if row["fault/nonfinite_update"] else "")
-    progress.update(1, steps=int(row["rollout/env_steps_total"]), post_succ=f"{row['post_adapt/success']:.2f}")
+    progress.update(1, steps=int(row["rollout/env_steps_total"]),
+                    steps_per_s=f"{row['rollout/env_steps'] / row['time/iteration_s']:.0f}",
+                    post_succ=f"{row['post_adapt/success']:.2f}")
 
 
 def _checkpoint(config: TrainConfig, run_path: StoragePath, iteration: int, env_steps_total: int,

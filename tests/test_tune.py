@@ -14,6 +14,7 @@ import yaml
 
 from metarl_ray.cli import main
 from metarl_ray.config import ConfigError
+from metarl_ray.metrics import read_metrics
 from metarl_ray.tune import load_tune_spec
 
 
@@ -84,6 +85,9 @@ def test_seed_sweep_reports_every_iteration_writes_the_best_trial_and_evaluates_
         assert reported_iterations(trial) == [1, 2]
         last = json.loads((trial / "result.json").read_text().splitlines()[-1])
         assert last["learner/num_learners"] == 2
+        # Each trial's run directory has its own journal and TensorBoard events (tensorboard --logdir ray_results).
+        assert [r["iteration"] for r in read_metrics(trial / "run")] == [1, 2]
+        assert list((trial / "run").glob("events.out.tfevents.*"))
     assert "best trial" in result.stdout
     # The experiment directory is a set of seeds: metarl eval pools its trials into one estimate.
     capsys.readouterr()
