@@ -52,8 +52,8 @@ class RolloutActor:
         return SampleInfo(sum(task.num_steps for task in rollouts), process_memory_mb()), rollouts
 
     def evaluate(self, meta_params: dict[str, np.ndarray], tasks: Sequence[TaskSpec], plan: EvalPlan,
-                 seed: int) -> list[GoalEvaluation]:
-        return self.worker.evaluate(meta_params, tasks, plan, seed)
+                 seed: int, inner_lr: float | None = None) -> list[GoalEvaluation]:
+        return self.worker.evaluate(meta_params, tasks, plan, seed, inner_lr)
 
     def evaluate_official(self, config: TrainConfig, meta_params: dict[str, np.ndarray], goals_per_class: int,
                           num_evals: int, mt_episodes: int) -> Any:

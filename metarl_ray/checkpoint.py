@@ -11,14 +11,13 @@ checkpoint is then used instead, with a one-line warning.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
 import os
 import re
 from typing import Any
-
-import dataclasses
 
 import torch
 

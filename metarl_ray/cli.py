@@ -15,7 +15,7 @@ import re
 import sys
 from typing import Any, Sequence
 
-from metarl_ray.errors import RunStorageError, TrainingDivergedError
+from metarl_ray.errors import EnvFaultError, RunStorageError, TrainingDivergedError
 from metarl_ray.config import (
     FIELD_SECTION,
     SECTIONS,
@@ -410,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingDivergedError as error:
         print(f"metarl: error: training diverged: {error}", file=sys.stderr)
         return 1
-    except RunStorageError as error:
+    except (RunStorageError, EnvFaultError) as error:
         print(f"metarl: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

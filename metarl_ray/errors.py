@@ -7,3 +7,8 @@ class TrainingDivergedError(RuntimeError):
 
 class RunStorageError(OSError):
     """The run directory cannot be written (disk full, permissions, a lost mount); earlier files are intact."""
+
+
+class EnvFaultError(RuntimeError):
+    """An environment that keeps failing in one episode, after being rebuilt each time. Its episode
+    uses fixed parameters and noise, so running it again would fail again: the run stops."""

@@ -49,10 +49,10 @@ def run_meta_test(runs: Sequence[RunToEvaluate], goals_per_class: int, options: 
             worker = RolloutWorker(config.env, config.policy, config.maml, config.ppo, config.run.seed)
             for run_index, run in enumerate(runs):
                 for batch in _batches(specs[run_index], MAX_GOALS_PER_CALL):
-                    results[run_index] += worker.evaluate(run.meta_params, batch, plan, run.seed)
+                    results[run_index] += worker.evaluate(run.meta_params, batch, plan, run.seed, run.inner_lr)
                     progress.update(len(batch))
                 if options.official:
-                    official[run_index] = official_result(run.config, run.meta_params, official_goals,
+                    official[run_index] = official_result(run.adapting_config, run.meta_params, official_goals,
                                                           options.num_evals, options.mt_episodes)
                     progress.update(num_official_goals)
         else:
@@ -86,13 +86,13 @@ def _run_on_actors(runs: Sequence[RunToEvaluate], specs: list[list[TaskSpec]], p
         if options.official:
             for run_index, run in enumerate(runs):
                 calls.append(lambda actor, r=run, ref=params_refs[run_index]: actor.evaluate_official.remote(
-                    r.config, ref, official_goals, options.num_evals, options.mt_episodes))
+                    r.adapting_config, ref, official_goals, options.num_evals, options.mt_episodes))
                 kinds.append(("official", run_index, num_official_goals))
         size = max(1, min(MAX_GOALS_PER_CALL, -(-sum(map(len, specs)) // (4 * num_workers))))
         for run_index, run in enumerate(runs):
             for batch in _batches(specs[run_index], size):
                 calls.append(lambda actor, b=batch, r=run, ref=params_refs[run_index]: actor.evaluate.remote(
-                    ref, b, plan, r.seed))
+                    ref, b, plan, r.seed, r.inner_lr))
                 kinds.append(("goals", run_index, len(batch)))
         done_official = 0
 

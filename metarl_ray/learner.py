@@ -31,7 +31,7 @@ def rollout_metrics(rollouts: Sequence[TaskRollouts]) -> dict[str, float]:
     """Pre-adaptation (first support batch) and post-adaptation (query) return and success."""
     return {
         "rollout/env_steps": float(sum(task.num_steps for task in rollouts)),
-        "rollout/env_faults": float(sum(batch.num_env_faults for task in rollouts for batch in (*task.support, task.query))),
+        "fault/env_faults": float(sum(batch.num_env_faults for task in rollouts for batch in (*task.support, task.query))),
         "pre_adapt/return": float(np.mean([task.support[0].episode_returns.mean() for task in rollouts])),
         "pre_adapt/success": float(np.mean([task.support[0].successes.mean() for task in rollouts])),
         "post_adapt/return": float(np.mean([task.query.episode_returns.mean() for task in rollouts])),
@@ -49,7 +49,8 @@ def task_chunks(tasks: Sequence[Any], num_chunks: int) -> list[list[Any]]:
 # Tasks in one batched graph at most; more are split into chunks (the gradient is the same).
 MAX_TASKS_PER_GRAPH = 8
 
-# Fault injection for tests: comma-separated iterations (1-based) whose meta-update loss is made NaN;
+# Fault injection for tests: comma-separated iterations (1-based) whose meta-update loss is made NaN
+# ("N@R": on learner rank R only);
 # and a simulated memory limit: a graph of more than this many tasks raises an out-of-memory error.
 INJECT_NONFINITE_ENV = "METARL_INJECT_NONFINITE"
 INJECT_OOM_ENV = "METARL_INJECT_OOM_ABOVE_TASKS"
@@ -156,7 +157,9 @@ class Learner:
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=ppo_config.meta_lr)
         # Product of the nonfinite_lr_factor of every rollback so far: scales meta_lr and inner_lr.
         self.lr_scale = 1.0
-        self._poisoned_iterations = {int(i) for i in os.environ.get(INJECT_NONFINITE_ENV, "").split(",") if i.strip()}
+        # "N" poisons iteration N on every learner, "N@R" only on learner rank R.
+        self._poisoned = [tuple(int(x) for x in item.split("@")) for item in os.environ.get(INJECT_NONFINITE_ENV, "").split(",")
+                          if item.strip()]
         self._oom_above_tasks = int(os.environ[INJECT_OOM_ENV]) if os.environ.get(INJECT_OOM_ENV) else None
         # Raised for the rest of the run after an out-of-memory error (not checkpointed: a resumed run,
         # perhaps on a bigger device, starts from the configured value again).
@@ -181,7 +184,7 @@ class Learner:
             try:
                 config = dataclasses.replace(self.config, gradient_accumulation_steps=self.accumulation_steps)
                 metrics = meta_update(self.algorithm, self.optimizer, tasks, config, self.ppo_config.grad_clip,
-                                      num_tasks_total or len(tasks), poison_loss=iteration in self._poisoned_iterations,
+                                      num_tasks_total or len(tasks), poison_loss=self._is_poisoned(iteration),
                                       max_tasks_per_graph_injected=self._oom_above_tasks)
                 metrics["fault/nonfinite_update"] = 0.0
                 break
@@ -205,6 +208,10 @@ class Learner:
             torch.cuda.reset_peak_memory_stats(self.device)
         return metrics
 
+    def _is_poisoned(self, iteration: int | None) -> bool:
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        return any(item[0] == iteration and (len(item) == 1 or item[1] == rank) for item in self._poisoned)
+
     def _recover_from_out_of_memory(self, error: Exception, last_good: dict[str, Any], num_tasks: int) -> None:
         """Undo the partial update, free the cached blocks and split the meta-batch into twice the
         chunks (the gradient is the same, peak memory lower); re-raise when it cannot be split further.
@@ -213,9 +220,12 @@ class Learner:
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             raise error
         per_task = resolve_meta_batching(self.config.meta_batching, self.device, self.policy) == "per_task"
-        more = min(num_tasks, 2 * self.accumulation_steps)
-        if per_task or more == self.accumulation_steps:
+        # The chunks meta_update used: at least one per MAX_TASKS_PER_GRAPH tasks.
+        chunks = max(self.accumulation_steps, -(-num_tasks // MAX_TASKS_PER_GRAPH))
+        more = min(num_tasks, 2 * chunks)
+        if per_task or more == chunks:
             raise error
+        error.__traceback__ = None  # its frames hold the failed graph: drop them before freeing the cache
         self.load_state_dict(last_good)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

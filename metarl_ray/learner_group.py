@@ -99,10 +99,14 @@ def merge_learner_metrics(per_learner: Sequence[dict[str, float]]) -> dict[str, 
         if key == "learner/num_tasks":
             continue
         values = [row[key] for row in per_learner]
-        if key == "rollout/env_steps":
+        if key in ("rollout/env_steps", "fault/env_faults"):  # counts over each learner's tasks
             merged[key] = sum(values)
         elif key.startswith("memory/"):  # the largest learner is the one that runs out first
             merged[key] = max(values)
+        elif key.startswith(("learner/", "fault/")):
+            # The same on every learner (rollbacks are collective); learner 0's exact value, since the
+            # trainer hands learner/lr_scale to the rollout workers and a weighted mean could round it.
+            merged[key] = values[0]
         else:
             merged[key] = sum(w * v for w, v in zip(weights, values)) / total
     merged["learner/num_learners"] = float(len(per_learner))

@@ -23,7 +23,7 @@ import numpy as np
 
 from metarl_ray.batch import GoalEvaluation
 from metarl_ray.checkpoint import CHECKPOINT_DIR, load_checkpoint, resolve_checkpoint, trained_config
-from metarl_ray.config import NOT_PART_OF_THE_METHOD, ConfigError, TrainConfig
+from metarl_ray.config import NOT_PART_OF_THE_METHOD, ConfigError, TrainConfig, config_from_dict
 from metarl_ray.envs import ACTION_DIM, OBS_DIM, BenchmarkTasks, TaskSpec, fixed_task_specs
 from metarl_ray.policy import build_policy, params_to_numpy
 from metarl_ray.rollout import EvalPlan
@@ -55,6 +55,12 @@ class RunToEvaluate:
     meta_params: dict[str, np.ndarray]
     iteration: int
     env_steps: int
+    inner_lr: float  # what the meta-parameters were trained to adapt with (config's, or lower after rollbacks)
+
+    @property
+    def adapting_config(self) -> TrainConfig:
+        """The run's config with the inner_lr it adapts with: what agents and official evaluations use."""
+        return dataclasses.replace(self.config, maml=dataclasses.replace(self.config.maml, inner_lr=self.inner_lr))
 
     @property
     def seed(self) -> int:
@@ -86,14 +92,15 @@ def find_checkpoints(location: StoragePath) -> list[StoragePath]:
 def load_run(checkpoint: StoragePath) -> RunToEvaluate:
     try:
         state = load_checkpoint(checkpoint)
-        config = trained_config(state)
+        config = config_from_dict(state["config"])
+        inner_lr = trained_config(state).maml.inner_lr  # lower after rolled-back updates (learner.py)
         policy = build_policy(OBS_DIM, ACTION_DIM, config.policy)
         policy.load_state_dict(state["learner"]["policy"])  # also checks the checkpoint fits the config
     except (KeyError, RuntimeError, TypeError, ValueError) as error:  # a damaged or foreign checkpoint is input
         reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
         raise ConfigError(f"--checkpoint={str(checkpoint)!r}: not a usable metarl-ray checkpoint ({reason})") from None
     params = params_to_numpy(dict(policy.named_parameters()))
-    return RunToEvaluate(checkpoint, config, params, int(state["iteration"]), int(state.get("env_steps_total", 0)))
+    return RunToEvaluate(checkpoint, config, params, int(state["iteration"]), int(state.get("env_steps_total", 0)), inner_lr)
 
 
 def check_compatible(runs: Sequence[RunToEvaluate]) -> None:

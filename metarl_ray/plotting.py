@@ -54,7 +54,10 @@ def load_runs(locations: Sequence[str]) -> dict[str, list[tuple[StoragePath, lis
             raise ConfigError(f"RUN={location!r}: cannot open it ({str(error).splitlines()[0][:200]})") from None
         if not is_run:
             raise ConfigError(f"RUN={location!r}: not a run directory (no {CONFIG_FILE}); expected the folder metarl train wrote")
-        rows = read_metrics(run)
+        try:
+            rows = read_metrics(run)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"RUN={location!r}: unreadable metrics ({str(error).splitlines()[0][:200]})") from None
         if not rows:
             raise ConfigError(f"RUN={location!r}: the run has no metrics rows yet; expected a run with at least one iteration")
         groups.setdefault(setting_key(read_config_dict(run)), []).append((run, rows))

@@ -60,7 +60,7 @@ def render_goal(checkpoint: Any, task: str | None, goal_index: int, out: str, ca
     spec = next(s for s in specs if s.env_name == task and s.goal_index == goal_index)
     worker = RolloutWorker(config.env, config.policy, config.maml, config.ppo, run.seed)
     meta = {name: torch.tensor(value) for name, value in run.meta_params.items()}
-    adapted = worker.adapt_to_goal(run.meta_params, spec, EvalPlan(), run.seed)
+    adapted = worker.adapt_to_goal(run.meta_params, spec, EvalPlan(), run.seed, run.inner_lr)
     env = _render_env(task, spec.task, config, camera, size, backend)
     try:
         pre_frames, pre_return, pre_success = _mean_action_episode(worker, env, meta, config.env.max_episode_length)

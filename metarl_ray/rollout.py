@@ -16,6 +16,7 @@ from metarl_ray.advantages import compute_advantages
 from metarl_ray.batch import EpisodeBatch, GoalEvaluation, TaskRollouts
 from metarl_ray.config import EnvConfig, MAMLConfig, PolicyConfig, PPOConfig
 from metarl_ray.envs import ACTION_DIM, OBS_DIM, TaskSpec, all_task_names, make_task_env
+from metarl_ray.errors import EnvFaultError
 from metarl_ray.maml import TensorBatch, adapt
 from metarl_ray.policy import BatchedActor, Params, build_policy, params_from_numpy
 
@@ -40,7 +41,8 @@ class EvalPlan:
 
 # Noise stream of evaluation episodes: never a training iteration number.
 EVAL_NOISE_STREAM = 2**32 - 1
-# Faults of one env in one episode before the worker gives up (and the pool samples its tasks again).
+# Rebuilds of one env in one episode before the sample call fails with EnvFaultError (the run stops:
+# the same parameters and noise would fail the same way again).
 MAX_FAULTS_PER_EPISODE = 3
 
 
@@ -52,9 +54,11 @@ def _eval_rngs(tasks: Sequence[TaskSpec], seed: int) -> list[np.random.Generator
         [seed, EVAL_NOISE_STREAM, class_ids[spec.env_name], spec.goal_index]))) for spec in tasks]
 
 
-def _log_fault(env: Any, where: str, error: Exception) -> None:
-    logger.warning("env %s faulted %s (%s: %s); rebuilding it and sampling the episode again",
-                   type(env).__name__, where, type(error).__name__, str(error)[:200])
+def _log_fault(env: Any, where: str, error: Exception) -> str:
+    """Log one env fault; returns its one-line description."""
+    description = f"{where}, {type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+    logger.warning("env %s faulted %s; rebuilding it and sampling the episode again", type(env).__name__, description)
+    return description
 
 
 def _finite(observation: np.ndarray) -> np.ndarray:
@@ -74,6 +78,7 @@ class RolloutWorker:
         self.actor = BatchedActor(self.policy)
         self._env_pool: dict[str, list[Any]] = {}
         self._task_of: dict[int, tuple[str, Any]] = {}  # id(env) -> (class, task), to rebuild a faulted env
+        self._last_fault = ""
 
     def _envs_for(self, tasks: Sequence[TaskSpec]) -> list[Any]:
         """One env per task; envs are created once per class and reused across iterations."""
@@ -111,7 +116,7 @@ class RolloutWorker:
                 for spec, support, query in zip(tasks, supports, queries)]
 
     def evaluate(self, meta_params: dict[str, np.ndarray], tasks: Sequence[TaskSpec], plan: EvalPlan,
-                 seed: int) -> list[GoalEvaluation]:
+                 seed: int, inner_lr: float | None = None) -> list[GoalEvaluation]:
         """Meta-test every task: a mean-action episode, adaptation on sampled episodes (the first K of
         which are the pre-adaptation sampled figure), then a mean-action and K sampled episodes."""
         if plan.num_sampled_episodes > plan.num_adaptation_episodes:
@@ -125,7 +130,7 @@ class RolloutWorker:
         for _ in range(self.maml_config.num_inner_steps):  # at least one (MAMLConfig)
             batches = self.collect(envs, params, rngs, plan.num_adaptation_episodes)
             first_support = first_support or batches
-            params = [self._adapt_one(p, batch) for p, batch in zip(params, batches)]
+            params = [self._adapt_one(p, batch, inner_lr) for p, batch in zip(params, batches)]
         post_mean = self.collect(envs, params, rngs, 1, deterministic=True)
         post_sampled = self.collect(envs, params, rngs, plan.num_sampled_episodes)
         k = plan.num_sampled_episodes
@@ -141,12 +146,13 @@ class RolloutWorker:
             for spec, pre, support, post, sampled in zip(tasks, pre_mean, first_support, post_mean, post_sampled)
         ]
 
-    def adapt_to_goal(self, meta_params: dict[str, np.ndarray], task: TaskSpec, plan: EvalPlan, seed: int) -> Params:
+    def adapt_to_goal(self, meta_params: dict[str, np.ndarray], task: TaskSpec, plan: EvalPlan, seed: int,
+                      inner_lr: float | None = None) -> Params:
         """The adapted parameters ``evaluate`` reaches on one goal: its adaptation episodes, same noise."""
         envs, rngs = self._envs_for([task]), _eval_rngs([task], seed)
         params = params_from_numpy(meta_params)
         for _ in range(self.maml_config.num_inner_steps):
-            params = self._adapt_one(params, self.collect(envs, [params], rngs, plan.num_adaptation_episodes)[0])
+            params = self._adapt_one(params, self.collect(envs, [params], rngs, plan.num_adaptation_episodes)[0], inner_lr)
         return params
 
     def _adapt_one(self, params: Params, batch: EpisodeBatch, inner_lr: float | None = None) -> Params:
@@ -210,7 +216,7 @@ class RolloutWorker:
             try:
                 obs[k] = _finite(env.reset()[0])
             except Exception as error:  # noqa: BLE001 - any env failure is handled the same way
-                _log_fault(env, "on reset", error)
+                self._last_fault = _log_fault(env, "on reset", error)
                 faulted[k] = True
         all_start = torch.ones(num_envs, dtype=torch.bool)
         no_start = torch.zeros(num_envs, dtype=torch.bool)
@@ -227,7 +233,7 @@ class RolloutWorker:
                 try:
                     next_obs, reward, _, _, info = env.step(step_actions[k])
                 except Exception as error:  # noqa: BLE001
-                    _log_fault(env, f"at step {t}", error)
+                    self._last_fault = _log_fault(env, f"at step {t}", error)
                     faulted[k] = True
                     continue
                 obs[k] = next_obs
@@ -236,7 +242,7 @@ class RolloutWorker:
             # One vectorised check per step for all envs (a per-env check would cost more than this).
             non_finite = ~(np.isfinite(obs).all(axis=1) & np.isfinite(rewards[:, t])) & ~faulted
             for k in np.flatnonzero(non_finite):
-                _log_fault(envs[k], f"at step {t}", FloatingPointError("non-finite observation or reward"))
+                self._last_fault = _log_fault(envs[k], f"at step {t}", FloatingPointError("non-finite observation or reward"))
                 faulted[k] = True
         return (observations, actions, rewards, successes), faulted
 
@@ -250,7 +256,9 @@ class RolloutWorker:
             redone, faulted = self._lockstep_episode([envs[k]], self.actor.bind([params]), scaled_noise)
             if not faulted[0]:
                 return redone, attempt
-        raise RuntimeError(f"env {type(envs[k]).__name__} faulted {MAX_FAULTS_PER_EPISODE + 1} times in one episode")
+        env_name = self._task_of[id(envs[k])][0]
+        raise EnvFaultError(f"env {env_name} faulted {MAX_FAULTS_PER_EPISODE + 1} times in one episode, rebuilt each "
+                            f"time (last: {self._last_fault}); see the worker's log for each fault")
 
     def _rebuild(self, env: Any) -> Any:
         """A fresh env of the faulted one's class and task, in the faulted one's place in the pool."""

@@ -16,7 +16,7 @@ from ray.exceptions import RayError
 
 from metarl_ray.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from metarl_ray.config import ConfigError, TrainConfig
-from metarl_ray.errors import RunStorageError, TrainingDivergedError
+from metarl_ray.errors import EnvFaultError, RunStorageError, TrainingDivergedError
 from metarl_ray.envs import BenchmarkTasks, TaskSampler, TaskSpec
 from metarl_ray.learner_group import LearnerGroup
 from metarl_ray.rollout_pool import RolloutPool
@@ -117,12 +117,17 @@ def train(config: TrainConfig, run_path: StoragePath | str, resume_from: Storage
         run_path.mkdir(exist_ok=state is not None)
         write_config(run_path, config)
         log_file = RunLogFile(run_path)
+        finished = False
         try:
             restarts = 0
             while True:
                 try:
-                    return _train_loop(config, run_path, state, placement, num_workers, on_iteration, log_file)
+                    result = _train_loop(config, run_path, state, placement, num_workers, on_iteration, log_file)
+                    finished = True
+                    return result
                 except RayError as error:  # the learner (or another process) died: go on from the checkpoint
+                    if isinstance(getattr(error, "cause", None), EnvFaultError):  # deterministic: would recur
+                        raise EnvFaultError(str(error.cause)) from None
                     restarts += 1
                     if restarts > config.run.max_failures:
                         raise
@@ -131,7 +136,7 @@ def train(config: TrainConfig, run_path: StoragePath | str, resume_from: Storage
                     logger.warning("%s; restarting from %s (restart %d of %d)", type(error).__name__,
                                    checkpoint.name if checkpoint else "the beginning", restarts, config.run.max_failures)
         finally:
-            log_file.close()
+            _close_run_file(log_file.close, run_path, config.run.num_epochs, failing=not finished)
 
 
 def write_placement(run_path: StoragePath, learners: LearnerGroup, placement: LearnerPlacement, workers: RolloutPool) -> int:
@@ -188,11 +193,13 @@ def _iterate(config: TrainConfig, run_path: StoragePath, state: dict[str, Any] |
     logger.info("run %s: %s, driver pid %d, %d rollout workers on %d node(s), %d learner(s) on %s; see %s", run_path,
                 config.env.benchmark, os.getpid(), num_workers, num_nodes, learners.num_learners, placement.device,
                 PLACEMENT_FILE)
-    run_metrics = RunMetrics(run_path, start_iteration if state is not None else None, env_steps_total)
+    # Rows and events after the starting point are dropped: a resume, or a restart after a lost learner
+    # (before the first checkpoint that is iteration 0), runs those iterations again.
+    run_metrics = RunMetrics(run_path, start_iteration, env_steps_total)
     # On a terminal a live bar; elsewhere the per-iteration log line below is the progress display.
     progress = Progress(config.run.num_epochs, "it", f"train {run_path.name}", log_every_s=float("inf"),
                         initial=start_iteration)
-    rollbacks_in_a_row = 0
+    rollbacks_in_a_row, finished = 0, False
     try:
         for iteration in range(start_iteration, config.run.num_epochs):
             started = time.perf_counter()
@@ -241,15 +248,29 @@ def _iterate(config: TrainConfig, run_path: StoragePath, state: dict[str, Any] |
             path = None
             if (iteration + 1) % config.run.checkpoint_every == 0 or iteration + 1 == config.run.num_epochs:
                 with _run_storage(run_path, iteration + 1, "a checkpoint"):
-                    path = _checkpoint(config, run_path, iteration + 1, env_steps_total, learners, sampler, row)
+                    # Metrics first: a crash between the two leaves extra rows (dropped on resume), never
+                    # a checkpoint whose rows an object store lacks.
                     run_metrics.sync()
+                    path = _checkpoint(config, run_path, iteration + 1, env_steps_total, learners, sampler, row)
                     log_file.sync()
             if on_iteration is not None:
                 on_iteration(row, path)
+        finished = True
     finally:
         progress.close()
-        run_metrics.close()
+        _close_run_file(run_metrics.close, run_path, config.run.num_epochs, failing=not finished)
     return run_path
+
+
+def _close_run_file(close: Callable[[], None], run_path: StoragePath, iteration: int, failing: bool) -> None:
+    """Close (and upload) one of a run's files. When the run is already failing, a write error here
+    (the same full disk, say) must not replace the error that explains it."""
+    if failing:
+        with contextlib.suppress(OSError):
+            close()
+        return
+    with _run_storage(run_path, iteration, "its metrics and log"):
+        close()
 
 
 @contextlib.contextmanager

@@ -44,7 +44,7 @@ def test_train_writes_config_metrics_log_and_checkpoint(trained_run):
     # Resident memory of every process kind, per iteration (a Python process with torch is > 100 MB).
     for key in ("memory/driver_rss_mb", "memory/learner_rss_mb", "memory/rollout_rss_mb_max"):
         assert all(100 < row[key] < 20_000 for row in rows), key
-    assert all(row["rollout/env_faults"] == 0 and row["fault/oom_retries"] == 0 for row in rows)
+    assert all(row["fault/env_faults"] == 0 and row["fault/oom_retries"] == 0 for row in rows)
     assert "iter 2/2" in (run / "train.log").read_text()
 
 

@@ -10,7 +10,7 @@ import time
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from metarl_ray.metrics import METRICS_FILE, MetricsJournal, TensorBoardLog, metrics_table, read_metrics
+from metarl_ray.metrics import METRICS_FILE, MetricsJournal, RunMetrics, TensorBoardLog, metrics_table, read_metrics
 from metarl_ray.storage import StoragePath
 
 
@@ -84,3 +84,21 @@ def test_tensorboard_events_read_back_and_a_resume_hides_the_iterations_run_agai
     assert "loss/outer" not in events.Tags()["scalars"]
     scalars = events.Scalars("post_adapt/success")
     assert [(e.step, round(e.value, 4)) for e in scalars] == [(100, 0.1), (200, 0.2), (300, 0.99)]
+
+
+def test_a_restart_from_iteration_0_drops_every_row_and_event_of_the_failed_attempt(tmp_path):
+    """A learner lost before the first checkpoint: the run starts again at iteration 0."""
+    journal, log = MetricsJournal(StoragePath.parse(tmp_path)), TensorBoardLog(StoragePath.parse(tmp_path))
+    for iteration in (1, 2):
+        journal.append(row(iteration))
+        log.add(row(iteration))
+    journal.close()
+    log.close()
+    time.sleep(1.1)
+    again = RunMetrics(StoragePath.parse(tmp_path), 0, 0)
+    again.append(row(1, again=True))
+    again.close()
+    assert read_metrics(tmp_path) == [row(1, again=True)]
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [e.step for e in events.Scalars("post_adapt/success")] == [100]

@@ -8,6 +8,7 @@ from metarl_ray.config import build_config
 from metarl_ray.envs import ACTION_DIM, OBS_DIM, BenchmarkTasks, TaskSampler
 from metarl_ray.maml import TensorBatch, adapt
 from metarl_ray.policy import build_policy, detached_params, log_prob, params_from_numpy, params_to_numpy
+from metarl_ray.errors import EnvFaultError
 from metarl_ray.rollout import EvalPlan, RolloutWorker
 
 
@@ -166,7 +167,7 @@ def test_an_env_that_keeps_faulting_fails_the_sample_call(setup):
     try:  # every rebuilt env faults again at its first step
         rollout_module.make_task_env = lambda name, env_config: FaultyEnv(real_make(name, env_config), 1, "raise")
         inject_fault(worker, specs[:1], 0, fail_at_step=1, mode="raise")
-        with pytest.raises(RuntimeError, match="faulted 4 times in one episode"):
+        with pytest.raises(EnvFaultError, match="faulted 4 times in one episode, rebuilt each time .last: at step 0, ValueError"):
             worker.sample(params_to_numpy(detached_params(policy)), specs[:1], iteration=5)
     finally:
         rollout_module.make_task_env = real_make

@@ -4,6 +4,7 @@ checkpoint), out-of-memory on the learner (retried in more chunks), a full disk 
 
 import errno
 import math
+import os
 
 import numpy as np
 import torch
@@ -57,6 +58,21 @@ def test_a_nan_update_is_undone_and_both_learning_rates_scaled(tmp_path, in_proc
     assert trained_config(state).maml.inner_lr == 0.25 * state["config"]["maml"]["inner_lr"]
 
 
+def test_a_nan_on_one_learner_rolls_back_every_learner_like_a_single_learner(tmp_path, in_process, monkeypatch):
+    """Learner rank 0 alone sees the NaN, with uneven shares (2 + 1 tasks) and a factor that is not a
+    power of two: both learners must undo it and scale alike, or the 2-learner run drifts from 1 learner."""
+    monkeypatch.setenv(INJECT_NONFINITE_ENV, "2@0")
+    common = (*FLAGS, "--num_epochs", "3", "--num_tasks", "3", "--nonfinite_lr_factor", "0.3", "--output_dir", tmp_path)
+    assert in_process("train", *common, "--num_learners", "2", "--run_name", "two")[0] == 0
+    assert in_process("train", *common, "--num_learners", "1", "--run_name", "one")[0] == 0
+    two, one = read_metrics(tmp_path / "two"), read_metrics(tmp_path / "one")
+    assert [r["fault/nonfinite_update"] for r in two] == [r["fault/nonfinite_update"] for r in one] == [0.0, 1.0, 0.0]
+    assert [r["learner/lr_scale"] for r in two] == [1.0, 0.3, 0.3]  # exactly the learners' value
+    for name, value in learner_state(tmp_path / "one", 3)["policy"].items():
+        np.testing.assert_allclose(learner_state(tmp_path / "two", 3)["policy"][name].numpy(), value.numpy(),
+                                   rtol=1e-4, atol=1e-6, err_msg=name)
+
+
 def test_too_many_nan_updates_in_a_row_stop_the_run_with_its_last_good_checkpoint(tmp_path, in_process, monkeypatch):
     monkeypatch.setenv(INJECT_NONFINITE_ENV, "2,3,4")
     status, _, err = in_process("train", *FLAGS, "--num_epochs", "5", "--max_nonfinite_rollbacks", "2",
@@ -94,15 +110,23 @@ def test_out_of_memory_on_the_learner_is_retried_in_more_chunks_with_the_same_up
         np.testing.assert_allclose(retried[name].numpy(), chunked[name].numpy(), rtol=1e-5, atol=1e-7, err_msg=name)
 
 
-def test_a_full_disk_while_checkpointing_is_one_line_and_the_run_resumes(tmp_path, in_process, monkeypatch):
-    real_write = StoragePath.write_bytes
+def full_disk_for(monkeypatch, should_fail):
+    """Make fsync fail with ENOSPC for the files ``should_fail(name)`` picks, as a full disk does when
+    the data is flushed; everything else is written as usual."""
+    real_fsync = os.fsync
 
-    def disk_full_from_checkpoint_2(self, data):
-        if self.name.startswith("checkpoint_") and not self.name.startswith("checkpoint_000001"):
+    def fsync(fd):
+        if should_fail(os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))):
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(self, data)
+        return real_fsync(fd)
 
-    monkeypatch.setattr(StoragePath, "write_bytes", disk_full_from_checkpoint_2)
+    monkeypatch.setattr(os, "fsync", fsync)
+    return lambda: monkeypatch.setattr(os, "fsync", real_fsync)
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_the_run_resumes(tmp_path, in_process, monkeypatch):
+    # The checkpoint's temporary copies (".checkpoint_000002.pt.tmp" and its checksum's) fail from iteration 2.
+    space_back = full_disk_for(monkeypatch, lambda name: name.startswith(".checkpoint_") and "000001" not in name)
     status, _, err = in_process("train", *FLAGS, "--num_epochs", "3", "--output_dir", tmp_path, "--run_name", "full")
     lines = err.strip().splitlines()
     assert status == 1 and "Traceback" not in err
@@ -110,9 +134,28 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_the_run_resumes(tmp_pat
         "(No space left on device); earlier files are intact, latest checkpoint checkpoint_000001.pt" in lines[-1]
     run = tmp_path / "full"
     assert latest_checkpoint(run).name == "checkpoint_000001.pt" and load_checkpoint(latest_checkpoint(run))["iteration"] == 1
-    assert not list((run / "checkpoints").glob(".*.tmp"))  # no partial copy left on the full disk
+    assert not [p.name for p in (run / "checkpoints").iterdir() if p.name.endswith(".tmp")]  # partial copies removed
     assert [r["iteration"] for r in read_metrics(run)] == [1, 2]
-    monkeypatch.setattr(StoragePath, "write_bytes", real_write)  # space is back
+    space_back()
     assert in_process("train", "--resume", "--run_name", "full", "--output_dir", tmp_path)[0] == 0
     assert [r["iteration"] for r in read_metrics(run)] == [1, 2, 3]
     assert latest_checkpoint(run).name == "checkpoint_000003.pt"
+
+
+def test_a_full_disk_on_the_metrics_journal_is_one_line_and_loses_no_earlier_row(tmp_path, in_process, monkeypatch):
+    appended = []
+
+    def journal_full_after_one_row(name):
+        if name == "metrics.jsonl":
+            appended.append(name)
+            return len(appended) > 1
+        return False
+
+    full_disk_for(monkeypatch, journal_full_after_one_row)
+    status, _, err = in_process("train", *FLAGS, "--num_epochs", "3", "--output_dir", tmp_path, "--run_name", "journal")
+    lines = err.strip().splitlines()
+    assert status == 1 and "Traceback" not in err, err
+    assert lines[-1].startswith("metarl: error: iteration 2: cannot write its metrics to ")
+    monkeypatch.undo()
+    rows = read_metrics(tmp_path / "journal")
+    assert [r["iteration"] for r in rows][:1] == [1] and latest_checkpoint(tmp_path / "journal").name == "checkpoint_000001.pt"
