@@ -29,6 +29,13 @@ class Progress:
             self._redirect = logging_redirect_tqdm(loggers=[logging.root])
             self._redirect.__enter__()
 
+    def add_to_total(self, count: int) -> None:
+        """For work whose size is learned as it starts (Tune trials)."""
+        self.total += count
+        if self._bar is not None:
+            self._bar.total = self.total
+            self._bar.refresh()
+
     def update(self, count: int, **postfix: Any) -> None:
         self.done += count
         if self._bar is not None:

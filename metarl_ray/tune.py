@@ -253,6 +253,31 @@ class _StopSignalWatch(logging.Handler):
         self.stopped |= record.getMessage().startswith("Stop signal received")
 
 
+def _progress_callback(spec: TuneSpec) -> Any:
+    """Tune's driver-side hook into ``progress.py``: a live bar of trial iterations on a terminal
+    (total grows as trials start), log lines every 30 s elsewhere; beside Tune's own trial table."""
+    from ray import tune
+
+    from metarl_ray.progress import Progress
+
+    class TuneProgress(tune.Callback):
+        def __init__(self) -> None:
+            self.progress = Progress(0, "it", f"tune {spec.name}")
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.progress.add_to_total(trial_config(spec, trial.config).run.num_epochs)
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            best = max((t.last_result.get(spec.metric, float("-inf")) for t in trials if t.last_result), default=float("nan"))
+            self.progress.update(1, trials=len(trials), steps=int(result.get("rollout/env_steps_total", 0)),
+                                 **{f"best_{spec.metric.split('/')[-1]}": f"{best:.2f}"})
+
+        def on_experiment_end(self, trials: list, **info: Any) -> None:
+            self.progress.close()
+
+    return TuneProgress()
+
+
 def run_tune(spec: TuneSpec, resume: bool) -> dict[str, Any]:
     """Run (or with ``resume`` continue) the experiment; returns and writes the best trial."""
     from ray import tune
@@ -271,7 +296,8 @@ def run_tune(spec: TuneSpec, resume: bool) -> dict[str, Any]:
             tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples,
                                         scheduler=_scheduler(spec)),
             run_config=tune.RunConfig(name=spec.name, storage_path=str(spec.experiment_path.parent),
-                                      failure_config=tune.FailureConfig(max_failures=spec.max_failures)))
+                                      failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                                      callbacks=[_progress_callback(spec)]))
     watch = _StopSignalWatch()
     tune_logger = logging.getLogger("ray.tune.tune")
     tune_logger.addHandler(watch)

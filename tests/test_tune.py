@@ -89,6 +89,7 @@ def test_seed_sweep_reports_every_iteration_writes_the_best_trial_and_evaluates_
         assert [r["iteration"] for r in read_metrics(trial / "run")] == [1, 2]
         assert list((trial / "run").glob("events.out.tfevents.*"))
     assert "best trial" in result.stdout
+    assert "tune sweep: 4/4 it (100%)" in result.stderr  # progress: 2 trials x 2 iterations, plain lines off a terminal
     # The experiment directory is a set of seeds: metarl eval pools its trials into one estimate.
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(experiment), "--json", "--num_workers", "0", "--no_official"]) == 0
