@@ -235,7 +235,7 @@ class Learner:
 
     def set_lr_scale(self, lr_scale: float) -> None:
         self.lr_scale = lr_scale
-        self.algorithm.inner_lr = self.algorithm.maml.inner_lr * lr_scale
+        self.algorithm.set_lr_scale(lr_scale)
         for group in self.optimizer.param_groups:
             group["lr"] = self.ppo_config.meta_lr * lr_scale
 

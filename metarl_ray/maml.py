@@ -145,6 +145,11 @@ class MetaLearner(Protocol):
         (flat ``section/name`` keys) over the same tasks."""
         ...
 
+    def set_lr_scale(self, lr_scale: float) -> None:
+        """Scale the meta-learner's own step sizes (MAML: inner_lr) by ``lr_scale`` of their configured
+        values; the learner scales meta_lr itself (after a rolled-back non-finite update)."""
+        ...
+
 
 class MAMLPPO:
     def __init__(self, policy: nn.Module, maml: MAMLConfig, ppo: PPOConfig) -> None:
@@ -156,6 +161,9 @@ class MAMLPPO:
     @property
     def num_updates(self) -> int:
         return self.ppo.num_ppo_epochs
+
+    def set_lr_scale(self, lr_scale: float) -> None:
+        self.inner_lr = self.maml.inner_lr * lr_scale
 
     def meta_params(self) -> Params:
         return dict(self.policy.named_parameters())
