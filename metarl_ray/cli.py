@@ -280,13 +280,26 @@ def _plot_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_output_file(out: str, suffixes: Sequence[str]) -> None:
+    """``--out`` of plot and render: a known file type, in a folder that exists (nothing is written yet)."""
+    if not out.lower().endswith(tuple(suffixes)):
+        raise ConfigError(f"--out={out!r}: expected a file name ending in {', '.join(suffixes)}")
+    path = _storage(out, "out")
+    if path.local is not None and not path.local.parent.resolve().is_dir():
+        raise ConfigError(f"--out={out!r}: folder {str(path.local.parent)!r} does not exist; expected an existing folder")
+
+
 def cmd_plot(argv: Sequence[str]) -> int:
-    from metarl_ray.plotting import DEFAULT_METRICS, plot_runs
+    from metarl_ray.plotting import DEFAULT_METRICS, IMAGE_SUFFIXES, plot_runs
 
     args = _plot_parser().parse_args(argv)
+    _check_output_file(args.out, IMAGE_SUFFIXES)
     plot_runs(args.runs, args.metric or list(DEFAULT_METRICS), args.out)
     print(args.out)
     return 0
+
+
+CAMERAS = ("corner", "corner2", "corner3", "topview", "behindGripper", "gripperPOV")  # Meta-World's
 
 
 def _render_parser() -> argparse.ArgumentParser:
@@ -297,7 +310,7 @@ def _render_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task", default=None, metavar="NAME", help="meta-test class (default: the first)")
     parser.add_argument("--goal", type=int, default=0, metavar="I", help=f"goal index within the class, 0-{GOALS_PER_CLASS - 1}")
     parser.add_argument("--out", required=True, metavar="FILE", help="video to write (.mp4)")
-    parser.add_argument("--camera", default="corner", help="Meta-World camera: corner, corner2, corner3, topview, behindGripper, gripperPOV")
+    parser.add_argument("--camera", default="corner", help=f"Meta-World camera: {', '.join(CAMERAS)}")
     parser.add_argument("--size", type=int, default=256, metavar="PIXELS", help="height and width of each half")
     parser.add_argument("--fps", type=int, default=30)
     return parser
@@ -314,13 +327,9 @@ def cmd_render(argv: Sequence[str]) -> int:
         raise ConfigError(f"--size={args.size}: expected an even number of pixels in [16, 2048]")
     if not 1 <= args.fps <= 240:
         raise ConfigError(f"--fps={args.fps}: expected an integer in [1, 240]")
-    if args.camera not in ("corner", "corner2", "corner3", "topview", "behindGripper", "gripperPOV"):
-        raise ConfigError(f"--camera={args.camera!r}: expected corner, corner2, corner3, topview, behindGripper or gripperPOV")
-    if not args.out.lower().endswith(".mp4"):
-        raise ConfigError(f"--out={args.out!r}: expected a file name ending in .mp4")
-    out = _storage(args.out, "out")
-    if out.local is not None and not out.local.parent.resolve().is_dir():
-        raise ConfigError(f"--out={args.out!r}: folder {str(out.local.parent)!r} does not exist; expected an existing folder")
+    if args.camera not in CAMERAS:
+        raise ConfigError(f"--camera={args.camera!r}: expected one of {', '.join(CAMERAS)}")
+    _check_output_file(args.out, (".mp4",))
     checkpoint = resolve_checkpoint(_storage(args.checkpoint, "checkpoint"))
     if checkpoint is None:
         raise ConfigError(f"--checkpoint={args.checkpoint!r}: expected a checkpoint file or a run directory with checkpoints")

@@ -55,12 +55,12 @@ class RunToEvaluate:
     meta_params: dict[str, np.ndarray]
     iteration: int
     env_steps: int
-    inner_lr: float  # what the meta-parameters were trained to adapt with (config's, or lower after rollbacks)
+    adapting_config: TrainConfig  # ``config`` with the learning rates it was trained with (lower after rollbacks)
 
     @property
-    def adapting_config(self) -> TrainConfig:
-        """The run's config with the inner_lr it adapts with: what agents and official evaluations use."""
-        return dataclasses.replace(self.config, maml=dataclasses.replace(self.config.maml, inner_lr=self.inner_lr))
+    def inner_lr(self) -> float:
+        """What the meta-parameters adapt with: agents, workers and official evaluations use it."""
+        return self.adapting_config.maml.inner_lr
 
     @property
     def seed(self) -> int:
@@ -93,14 +93,15 @@ def load_run(checkpoint: StoragePath) -> RunToEvaluate:
     try:
         state = load_checkpoint(checkpoint)
         config = config_from_dict(state["config"])
-        inner_lr = trained_config(state).maml.inner_lr  # lower after rolled-back updates (learner.py)
+        adapting_config = trained_config(state)  # runs are compared by ``config``, adapt by this
         policy = build_policy(OBS_DIM, ACTION_DIM, config.policy)
         policy.load_state_dict(state["learner"]["policy"])  # also checks the checkpoint fits the config
     except (KeyError, RuntimeError, TypeError, ValueError) as error:  # a damaged or foreign checkpoint is input
         reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
         raise ConfigError(f"--checkpoint={str(checkpoint)!r}: not a usable metarl-ray checkpoint ({reason})") from None
     params = params_to_numpy(dict(policy.named_parameters()))
-    return RunToEvaluate(checkpoint, config, params, int(state["iteration"]), int(state.get("env_steps_total", 0)), inner_lr)
+    return RunToEvaluate(checkpoint, config, params, int(state["iteration"]), int(state.get("env_steps_total", 0)),
+                         adapting_config)
 
 
 def check_compatible(runs: Sequence[RunToEvaluate]) -> None:

@@ -25,7 +25,7 @@ def goal(slot, name, pre, post, pre_sampled, post_sampled):
 
 def run(seed=0, env_steps=1000, **maml):
     config = build_config({"run": {"seed": seed}, "maml": maml})
-    return RunToEvaluate(StoragePath.parse(f"runs/s{seed}"), config, {}, 5, env_steps, config.maml.inner_lr)
+    return RunToEvaluate(StoragePath.parse(f"runs/s{seed}"), config, {}, 5, env_steps, config)
 
 
 def test_pooled_report_by_rule_phase_and_class_with_a_paired_gain():
