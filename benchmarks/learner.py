@@ -9,11 +9,13 @@ and of query data, 5 PPO epochs, second order. The rollouts are sampled once wit
 recorded log-probs are recomputed with the SSM's initial parameters, so PPO ratios start at 1 as in
 training. Every configuration runs in its own process (peak memory = that process's peak RSS during
 the updates minus its RSS once the data is loaded; Linux only), with both cores available to it:
-  - reference: today's path, one second-order graph per task (``--meta_batching per_task``), and for
-    the SSM the step-loop scan (``--ssm_scan reference``);
-  - new default: ``--meta_batching auto`` (on a CPU: per task for the MLP, batched for the SSM) with
-    the chunked scan for the SSM;
-  - batched: every task in one vmapped graph, with and without ``--gradient_accumulation_steps 4``;
+  - reference: the per-task path as it was, one second-order graph per task (``--meta_batching
+    per_task``), for the SSM with the step-loop scan (``--ssm_scan reference``), and the allocator as
+    it was (glibc's defaults); ``reference_same_allocator``: the same path with the learner actors'
+    malloc settings (``LEARNER_ALLOCATOR_ENV``), which every configuration below also has;
+  - new default: ``--meta_batching auto`` (on a CPU: per task) with the adjoint scan for the SSM;
+  - batched: every task in one vmapped graph (SSM: adjoint and chunked scans), with and without
+    ``--gradient_accumulation_steps 4``;
   - 2 learners: two learner actors (Ray, gloo all-reduce), one thread each, 10 tasks each.
 Also: one task's second-order meta-gradient (MLP vs SSM), achieved FLOP/s against a same-run matmul
 peak, and a projection of iteration time at 8, 32 and 128 rollout cores (model in the report).
@@ -162,9 +164,17 @@ def _peak_rss_mb() -> float:
     return _status_mb("VmHWM")
 
 
+def child_env(allocator: bool) -> dict[str, str]:
+    """This environment, with the learner actors' malloc settings (``LEARNER_ALLOCATOR_ENV``) or without."""
+    from metarl_ray.learner_group import LEARNER_ALLOCATOR_ENV
+
+    env = {k: v for k, v in os.environ.items() if k not in LEARNER_ALLOCATOR_ENV}
+    return {**env, **LEARNER_ALLOCATOR_ENV} if allocator else env
+
+
 def run_child(spec: dict) -> dict:
     result = subprocess.run([sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True, text=True,
-                            cwd=Path(__file__).parent)
+                            cwd=Path(__file__).parent, env=child_env(spec.get("allocator", True)))
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-3000:])
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -172,39 +182,56 @@ def run_child(spec: dict) -> dict:
     return report
 
 
-def per_task_meta_gradient_ms(repeats: int = 5) -> dict:
-    """One task's second-order meta-gradient (adapt, PPO loss on the query, backward), 2 threads."""
+PER_TASK_VARIANTS = (  # name, policy type, policy overrides
+    ("mlp", "mlp", {}),
+    ("ssm_reference_scan", "ssm", {"ssm_scan": "reference"}),
+    ("ssm_chunked_scan", "ssm", {"ssm_scan": "chunked"}),
+    ("ssm_adjoint_scan", "ssm", {"ssm_scan": "adjoint"}),
+    # One block: the MLP's size (about 22k parameters and the same matmuls per step as its 2 layers).
+    ("ssm_adjoint_scan_1_block", "ssm", {"ssm_scan": "adjoint", "num_ssm_layers": 1}),
+)
+
+
+def per_task_meta_gradient_ms(rounds: int = 7) -> dict:
+    """One task's second-order meta-gradient (adapt, PPO loss on the query, backward), 2 threads, in a
+    process with the learner's allocator settings. The variants take turns in every round (this
+    machine's speed drifts): the figure is each one's fastest round."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from metarl_ray.learner import Learner
     from metarl_ray.maml import TaskTensors
 
     torch.set_num_threads(2)
-    results = {}
-    for name, policy_type, scan in (("mlp", "mlp", None), ("ssm_reference_scan", "ssm", "reference"),
-                                    ("ssm_chunked_scan", "ssm", "chunked")):
-        config = ml10_config(policy_type, ssm_scan=scan)
+    steps = {}
+    for name, policy_type, policy in PER_TASK_VARIANTS:
+        config = ml10_config(policy_type)
+        config = replace(config, policy=replace(config.policy, **policy))
         learner = Learner(config.policy, config.maml, config.ppo, config.run.seed, "cpu", config.learner)
         task = TaskTensors.from_rollouts(load_rollouts(policy_type, config)[0])
-        algo = learner.algorithm
 
-        def step():
+        def step(algo=learner.algorithm, task=task):
             loss, _ = algo.loss([task])
             loss.backward()
 
         step()
-        times = []
-        for _ in range(repeats):
+        steps[name] = step
+    best = {name: float("inf") for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
             started = time.perf_counter()
             step()
-            times.append(time.perf_counter() - started)
+            best[name] = min(best[name], time.perf_counter() - started)
+    results = {}
+    for name, step in steps.items():
         with FlopCounterMode(display=False) as counter:
             step()
-        ms = statistics.median(times) * 1e3
+        ms = best[name] * 1e3
         results[name] = {"ms": round(ms, 1), "matmul_gflop": round(counter.get_total_flops() / 1e9, 3),
                          "achieved_gflop_per_s": round(counter.get_total_flops() / ms / 1e6, 1)}
-    results["ssm_over_mlp"] = round(results["ssm_chunked_scan"]["ms"] / results["mlp"]["ms"], 2)
-    results["ssm_reference_scan_over_mlp"] = round(results["ssm_reference_scan"]["ms"] / results["mlp"]["ms"], 2)
+    for name in steps:
+        if name != "mlp":
+            results[f"{name}_over_mlp"] = round(results[name]["ms"] / results["mlp"]["ms"], 2)
+    results["ssm_over_mlp"] = results["ssm_adjoint_scan_over_mlp"]  # the default SSM
     return results
 
 
@@ -242,7 +269,8 @@ def main() -> None:
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(json.loads(args.measure))))
+        spec = json.loads(args.measure)
+        print(json.dumps(per_task_meta_gradient_ms() if spec.get("per_task") else measure(spec)))
         return
     if not CACHE.is_file():
         print("collecting real ML10 rollouts (20 tasks x 10 episodes x 500 steps x 2 phases) ...", file=sys.stderr, flush=True)
@@ -250,27 +278,33 @@ def main() -> None:
         CACHE.write_bytes(pickle.dumps(collect_rollouts()))
     cached = pickle.loads(CACHE.read_bytes())
     repeats = args.repeats
+    # allocator: the learner actors' malloc settings (LEARNER_ALLOCATOR_ENV); the reference also runs
+    # without them, as it did before they existed.
     specs = [
-        ("mlp", "reference", {"meta_batching": "per_task"}),
-        ("mlp", "new_default", {}),
-        ("mlp", "batched", {"meta_batching": "batched"}),
-        ("mlp", "batched_accumulation_4", {"meta_batching": "batched", "gradient_accumulation_steps": 4}),
-        ("mlp", "two_learners", {"num_learners": 2}),
-        ("ssm", "reference", {"meta_batching": "per_task", "ssm_scan": "reference"}),
-        ("ssm", "new_default", {}),
-        ("ssm", "batched", {"meta_batching": "batched"}),
-        ("ssm", "batched_accumulation_4", {"meta_batching": "batched", "gradient_accumulation_steps": 4}),
-        ("ssm", "two_learners", {"num_learners": 2}),
+        ("mlp", "reference", {"meta_batching": "per_task"}, False),
+        ("mlp", "reference_same_allocator", {"meta_batching": "per_task"}, True),
+        ("mlp", "new_default", {}, True),
+        ("mlp", "batched", {"meta_batching": "batched"}, True),
+        ("mlp", "batched_accumulation_4", {"meta_batching": "batched", "gradient_accumulation_steps": 4}, True),
+        ("mlp", "two_learners", {"num_learners": 2}, True),
+        ("ssm", "reference", {"meta_batching": "per_task", "ssm_scan": "reference"}, False),
+        ("ssm", "reference_same_allocator", {"meta_batching": "per_task", "ssm_scan": "reference"}, True),
+        ("ssm", "new_default", {}, True),
+        ("ssm", "batched", {"meta_batching": "batched"}, True),
+        ("ssm", "batched_chunked_scan", {"meta_batching": "batched", "ssm_scan": "chunked"}, True),
+        ("ssm", "batched_accumulation_4", {"meta_batching": "batched", "gradient_accumulation_steps": 4}, True),
+        ("ssm", "two_learners", {"num_learners": 2}, True),
     ]
     learner_time: dict[str, dict[str, dict]] = {"mlp": {}, "ssm": {}}
-    for policy_type, name, learner in specs:
-        spec = {"name": f"{policy_type}/{name}", "policy_type": policy_type, "learner": learner, "repeats": repeats}
+    for policy_type, name, learner, allocator in specs:
+        spec = {"name": f"{policy_type}/{name}", "policy_type": policy_type, "learner": learner, "repeats": repeats,
+                "allocator": allocator}
         learner_time[policy_type][name] = run_child(spec)
     ratios = {}
     for policy_type, results in learner_time.items():
         reference = results["reference"]["learn_s_min"]
         ratios[policy_type] = {name: round(r["learn_s_min"] / reference, 3) for name, r in results.items()}
-    per_task = per_task_meta_gradient_ms()
+    per_task = run_child({"name": "per_task_meta_gradient", "per_task": True})
     peak = matmul_peak_gflop_per_s()
     learn_s = {f"{p}_{n}": learner_time[p][n]["learn_s_min"] for p in ("mlp", "ssm") for n in ("reference", "new_default", "two_learners")}
     report = {
@@ -290,7 +324,9 @@ def main() -> None:
         "projection": {"model": projection.__doc__.strip().replace("\n    ", " "),
                        "by_rollout_cores": projection(cached["env_steps"], cached["steps_per_s_one_core"], learn_s)},
         "goals": {"ssm_new_default_le_0.4x_reference": ratios["ssm"]["new_default"] <= 0.4,
+                  "ssm_new_default_le_0.4x_reference_same_allocator": ratios["ssm"]["new_default"] <= 0.4 * ratios["ssm"]["reference_same_allocator"],
                   "mlp_new_default_le_0.7x_reference": ratios["mlp"]["new_default"] <= 0.7,
+                  "mlp_new_default_le_0.7x_reference_same_allocator": ratios["mlp"]["new_default"] <= 0.7 * ratios["mlp"]["reference_same_allocator"],
                   "ssm_per_task_le_2x_mlp": per_task["ssm_over_mlp"] <= 2.0},
     }
     write_report("learner", report)

@@ -82,8 +82,8 @@ class PolicyConfig:
     """SSM: states per layer (diagonal state matrix size)."""
     num_ssm_layers: int = 2
     """SSM: number of residual SSM blocks."""
-    ssm_scan: str = "chunked"
-    """SSM: training scan over whole episodes: chunked (closed form per chunk), reference (step loop) or doubling."""
+    ssm_scan: str = "adjoint"
+    """SSM: training scan over whole episodes: adjoint (graph-free passes, the adjoint recurrence as backward), chunked (closed form per chunk), reference (step loop) or doubling."""
     init_log_std: float = 0.0
     """Initial log standard deviation of the Gaussian action distribution."""
 
@@ -91,7 +91,7 @@ class PolicyConfig:
         _check(self.policy_type in ("mlp", "ssm"), "policy_type", self.policy_type, "expected mlp or ssm")
         _check(1 <= self.state_size <= 4096, "state_size", self.state_size, "expected an integer in [1, 4096]")
         _check(1 <= self.num_ssm_layers <= 16, "num_ssm_layers", self.num_ssm_layers, "expected an integer in [1, 16]")
-        _check(self.ssm_scan in ("reference", "doubling", "chunked"), "ssm_scan", self.ssm_scan, "expected reference, doubling or chunked")
+        _check(self.ssm_scan in ("adjoint", "reference", "doubling", "chunked"), "ssm_scan", self.ssm_scan, "expected adjoint, reference, doubling or chunked")
         _check(1 <= self.hidden_size <= 8192, "hidden_size", self.hidden_size, "expected an integer in [1, 8192]")
         _check(1 <= self.num_hidden_layers <= 16, "num_hidden_layers", self.num_hidden_layers, "expected an integer in [1, 16]")
         _check(-10.0 <= self.init_log_std <= 2.0, "init_log_std", self.init_log_std, "expected a number in [-10, 2]")

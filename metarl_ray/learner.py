@@ -69,7 +69,7 @@ def meta_update(algorithm: MetaLearner, optimizer: torch.optim.Optimizer, tasks:
     that optimizer step, if a loss or the gradient is not finite (``poison_loss`` injects a NaN loss)."""
     num_tasks_total = num_tasks_total or len(tasks)
     parameters = list(algorithm.policy.parameters())
-    if resolve_meta_batching(config.meta_batching, parameters[0].device, algorithm.policy) == "per_task":
+    if resolve_meta_batching(config.meta_batching, parameters[0].device) == "per_task":
         groups = [[task] for task in tasks]  # one second-order graph at a time: the least memory
     else:
         # A batched graph holds every task's second-order graph at once: at most MAX_TASKS_PER_GRAPH.
@@ -109,16 +109,15 @@ def meta_update(algorithm: MetaLearner, optimizer: torch.optim.Optimizer, tasks:
     return metrics
 
 
-def resolve_meta_batching(meta_batching: str, device: torch.device, policy: torch.nn.Module) -> str:
-    """``auto``: batched graphs on a GPU, where one large kernel beats many small ones; on a CPU what
-    the policy measured faster at the ML10 defaults (``python benchmarks/learner.py``): batched for the
-    SSM (many small scan and norm ops per task, 0.79x the per-task time) and one graph per task for
-    the MLP (its per-task matmuls already fill the cores; batched was 1.08x slower and 4x the memory)."""
+def resolve_meta_batching(meta_batching: str, device: torch.device) -> str:
+    """``auto``: batched graphs on a GPU, where one large kernel beats many small ones; one graph per
+    task on a CPU, measured faster there for both policies at the ML10 defaults (``python
+    benchmarks/learner.py``): a task's activations (5,000 x 128 floats) stay in cache, where a batched
+    graph's are memory-bound, and it needs a tenth of the memory. With the adjoint scan the SSM's
+    per-task graph is small too (0.72x the batched time, 0.1x its peak memory)."""
     if meta_batching != "auto":
         return meta_batching
-    if device.type == "cuda":
-        return "batched"
-    return getattr(policy, "CPU_META_BATCHING", "per_task")
+    return "batched" if device.type == "cuda" else "per_task"
 
 
 def _autocast(use_amp: bool, device: torch.device) -> contextlib.AbstractContextManager:
@@ -219,7 +218,7 @@ class Learner:
         retry would pair mismatched epochs: there the error ends the group (the trainer restarts it)."""
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             raise error
-        per_task = resolve_meta_batching(self.config.meta_batching, self.device, self.policy) == "per_task"
+        per_task = resolve_meta_batching(self.config.meta_batching, self.device) == "per_task"
         # The chunks meta_update used: at least one per MAX_TASKS_PER_GRAPH tasks.
         chunks = max(self.accumulation_steps, -(-num_tasks // MAX_TASKS_PER_GRAPH))
         more = min(num_tasks, 2 * chunks)

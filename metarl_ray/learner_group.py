@@ -23,15 +23,24 @@ from metarl_ray.learner import INJECT_NONFINITE_ENV, INJECT_OOM_ENV, task_chunks
 PROCESS_GROUP_TIMEOUT_S = 1800.0
 
 
+# glibc malloc, left to itself, hands the learner's large freed blocks back to the kernel (mmap'd
+# blocks are unmapped, the heap top is trimmed) and takes them again a moment later, page-faulting
+# every page anew: about 20,000 faults (~80 MB zeroed) per SSM task meta-gradient on a CPU, and zero
+# with these settings. Fixed thresholds keep the freed memory in the process for reuse: the learner's
+# RSS stays at its peak between updates instead of falling back. Read when the process starts, hence
+# the actors' environment (``python benchmarks/learner.py`` measures with and without).
+LEARNER_ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 33)}
+
+
 class LearnerGroup:
     def __init__(self, config: TrainConfig, device: str, actor_options: dict[str, Any], num_threads_each: int) -> None:
         from metarl_ray.actors import LearnerActor
 
         self.num_learners = config.learner.num_learners
         self.num_tasks = config.maml.num_tasks
+        # Fault injection (tests) reaches the learner processes with the allocator settings.
         injected = {name: os.environ[name] for name in (INJECT_NONFINITE_ENV, INJECT_OOM_ENV) if os.environ.get(name)}
-        if injected:  # fault injection (tests) reaches the learner processes
-            actor_options = {**actor_options, "runtime_env": {"env_vars": injected}}
+        actor_options = {**actor_options, "runtime_env": {"env_vars": {**LEARNER_ALLOCATOR_ENV, **injected}}}
         self.actors = [
             LearnerActor.options(**actor_options).remote(
                 config.policy, config.maml, config.ppo, config.learner, config.run.seed, device, num_threads_each)

@@ -37,7 +37,6 @@ def batched_affine(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor) 
 class GaussianMLPPolicy(nn.Module):
     """tanh MLP for the action mean, state-independent log-std (as in the MAML / Meta-World+ baselines)."""
 
-    CPU_META_BATCHING = "per_task"  # see learner.resolve_meta_batching
 
     def __init__(self, obs_dim: int, action_dim: int, config: PolicyConfig) -> None:
         super().__init__()

@@ -61,7 +61,7 @@ def test_invalid_values_name_the_flag_and_the_allowed_range(section, values, fla
     (["--num_tasks", "2.5"], "--num_tasks='2.5': expected an integer"),
     (["--env_name", "ML3"], "--benchmark='ML3'"),
     (["--policy_type", "lstm"], "--policy_type='lstm': expected mlp or ssm"),
-    (["--ssm_scan", "fast"], "--ssm_scan='fast': expected reference, doubling or chunked"),
+    (["--ssm_scan", "fast"], "--ssm_scan='fast': expected adjoint, reference, doubling or chunked"),
     (["--num_learners", "3", "--num_tasks", "2"], "--num_learners=3: expected at most --num_tasks=2 (each learner needs a task)"),
     (["--num_learners", "0"], "--num_learners=0: expected an integer in [1, 256]"),
     (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps=0: expected an integer in [1, 1000]"),

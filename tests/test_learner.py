@@ -10,7 +10,7 @@ from metarl_ray.config import LearnerConfig, MAMLConfig, PolicyConfig, PPOConfig
 from metarl_ray.learner import meta_update, task_chunks
 from metarl_ray.maml import MAMLPPO, TaskTensors, TensorBatch
 from metarl_ray.policy import build_policy, log_prob
-from metarl_ray.ssm import scan_chunked, scan_reference
+from metarl_ray.ssm import scan_adjoint, scan_chunked, scan_reference
 from test_maml import make_setup, make_task
 
 
@@ -127,8 +127,9 @@ def test_use_amp_in_the_learner_changes_the_update_by_a_little():
     assert all(p.dtype == torch.float32 for p in policy.parameters())
 
 
+@pytest.mark.parametrize("scan", [scan_chunked, scan_adjoint], ids=["chunked", "adjoint"])
 @pytest.mark.parametrize("shared_starts", [True, False])
-def test_chunked_scan_first_and_second_derivatives_equal_the_step_loop_over_5000_steps(shared_starts):
+def test_fast_scans_first_and_second_derivatives_equal_the_step_loop_over_5000_steps(shared_starts, scan):
     torch.manual_seed(0)
     batch, length, states = 2, 5000, 4
     log_decay = (-torch.rand(states, dtype=torch.float64) * 0.01).requires_grad_()
@@ -146,7 +147,31 @@ def test_chunked_scan_first_and_second_derivatives_equal_the_step_loop_over_5000
         second = torch.autograd.grad(sum(g.square().sum() for g in first), [log_decay, inputs, h0])
         return out, first, second
 
-    reference, chunked = derivatives(scan_reference), derivatives(scan_chunked)
-    assert (reference[0] - chunked[0]).abs().max() < 1e-10
-    for expected, got in zip(reference[1] + reference[2], chunked[1] + chunked[2]):
+    reference, fast = derivatives(scan_reference), derivatives(scan)
+    assert (reference[0] - fast[0]).abs().max() < 1e-10
+    for expected, got in zip(reference[1] + reference[2], fast[1] + fast[2]):
+        assert ((expected - got).norm() / expected.norm()).item() < 1e-10
+
+
+@pytest.mark.parametrize("length", [300, 5000])  # 5,000 x 2 x 4 x 3 tasks: the step-loop kernel; 300: doubling
+def test_adjoint_scan_under_vmap_over_tasks_has_the_step_loops_first_and_second_derivatives(length):
+    """The batched meta-gradient vmaps the policy over tasks, each with its own decay rates."""
+    torch.manual_seed(3)
+    tasks, batch, states = 3, 2, 4
+    log_decay = (-torch.rand(tasks, states, dtype=torch.float64) * 0.05).requires_grad_()
+    inputs = torch.randn(tasks, batch, length, states, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(tasks, batch, states, dtype=torch.float64, requires_grad=True)
+    starts = torch.rand(batch, length) < 0.01  # shared by the tasks, as the policy's episode starts are
+    starts[:, 0] = False  # the carried-in state counts
+    weights = torch.randn(tasks, batch, length, states, dtype=torch.float64)
+
+    def derivatives(scan):
+        out = torch.func.vmap(lambda a, u, h: scan(a, starts, u, h))(log_decay, inputs, h0)
+        first = torch.autograd.grad((out * weights).sum(), [log_decay, inputs, h0], create_graph=True)
+        second = torch.autograd.grad(sum(g.square().sum() for g in first), [log_decay, inputs, h0])
+        return out, first, second
+
+    reference, adjoint = derivatives(scan_reference), derivatives(scan_adjoint)
+    assert (reference[0] - adjoint[0]).abs().max() < 1e-10
+    for expected, got in zip(reference[1] + reference[2], adjoint[1] + adjoint[2]):
         assert ((expected - got).norm() / expected.norm()).item() < 1e-10

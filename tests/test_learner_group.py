@@ -16,7 +16,7 @@ from metarl_ray.metrics import read_metrics
 from metarl_ray.config import build_config
 from metarl_ray.envs import BenchmarkTasks, TaskSampler
 from metarl_ray.learner import Learner
-from metarl_ray.learner_group import LearnerGroup
+from metarl_ray.learner_group import LEARNER_ALLOCATOR_ENV, LearnerGroup
 from metarl_ray.rollout import RolloutWorker
 
 CONFIG = build_config({"env": {"max_episode_length": 20}, "maml": {"num_tasks": 5, "episodes_per_task": 2},
@@ -49,10 +49,14 @@ def test_two_learners_hold_bit_identical_parameters_equal_to_one_learner(local_r
         for _ in range(3):
             merged = group.update(refs, ranges)
         params = ray.get([actor.get_params.remote() for actor in group.actors])
+        # The learner processes started with the malloc settings that keep freed memory for reuse.
+        environments = ray.get([actor.__ray_call__.remote(lambda self: dict(os.environ)) for actor in group.actors])
     finally:
         group.shutdown()
     for name in params[0]:
         assert np.array_equal(params[0][name], params[1][name]), name
+    for environment in environments:
+        assert {k: environment.get(k) for k in LEARNER_ALLOCATOR_ENV} == LEARNER_ALLOCATOR_ENV
 
     single = Learner(CONFIG.policy, CONFIG.maml, CONFIG.ppo, CONFIG.run.seed, "cpu", CONFIG.learner)
     for _ in range(3):

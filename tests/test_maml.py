@@ -12,7 +12,7 @@ from metarl_ray.policy import build_policy, log_prob
 OBS, ACT = 5, 2
 
 
-def make_setup(first_order=False, num_inner_steps=1, seed=0, policy_type="mlp", ssm_scan="chunked"):
+def make_setup(first_order=False, num_inner_steps=1, seed=0, policy_type="mlp", ssm_scan="adjoint"):
     torch.manual_seed(seed)
     config = PolicyConfig(policy_type=policy_type, hidden_size=4 if policy_type == "ssm" else 6, num_hidden_layers=1,
                           state_size=3, num_ssm_layers=1, ssm_scan=ssm_scan)
@@ -96,9 +96,11 @@ def finite_difference_grad(policy, algo, task, eps=1e-6):
     ("mlp", 1, None, 4), ("mlp", 2, None, 4), ("ssm", 1, "reference", 4),
     # 70-step episodes span three chunks of the chunked scan, so both of its levels are differentiated.
     ("ssm", 1, "chunked", 70), ("ssm", 2, "chunked", 70),
+    # The adjoint scan (the default): its hand-written backward, differentiated once more.
+    ("ssm", 1, "adjoint", 70), ("ssm", 2, "adjoint", 70),
 ])
 def test_second_order_meta_gradient_matches_finite_differences(policy_type, num_inner_steps, ssm_scan, steps):
-    policy, algo = make_setup(num_inner_steps=num_inner_steps, policy_type=policy_type, ssm_scan=ssm_scan or "chunked")
+    policy, algo = make_setup(num_inner_steps=num_inner_steps, policy_type=policy_type, ssm_scan=ssm_scan or "adjoint")
     task = make_task(policy, algo, torch.Generator().manual_seed(2), steps=steps)
     analytic = flat_grad(policy, algo, task)
     numeric = finite_difference_grad(policy, algo, task)
