@@ -24,10 +24,10 @@ import torch
 
 from report import write_report  # benchmarks/report.py
 
-from metarl_ray.checkpoint import load_checkpoint, save_checkpoint
+from metarl_ray.training.checkpoint import load_checkpoint, save_checkpoint
 from metarl_ray.config import build_config
-from metarl_ray.learner import Learner
-from metarl_ray.metrics import read_metrics
+from metarl_ray.training.learner import Learner
+from metarl_ray.training.metrics import read_metrics
 
 
 def policy_costs(policy_type: str, repeats: int = 5) -> dict[str, float]:

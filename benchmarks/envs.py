@@ -1,4 +1,4 @@
-"""Meta-World stepping speed on one core: stock envs, the fast path (metarl_ray.fast_envs), and the
+"""Meta-World stepping speed on one core: stock envs, the fast path (metarl_ray.envs.fast_stepping), and the
 physics ceiling (MuJoCo's ``mj_step`` alone, with the env's frame skip, from the states the episode
 visited), for each of the 50 v3 classes and for the ML10, MT10 and ML45 training mixes.
 
@@ -31,7 +31,7 @@ import numpy as np
 from report import RESULTS, write_report  # benchmarks/report.py
 
 from metarl_ray.config import EnvConfig
-from metarl_ray.envs import ACTION_DIM, make_task_env
+from metarl_ray.envs.metaworld import ACTION_DIM, make_task_env
 
 MIX_GOAL = 1.5
 CEILING_SAMPLES = 50  # states per class at which mj_step alone is timed
@@ -144,7 +144,7 @@ def main() -> int:
     parser.add_argument("--output", default=str(RESULTS / "envs.json"))
     args = parser.parse_args()
 
-    from metarl_ray.fast_envs import unsupported_reason
+    from metarl_ray.envs.fast_stepping import unsupported_reason
 
     if unsupported_reason():
         print(f"the fast path is off here: {unsupported_reason()}", file=sys.stderr)

@@ -28,7 +28,6 @@ import json
 import os
 import pickle
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -39,7 +38,7 @@ import torch
 
 from report import write_report  # benchmarks/report.py
 
-from metarl_ray.batch import EpisodeBatch, TaskRollouts
+from metarl_ray.training.batch import EpisodeBatch, TaskRollouts
 from metarl_ray.config import build_config
 
 CACHE = Path(__file__).parent / "runs" / "learner_rollouts.pkl"
@@ -59,9 +58,9 @@ def ml10_config(policy_type: str = "mlp", **learner):
 
 def collect_rollouts() -> dict:
     """Real ML10 rollouts at the defaults, one process; also the per-core collection rate."""
-    from metarl_ray.envs import BenchmarkTasks, TaskSampler
-    from metarl_ray.learner import Learner
-    from metarl_ray.rollout import RolloutWorker
+    from metarl_ray.envs.metaworld import BenchmarkTasks, TaskSampler
+    from metarl_ray.training.learner import Learner
+    from metarl_ray.training.rollout import RolloutWorker
 
     torch.set_num_threads(1)
     config = ml10_config()
@@ -78,7 +77,7 @@ def collect_rollouts() -> dict:
 
 def relabel_for(rollouts: list[TaskRollouts], policy) -> list[TaskRollouts]:
     """The same episodes with the log-probs this policy would have recorded (ratios start at 1)."""
-    from metarl_ray.policy import log_prob
+    from metarl_ray.policies.common import log_prob
 
     def relabel(batch: EpisodeBatch) -> EpisodeBatch:
         with torch.no_grad():
@@ -89,7 +88,7 @@ def relabel_for(rollouts: list[TaskRollouts], policy) -> list[TaskRollouts]:
 
 
 def load_rollouts(policy_type: str, config) -> list[TaskRollouts]:
-    from metarl_ray.learner import Learner
+    from metarl_ray.training.learner import Learner
 
     rollouts = pickle.loads(CACHE.read_bytes())["rollouts"]
     if policy_type == "mlp":
@@ -100,7 +99,7 @@ def load_rollouts(policy_type: str, config) -> list[TaskRollouts]:
 
 def measure(spec: dict) -> dict:
     """Runs in a child process: learner time per meta-update and peak memory for one configuration."""
-    from metarl_ray.learner import Learner
+    from metarl_ray.training.learner import Learner
 
     config = ml10_config(spec["policy_type"], **spec["learner"])
     torch.set_num_threads(spec.get("threads", 2))
@@ -122,7 +121,7 @@ def measure(spec: dict) -> dict:
 def measure_group(config, rollouts, repeats: int) -> dict:
     import ray
 
-    from metarl_ray.learner_group import LearnerGroup
+    from metarl_ray.distributed.learner_group import LearnerGroup
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
@@ -166,7 +165,7 @@ def _peak_rss_mb() -> float:
 
 def child_env(allocator: bool) -> dict[str, str]:
     """This environment, with the learner actors' malloc settings (``LEARNER_ALLOCATOR_ENV``) or without."""
-    from metarl_ray.learner_group import LEARNER_ALLOCATOR_ENV
+    from metarl_ray.distributed.learner_group import LEARNER_ALLOCATOR_ENV
 
     env = {k: v for k, v in os.environ.items() if k not in LEARNER_ALLOCATOR_ENV}
     return {**env, **LEARNER_ALLOCATOR_ENV} if allocator else env
@@ -198,8 +197,8 @@ def per_task_meta_gradient_ms(rounds: int = 7) -> dict:
     machine's speed drifts): the figure is each one's fastest round."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from metarl_ray.learner import Learner
-    from metarl_ray.maml import TaskTensors
+    from metarl_ray.training.learner import Learner
+    from metarl_ray.algorithms.maml_ppo import TaskTensors
 
     torch.set_num_threads(2)
     steps = {}

@@ -84,10 +84,10 @@ def cmd_train(suite_name: str, suite: Suite, groups: list[str]) -> None:
 
 def initial_checkpoint(run_path: Path) -> Path:
     """The untrained meta-policy of a run (same seed, so the weights the run started from)."""
-    from metarl_ray.checkpoint import save_checkpoint
+    from metarl_ray.training.checkpoint import save_checkpoint
     from metarl_ray.config import config_from_dict
-    from metarl_ray.learner import Learner
-    from metarl_ray.run_dir import read_config_dict
+    from metarl_ray.training.learner import Learner
+    from metarl_ray.training.run_dir import read_config_dict
 
     config = config_from_dict(read_config_dict(run_path))
     learner = Learner(config.policy, config.maml, config.ppo, config.run.seed, "cpu")
@@ -100,7 +100,7 @@ def initial_checkpoint(run_path: Path) -> Path:
 def training_time(run_path: Path) -> dict[str, float]:
     """Wall time and end-to-end env steps/s from the run's own per-iteration timings (so the gaps
     between sessions of a resumed run do not count)."""
-    from metarl_ray.metrics import read_metrics
+    from metarl_ray.training.metrics import read_metrics
 
     rows = read_metrics(run_path)
     seconds = sum(row["time/iteration_s"] for row in rows)
@@ -124,9 +124,9 @@ def compact(report: dict) -> dict:
 
 def cmd_eval(suite_name: str, suite: Suite, groups: list[str], goals_per_class: int | None,
              only_iterations: list[int] | None = None) -> None:
-    from metarl_ray.meta_test import EvalOptions, evaluate_runs
-    from metarl_ray.storage import StoragePath
-    from metarl_ray.trainer import ray_session
+    from metarl_ray.evaluation.meta_test import EvalOptions, evaluate_runs
+    from metarl_ray.training.storage import StoragePath
+    from metarl_ray.training.trainer import ray_session
 
     output = RESULTS / f"{suite_name}.json"
     results = json.loads(output.read_text()) if output.is_file() else {"suite": suite_name, "groups": {}}

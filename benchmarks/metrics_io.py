@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 
 from report import write_report  # benchmarks/report.py
 
-from metarl_ray.metrics import METRICS_FILE, MetricsJournal, TensorBoardLog
-from metarl_ray.storage import StoragePath
+from metarl_ray.training.metrics import METRICS_FILE, MetricsJournal, TensorBoardLog
+from metarl_ray.training.storage import StoragePath
 
 REPEATS = 21
 KEYS = ["rollout/env_steps", "pre_adapt/return", "pre_adapt/success", "post_adapt/return", "post_adapt/success",

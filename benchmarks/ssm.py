@@ -29,10 +29,11 @@ from torch import nn
 from report import write_report  # benchmarks/report.py
 
 from metarl_ray.config import MAMLConfig, PolicyConfig, PPOConfig
-from metarl_ray.envs import ACTION_DIM, OBS_DIM
-from metarl_ray.maml import MAMLPPO, TaskTensors, TensorBatch
-from metarl_ray.policy import LOG_STD_MAX, LOG_STD_MIN, BatchedActor, build_policy, detached_params
-from metarl_ray.ssm import SCANS, DiagonalSSM
+from metarl_ray.envs.metaworld import ACTION_DIM, OBS_DIM
+from metarl_ray.algorithms.maml_ppo import MAMLPPO, TaskTensors, TensorBatch
+from metarl_ray.policies import build_policy
+from metarl_ray.policies.common import LOG_STD_MAX, LOG_STD_MIN, BatchedPolicy, detached_params
+from metarl_ray.policies.ssm import SCANS, DiagonalSSM
 
 BATCH, LENGTH, HIDDEN, STATE = 20, 500, 128, 64
 
@@ -129,7 +130,7 @@ def rollout_step(repeats: int) -> dict[str, float]:
     results = {}
     for name, config in (("mlp", PolicyConfig(policy_type="mlp", hidden_size=HIDDEN)),
                          ("ssm", PolicyConfig(policy_type="ssm", hidden_size=HIDDEN, state_size=STATE))):
-        actor = BatchedActor(build_policy(OBS_DIM, ACTION_DIM, config))
+        actor = BatchedPolicy(build_policy(OBS_DIM, ACTION_DIM, config))
         meta = detached_params(actor.policy)
         state = actor.initial_state(envs)
         for mode, params in (("shared", [meta] * envs), ("per_env", [dict(meta) for _ in range(envs)])):

@@ -24,8 +24,9 @@ import numpy as np
 from report import RESULTS, write_report  # benchmarks/report.py
 
 from metarl_ray.config import build_config
-from metarl_ray.envs import ACTION_DIM, OBS_DIM, BenchmarkTasks, TaskSampler, make_task_env
-from metarl_ray.policy import build_policy, detached_params, params_to_numpy
+from metarl_ray.envs.metaworld import ACTION_DIM, OBS_DIM, BenchmarkTasks, TaskSampler, make_task_env
+from metarl_ray.policies import build_policy
+from metarl_ray.policies.common import detached_params, params_to_numpy
 
 
 
@@ -51,8 +52,8 @@ def raw_rate(config, specs, num_episodes: int) -> float:
 def collection_rate(config, specs_per_iteration, num_workers: int) -> float:
     import ray
 
-    from metarl_ray.actors import RolloutActor
-    from metarl_ray.trainer import split_tasks
+    from metarl_ray.distributed.actors import RolloutActor
+    from metarl_ray.training.trainer import split_tasks
 
     workers = [RolloutActor.options(num_cpus=1).remote(config.env, config.policy, config.maml, config.ppo, 0)
                for _ in range(num_workers)]

@@ -1,5 +1,5 @@
 import sys
 
-from metarl_ray.cli import main
+from metarl_ray.cli.main import main
 
 sys.exit(main())

@@ -3,7 +3,7 @@
 import pytest
 import ray
 
-from metarl_ray.cli import main
+from metarl_ray.cli.main import main
 
 
 @pytest.fixture(scope="module")

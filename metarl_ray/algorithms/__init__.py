@@ -1,0 +1,1 @@
+"""Meta-learners behind one protocol (``base.MetaLearner``): MAML+PPO; GAE shared by them."""

@@ -1,0 +1,112 @@
+"""Where a meta-test runs: in this process (``--num_workers 0``), or spread over Ray rollout actors,
+one per CPU, each taking the next batch of goals (or a run's official evaluation) as soon as it is free."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+
+from metarl_ray.training.batch import GoalEvaluation
+from metarl_ray.config import TrainConfig
+from metarl_ray.envs.metaworld import TaskSpec
+from metarl_ray.evaluation.agent import MAMLAgent, evaluate_official
+from metarl_ray.evaluation.meta_test import EvalOptions, OfficialResult, RunToEvaluate, goal_specs, official_goals_for
+from metarl_ray.training.progress import Progress
+from metarl_ray.training.rollout import EvalPlan, RolloutWorker
+
+logger = logging.getLogger(__name__)
+MAX_GOALS_PER_CALL = 10  # envs stepped in lockstep by one call; more calls balance and report better
+
+
+def official_result(config: TrainConfig, meta_params: dict[str, np.ndarray], goals_per_class: int,
+                    num_evals: int, mt_episodes: int) -> OfficialResult:
+    agent = MAMLAgent.from_params(config, meta_params)
+    success, mean_return, per_task = evaluate_official(agent, config, goals_per_class, num_evals, mt_episodes,
+                                                       config.run.seed)
+    return OfficialResult(success, mean_return, per_task)
+
+
+def _batches(specs: Sequence[TaskSpec], size: int) -> list[list[TaskSpec]]:
+    return [list(specs[start:start + size]) for start in range(0, len(specs), size)]
+
+
+def run_meta_test(runs: Sequence[RunToEvaluate], goals_per_class: int, options: EvalOptions,
+                  ray_address: str | None = None) -> tuple[list[list[GoalEvaluation]], list[OfficialResult | None]]:
+    """Every run's goals (and its official evaluation when asked): results per run, in goal order."""
+    plan = EvalPlan(num_sampled_episodes=options.num_sampled_episodes)
+    specs = [goal_specs(run, goals_per_class) for run in runs]
+    official_goals = official_goals_for(options, goals_per_class)
+    # An official evaluation counts as its goals: about the same episodes per goal as ours.
+    num_official_goals = official_goals * len({spec.env_name for spec in specs[0]}) if options.official else 0
+    progress = Progress(sum(len(s) for s in specs) + num_official_goals * len(runs), "goals", "meta-test")
+    results: list[list[GoalEvaluation]] = [[] for _ in runs]
+    official: list[OfficialResult | None] = [None] * len(runs)
+    try:
+        if options.num_workers == 0:
+            config = runs[0].config
+            worker = RolloutWorker(config.env, config.policy, config.maml, config.ppo, config.run.seed)
+            for run_index, run in enumerate(runs):
+                for batch in _batches(specs[run_index], MAX_GOALS_PER_CALL):
+                    results[run_index] += worker.evaluate(run.meta_params, batch, plan, run.seed, run.inner_lr)
+                    progress.update(len(batch))
+                if options.official:
+                    official[run_index] = official_result(run.adapting_config, run.meta_params, official_goals,
+                                                          options.num_evals, options.mt_episodes)
+                    progress.update(num_official_goals)
+        else:
+            _run_on_actors(runs, specs, plan, official_goals, num_official_goals, options, ray_address, progress,
+                           results, official)
+    finally:
+        progress.close()
+    for run_results in results:
+        run_results.sort(key=lambda goal: goal.slot)
+    return results, official
+
+
+def _run_on_actors(runs: Sequence[RunToEvaluate], specs: list[list[TaskSpec]], plan: EvalPlan, official_goals: int,
+                   num_official_goals: int, options: EvalOptions, ray_address: str | None, progress: Progress,
+                   results: list[list[GoalEvaluation]], official: list[OfficialResult | None]) -> None:
+    import ray
+
+    from metarl_ray.distributed.actors import RolloutActor
+    from metarl_ray.distributed.rollout_pool import run_queue
+    from metarl_ray.training.trainer import ray_session, rollout_actor_options
+
+    with ray_session(ray_address):
+        num_cpus = int(ray.cluster_resources().get("CPU", 1))
+        num_workers = min(options.num_workers or num_cpus, num_cpus)
+        config = runs[0].config
+        params_refs = [ray.put(run.meta_params) for run in runs]
+        # The official evaluations are the longest calls (all their goals in one process): queued first,
+        # they run beside the goal batches instead of after them.
+        calls: list[Any] = []
+        kinds: list[tuple[str, int, int]] = []  # (kind, run index, goals in the call)
+        if options.official:
+            for run_index, run in enumerate(runs):
+                calls.append(lambda actor, r=run, ref=params_refs[run_index]: actor.evaluate_official.remote(
+                    r.adapting_config, ref, official_goals, options.num_evals, options.mt_episodes))
+                kinds.append(("official", run_index, num_official_goals))
+        size = max(1, min(MAX_GOALS_PER_CALL, -(-sum(map(len, specs)) // (4 * num_workers))))
+        for run_index, run in enumerate(runs):
+            for batch in _batches(specs[run_index], size):
+                calls.append(lambda actor, b=batch, r=run, ref=params_refs[run_index]: actor.evaluate.remote(
+                    ref, b, plan, r.seed, r.inner_lr))
+                kinds.append(("goals", run_index, len(batch)))
+        done_official = 0
+
+        def on_result(index: int, value: Any) -> None:
+            nonlocal done_official
+            kind, run_index, num_goals = kinds[index]
+            if kind == "official":
+                official[run_index] = value
+                done_official += 1
+            else:
+                results[run_index] += value
+            progress.update(num_goals, official=f"{done_official}/{len(runs) if options.official else 0}")
+
+        make_actor = lambda: RolloutActor.options(**rollout_actor_options()).remote(  # noqa: E731
+            config.env, config.policy, config.maml, config.ppo, config.run.seed)
+        logger.info("meta-test: %d runs x %d goals on %d rollout actors", len(runs), len(specs[0]), num_workers)
+        run_queue(make_actor, num_workers, calls, on_result, config.rollout.sample_timeout_s)

@@ -1,0 +1,1 @@
+"""Meta-World: benchmark task sets, env construction, and the verified fast stepping path."""

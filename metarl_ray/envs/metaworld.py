@@ -1,0 +1,158 @@
+"""Meta-World v3 benchmarks: task sets, single-task environments and seeded task sampling.
+
+Training envs are built one per task slot and given a task with ``set_task``, so the learner decides
+exactly which (class, goal) pairs a meta-batch holds. Meta-test tasks of ML benchmarks are only ever
+handed out by :meth:`BenchmarkTasks.test_tasks`, which the training loop never calls.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from metarl_ray.config import ConfigError, EnvConfig
+
+OBS_DIM = 39
+ACTION_DIM = 4
+
+
+@functools.lru_cache(maxsize=1)
+def all_task_names() -> tuple[str, ...]:
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    return tuple(ALL_V3_ENVIRONMENTS)
+
+
+def check_env_config(env_config: EnvConfig) -> EnvConfig:
+    """Meta-World's check of what the config cannot know: the task name of ML1/MT1. Raises ConfigError."""
+    if env_config.benchmark in ("ML1", "MT1") and env_config.task not in all_task_names():
+        raise ConfigError(f"--task={env_config.task!r}: expected a Meta-World v3 task such as reach-v3 "
+                          f"({len(all_task_names())} known)")
+    return env_config
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One (task class, goal) pair: what a rollout worker needs to set up an env."""
+
+    slot: int  # position in the meta-batch; seeds the action noise, so results do not depend on workers
+    env_name: str  # e.g. "reach-v3"
+    goal_index: int  # index of the goal within its class's task list
+    task: Any  # metaworld.types.Task (a picklable NamedTuple)
+
+
+@functools.lru_cache(maxsize=8)
+def _benchmark(benchmark: str, task: str | None, seed: int) -> Any:
+    import metaworld
+
+    if benchmark == "ML1":
+        return metaworld.ML1(task, seed=seed)
+    if benchmark == "MT1":
+        return metaworld.MT1(task, seed=seed)
+    return getattr(metaworld, benchmark)(seed=seed)
+
+
+class BenchmarkTasks:
+    """The train (and for ML, held-out test) tasks of a benchmark, grouped by class."""
+
+    def __init__(self, env_config: EnvConfig, seed: int) -> None:
+        self.env_config = check_env_config(env_config)
+        self.benchmark = _benchmark(env_config.benchmark, env_config.task, seed)
+
+    @staticmethod
+    def _group(tasks: list[Any]) -> dict[str, list[Any]]:
+        grouped: dict[str, list[Any]] = {}
+        for task in tasks:
+            grouped.setdefault(task.env_name, []).append(task)
+        return grouped
+
+    def train_tasks(self) -> dict[str, list[Any]]:
+        return self._group(self.benchmark.train_tasks)
+
+    def test_tasks(self) -> dict[str, list[Any]]:
+        """Held-out meta-test tasks (ML); MT benchmarks evaluate on their training tasks."""
+        if not self.env_config.is_meta_learning:
+            return self.train_tasks()
+        return self._group(self.benchmark.test_tasks)
+
+
+class TaskSampler:
+    """Samples meta-batches of training tasks from a seeded generator whose state is checkpointed."""
+
+    def __init__(self, tasks_by_class: dict[str, list[Any]], seed: int) -> None:
+        self.tasks_by_class = tasks_by_class
+        self.class_names = sorted(tasks_by_class)
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+
+    def sample(self, num_tasks: int) -> list[TaskSpec]:
+        # Classes are balanced within a meta-batch (as Meta-World's own ML envs do), goals random.
+        repeats = -(-num_tasks // len(self.class_names))
+        order = np.concatenate([self.rng.permutation(len(self.class_names)) for _ in range(repeats)])[:num_tasks]
+        specs = []
+        for slot, class_index in enumerate(order):
+            name = self.class_names[class_index]
+            goal_index = int(self.rng.integers(len(self.tasks_by_class[name])))
+            specs.append(TaskSpec(slot, name, goal_index, self.tasks_by_class[name][goal_index]))
+        return specs
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"bit_generator": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["bit_generator"]
+
+
+def fixed_task_specs(tasks_by_class: dict[str, list[Any]], goals_per_class: int) -> list[TaskSpec]:
+    """The first ``goals_per_class`` goals of every class: a fixed evaluation set."""
+    specs = []
+    for name in sorted(tasks_by_class):
+        for goal_index, task in enumerate(tasks_by_class[name][:goals_per_class]):
+            specs.append(TaskSpec(len(specs), name, goal_index, task))
+    return specs
+
+
+def make_task_env(env_name: str, env_config: EnvConfig) -> Any:
+    """A bare Meta-World env of one class; call ``set_task`` before ``reset``."""
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    env = ALL_V3_ENVIRONMENTS[env_name](reward_function_version=env_config.reward_function_version)
+    # The env truncates (and refuses to step) at max_path_length; match our episode length.
+    env.max_path_length = env_config.max_episode_length
+    return _maybe_fast(env, env_config)
+
+
+def _maybe_fast(env: Any, env_config: EnvConfig) -> Any:
+    if not env_config.fast_envs:
+        return env
+    from metarl_ray.envs.fast_stepping import make_fast
+
+    return make_fast(env)
+
+
+def make_eval_vector_env(env_config: EnvConfig, seed: int, meta_batch_size: int,
+                         total_tasks_per_cls: int | None = None) -> Any:
+    """Meta-World's own vector env for its official evaluation functions (ML: test split)."""
+    import gymnasium as gym
+    import metaworld  # noqa: F401  (registers the Meta-World/* ids)
+
+    common = dict(seed=seed, vector_strategy="sync", max_episode_steps=env_config.max_episode_length,
+                  reward_function_version=env_config.reward_function_version)
+    if env_config.is_meta_learning:
+        name = "ML1-test" if env_config.benchmark == "ML1" else f"{env_config.benchmark}-test"
+        extra = {"env_name": env_config.task} if env_config.benchmark == "ML1" else {}
+        envs = gym.make_vec(f"Meta-World/{name}", meta_batch_size=meta_batch_size,
+                            total_tasks_per_cls=total_tasks_per_cls, **extra, **common)
+    elif env_config.benchmark == "MT1":
+        kwargs = {k: v for k, v in common.items() if k != "vector_strategy"}
+        # Meta-World's evaluation reads infos["final_info"], which only same-step autoreset provides.
+        envs = gym.vector.SyncVectorEnv([lambda: gym.make("Meta-World/MT1", env_name=env_config.task, **kwargs)],
+                                        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    else:
+        envs = gym.make_vec(f"Meta-World/{env_config.benchmark}", **common)
+    for sub_env in envs.envs:
+        sub_env.unwrapped.max_path_length = env_config.max_episode_length
+        _maybe_fast(sub_env.unwrapped, env_config)  # in place: the wrappers around it stay Meta-World's
+    return envs

@@ -1,0 +1,165 @@
+"""Meta-World's official evaluation protocol, run on a MAML policy.
+
+``MAMLAgent`` speaks Meta-World's ``MetaLearningAgent`` protocol, so its own ``metalearning_evaluation``
+(ML) and ``evaluation`` (MT) functions score it, on the first goals of every test class (ML) or
+training class (MT). The official ML figure counts the first 3 finished episodes per task *class*
+while successful episodes end early, so it over-counts successes; ``meta_test`` computes the direct
+per-goal figures with confidence intervals beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from metarl_ray.algorithms.advantages import compute_advantages
+from metarl_ray.training.batch import EpisodeBatch
+from metarl_ray.training.checkpoint import load_checkpoint, resolve_checkpoint, trained_config
+from metarl_ray.config import TrainConfig
+from metarl_ray.envs.metaworld import ACTION_DIM, OBS_DIM, BenchmarkTasks, make_eval_vector_env
+from metarl_ray.algorithms.maml_ppo import TensorBatch, adapt
+from metarl_ray.policies import build_policy
+from metarl_ray.policies.common import BatchedPolicy, Params, detached_params, gaussian_log_prob
+
+logger = logging.getLogger(__name__)
+Step = tuple[np.ndarray, np.ndarray, float, float]  # observation, action, reward, sampling log-prob
+ADAPTATION_EPISODES = 10  # Meta-World's protocol
+EVALUATION_EPISODES = 3
+
+
+class MAMLAgent:
+    """A MAML policy speaking Meta-World's ``MetaLearningAgent`` protocol, one task per sub-env:
+    ``adapt_action`` samples and ``step`` records episodes per sub-env; ``adapt`` takes one inner step
+    per sub-env on its episodes; ``eval_action`` acts with the mean of each sub-env's adapted policy."""
+
+    def __init__(self, policy: torch.nn.Module, config: TrainConfig, seed: int = 0) -> None:
+        self.policy = policy
+        self.config = config
+        self.meta_params = detached_params(policy)
+        self.actor = BatchedPolicy(policy)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.init()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, seed: int = 0) -> "MAMLAgent":
+        checkpoint = resolve_checkpoint(path)
+        if checkpoint is None:
+            raise FileNotFoundError(f"no checkpoint at {path}")
+        state = load_checkpoint(checkpoint)
+        config = trained_config(state)
+        policy = build_policy(OBS_DIM, ACTION_DIM, config.policy)
+        policy.load_state_dict(state["learner"]["policy"])
+        return cls(policy, config, seed)
+
+    @classmethod
+    def from_params(cls, config: TrainConfig, meta_params: dict[str, np.ndarray], seed: int = 0) -> "MAMLAgent":
+        policy = build_policy(OBS_DIM, ACTION_DIM, config.policy)
+        policy.load_state_dict({name: torch.tensor(value) for name, value in meta_params.items()})
+        return cls(policy, config, seed)
+
+    def init(self) -> None:
+        self._params: list[Params] | None = None  # per sub-env, set on first use
+        self._open: list[list[Step]] = []
+        self._episodes: list[list[list[Step]]] = []
+
+    def _params_for(self, num_envs: int) -> list[Params]:
+        if self._params is None:
+            self._params = [self.meta_params] * num_envs
+            self._open = [[] for _ in range(num_envs)]
+            self._episodes = [[] for _ in range(num_envs)]
+            self._rebind()
+        return self._params
+
+    def _rebind(self) -> None:
+        """New parameters: bind them once and restart every sub-env's recurrent state."""
+        self._step_fn = self.actor.bind(self._params)
+        self._state = self.actor.initial_state(len(self._params))
+        self._episode_start = torch.ones(len(self._params), dtype=torch.bool)
+
+    def _distribution(self, observations: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        obs = torch.as_tensor(observations, dtype=torch.float32)
+        self._params_for(len(obs))
+        with torch.no_grad():
+            mean, log_std, self._state = self._step_fn(obs, self._state, self._episode_start)
+        self._episode_start = torch.zeros_like(self._episode_start)
+        return mean, log_std
+
+    def adapt_action(self, observations: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        mean, log_std = self._distribution(observations)
+        actions = mean + log_std.exp() * torch.randn(mean.shape, generator=self.generator)
+        # The inner step's importance ratio needs the sampling log-probs (see maml.inner_loss).
+        log_probs = gaussian_log_prob(mean, log_std, actions)
+        return actions.numpy().astype(np.float64), {"log_probs": log_probs.numpy()}
+
+    def step(self, timestep: Any) -> None:
+        self._params_for(len(timestep.observation))
+        for env_index in range(len(timestep.observation)):
+            self._open[env_index].append((timestep.observation[env_index], timestep.action[env_index],
+                                          float(timestep.reward[env_index]),
+                                          float(timestep.aux_policy_outputs["log_probs"][env_index])))
+            if timestep.terminated[env_index] or timestep.truncated[env_index]:
+                self._episodes[env_index].append(self._open[env_index])
+                self._open[env_index] = []
+                self._episode_start[env_index] = True  # the vector env has already reset this sub-env
+
+    def adapt(self) -> None:
+        params = self._params_for(len(self._episodes))
+        for env_index, episodes in enumerate(self._episodes):
+            if episodes:
+                batch = episodes_to_batch(episodes, self.config)
+                leaf = {name: p.detach().requires_grad_(True) for name, p in params[env_index].items()}
+                adapted = adapt(self.policy, leaf, [TensorBatch.from_numpy(batch)], self.config.maml.inner_lr, False)
+                params[env_index] = {name: p.detach() for name, p in adapted.items()}
+        self._open = [[] for _ in self._episodes]
+        self._episodes = [[] for _ in self._episodes]
+        self._rebind()
+
+    def eval_action(self, observations: np.ndarray) -> np.ndarray:
+        return self._distribution(observations)[0].numpy().astype(np.float64)
+
+    def reset(self, env_mask: np.ndarray) -> None:
+        """Sub-envs in ``env_mask`` start a new episode: their recurrent state restarts on the next action."""
+        self._params_for(len(env_mask))
+        self._episode_start = self._episode_start | torch.as_tensor(np.asarray(env_mask, dtype=bool))
+
+
+def episodes_to_batch(episodes: list[list[Step]], config: TrainConfig) -> EpisodeBatch:
+    horizon = min(len(episode) for episode in episodes)  # equal unless an episode ended early
+    obs = np.array([[step[0] for step in ep[:horizon]] for ep in episodes], dtype=np.float32)
+    actions = np.array([[step[1] for step in ep[:horizon]] for ep in episodes], dtype=np.float32)
+    rewards = np.array([[step[2] for step in ep[:horizon]] for ep in episodes], dtype=np.float32)
+    advantages = compute_advantages(obs, rewards, config.ppo.gamma, config.ppo.gae_lambda)
+    log_probs = np.array([[step[3] for step in ep[:horizon]] for ep in episodes], dtype=np.float32)
+    return EpisodeBatch(obs, actions, rewards, log_probs, advantages, np.zeros(len(episodes), dtype=bool))
+
+
+def evaluate_official(agent: MAMLAgent, config: TrainConfig, goals_per_class: int, num_evals: int,
+                      mt_episodes: int, seed: int) -> tuple[float, float, dict[str, float]]:
+    from metaworld.evaluation import evaluation, metalearning_evaluation
+
+    tasks = BenchmarkTasks(config.env, seed)
+    num_classes = len(tasks.test_tasks())
+    if config.env.is_meta_learning:
+        # One goal per sub-env: one round visits each of the first goals_per_class goals of every class once.
+        envs = make_eval_vector_env(config.env, seed, meta_batch_size=num_classes * goals_per_class,
+                                    total_tasks_per_cls=goals_per_class)
+        try:
+            success, mean_return, per_task = metalearning_evaluation(
+                agent, envs, num_evals=num_evals, adaptation_steps=config.maml.num_inner_steps,
+                adaptation_episodes=ADAPTATION_EPISODES, evaluation_episodes=EVALUATION_EPISODES)
+        finally:
+            envs.close()
+    else:
+        envs = make_eval_vector_env(config.env, seed, meta_batch_size=num_classes)
+        try:
+            agent.init()
+            success, mean_return, per_task, _ = evaluation(agent, envs, num_episodes=mt_episodes)
+        finally:
+            envs.close()
+    return float(success), float(mean_return), {name: float(value) for name, value in per_task.items()}
+
+

@@ -1,0 +1,232 @@
+"""Meta-test of one or more runs (seeds) on every held-out goal, with confidence intervals.
+
+For each run and each goal of the benchmark's test split (ML) or training tasks (MT) the rollout
+worker's ``evaluate`` records, under two named action rules:
+- ``mean_action``: one episode acting with the policy mean, before and after adaptation (the rule of
+  Meta-World's official evaluation; a goal's mean-action episodes are identical, so one is the sample);
+- ``sampled``: K episodes of sampled actions before and after adaptation (the rule of training).
+Pre- and post-adaptation always use the same rule, so a gain is an adaptation gain, not a change of
+rule. Scores per (seed, goal) are summarised per task class and overall by ``statistics.estimate``.
+
+Meta-World's official figures (``evaluation.evaluate_official``) are computed beside them on the first
+``official_goals_per_class`` goals of each class; they over-count success (see README).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from metarl_ray.training.batch import GoalEvaluation
+from metarl_ray.training.checkpoint import CHECKPOINT_DIR, load_checkpoint, resolve_checkpoint, trained_config
+from metarl_ray.config import NOT_PART_OF_THE_METHOD, ConfigError, TrainConfig, config_from_dict
+from metarl_ray.envs.metaworld import ACTION_DIM, OBS_DIM, BenchmarkTasks, TaskSpec, fixed_task_specs
+from metarl_ray.policies import build_policy
+from metarl_ray.policies.common import params_to_numpy
+from metarl_ray.training.rollout import EvalPlan
+from metarl_ray.evaluation.statistics import estimate
+from metarl_ray.training.storage import StoragePath
+
+logger = logging.getLogger(__name__)
+GOALS_PER_CLASS = 50  # Meta-World generates 50 goals per task class and split
+TEST_MODE_GOALS_PER_CLASS = 2  # the fewest that give an interval
+OFFICIAL_GOALS_PER_CLASS = 10  # Meta-World's official evaluation holds one sub-env per goal
+RULES = ("mean_action", "sampled")
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    goals_per_class: int | None = None  # None: every goal (test-mode runs: TEST_MODE_GOALS_PER_CLASS)
+    num_sampled_episodes: int = 3
+    official: bool = True
+    official_goals_per_class: int | None = None  # None: OFFICIAL_GOALS_PER_CLASS
+    num_evals: int = 1  # rounds of Meta-World's official ML evaluation
+    mt_episodes: int | None = None  # official MT evaluation: episodes per task (default 50; test mode 2)
+    num_workers: int | None = None  # None: one Ray rollout actor per CPU; 0: in this process, no Ray
+
+
+@dataclass(frozen=True)
+class RunToEvaluate:
+    checkpoint: StoragePath
+    config: TrainConfig
+    meta_params: dict[str, np.ndarray]
+    iteration: int
+    env_steps: int
+    adapting_config: TrainConfig  # ``config`` with the learning rates it was trained with (lower after rollbacks)
+
+    @property
+    def inner_lr(self) -> float:
+        """What the meta-parameters adapt with: agents, workers and official evaluations use it."""
+        return self.adapting_config.maml.inner_lr
+
+    @property
+    def seed(self) -> int:
+        # The run's seed fixes the benchmark's goal sets; Meta-World derives the test goals of seed s from
+        # s + 1, so another seed could hand back the run's own training goals as "held out".
+        return self.config.run.seed
+
+
+@dataclass
+class OfficialResult:
+    success_rate: float
+    mean_return: float
+    per_task: dict[str, float] = field(default_factory=dict)
+
+
+def find_checkpoints(location: StoragePath) -> list[StoragePath]:
+    """A checkpoint file, a run directory (its latest), or a Tune experiment directory (each trial's
+    latest checkpoint, from the run directory the trainable keeps in every trial)."""
+    checkpoint = resolve_checkpoint(location)
+    if checkpoint is not None:
+        return [checkpoint]
+    if not location.is_dir():
+        return []
+    trials = sorted((trial / "run" for trial in location.iterdir() if (trial / "run" / CHECKPOINT_DIR).is_dir()),
+                    key=lambda run: run.path)
+    return [c for c in (resolve_checkpoint(run) for run in trials) if c is not None]
+
+
+def load_run(checkpoint: StoragePath) -> RunToEvaluate:
+    try:
+        state = load_checkpoint(checkpoint)
+        config = config_from_dict(state["config"])
+        adapting_config = trained_config(state)  # runs are compared by ``config``, adapt by this
+        policy = build_policy(OBS_DIM, ACTION_DIM, config.policy)
+        policy.load_state_dict(state["learner"]["policy"])  # also checks the checkpoint fits the config
+    except (KeyError, RuntimeError, TypeError, ValueError) as error:  # a damaged or foreign checkpoint is input
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise ConfigError(f"--checkpoint={str(checkpoint)!r}: not a usable metarl-ray checkpoint ({reason})") from None
+    params = params_to_numpy(dict(policy.named_parameters()))
+    return RunToEvaluate(checkpoint, config, params, int(state["iteration"]), int(state.get("env_steps_total", 0)),
+                         adapting_config)
+
+
+def check_compatible(runs: Sequence[RunToEvaluate]) -> None:
+    """Runs pooled into one estimate must be seeds of one method on one benchmark at one budget."""
+    first = runs[0].config.to_dict()
+    for run in runs[1:]:
+        other = run.config.to_dict()
+        for section, values in first.items():
+            ignored = NOT_PART_OF_THE_METHOD.get(section, set())
+            for name in [] if ignored is None else sorted(set(values) - ignored):
+                if values[name] != other[section][name]:
+                    raise ConfigError(
+                        f"--checkpoint={str(run.checkpoint)!r}: {name}={other[section][name]!r} differs from "
+                        f"{values[name]!r} of {runs[0].checkpoint}; expected seeds of one method (evaluate each setting apart)")
+        if run.env_steps != runs[0].env_steps:
+            raise ConfigError(
+                f"--checkpoint={str(run.checkpoint)!r}: env_steps={run.env_steps} differs from {runs[0].env_steps} of "
+                f"{runs[0].checkpoint}; expected checkpoints at one training budget (pass checkpoint files)")
+    seeds = [run.seed for run in runs]
+    if len(set(seeds)) < len(seeds):
+        # Same seed: the same goals and the same evaluation noise, so pooling would count one
+        # policy's luck twice (or, for the same checkpoint twice, the very same episodes).
+        repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+        raise ConfigError(f"--checkpoint: runs share seed(s) {repeated}; expected one checkpoint per seed")
+
+
+def goals_per_class_for(options: EvalOptions, config: TrainConfig) -> int:
+    if options.goals_per_class is not None:
+        return options.goals_per_class
+    return TEST_MODE_GOALS_PER_CLASS if config.run.test_mode else GOALS_PER_CLASS
+
+
+def official_goals_for(options: EvalOptions, goals_per_class: int) -> int:
+    return min(goals_per_class, options.official_goals_per_class or OFFICIAL_GOALS_PER_CLASS)
+
+
+def goal_specs(run: RunToEvaluate, goals_per_class: int) -> list[TaskSpec]:
+    return fixed_task_specs(BenchmarkTasks(run.config.env, run.seed).test_tasks(), goals_per_class)
+
+
+def _goal_score(goal: GoalEvaluation, rule: str, phase: str, returns: bool = False) -> float:
+    kind = "return" if returns else "success"
+    if rule == "mean_action":
+        return float(getattr(goal, f"{phase}_mean_{kind}"))
+    return float(np.mean(getattr(goal, f"{phase}_sampled_{kind}{'es' if kind == 'success' else 's'}")))
+
+
+def score_table(results: Sequence[Sequence[GoalEvaluation]], classes: Sequence[str], rule: str, phase: str,
+                returns: bool = False) -> np.ndarray:
+    """(seeds, classes, goals) scores: every run meta-tests the same number of goals per class."""
+    table = [[[_goal_score(g, rule, phase, returns) for g in run if g.env_name == name] for name in classes]
+             for run in results]
+    sizes = {len(goals) for run in table for goals in run}
+    if len(sizes) != 1:
+        raise ValueError(f"goal counts per (run, class) differ: {sorted(sizes)}")
+    return np.array(table)
+
+
+def summarize_rule(results: Sequence[Sequence[GoalEvaluation]], classes: Sequence[str], rule: str) -> dict[str, Any]:
+    """Pre, post and the paired gain (post - pre, goal by goal) of one action rule, plus mean returns."""
+    pre, post = (score_table(results, classes, rule, phase) for phase in ("pre", "post"))
+    return {
+        "pre": estimate(pre).to_dict(), "post": estimate(post).to_dict(), "gain": estimate(post - pre).to_dict(),
+        "pre_mean_return": float(score_table(results, classes, rule, "pre", returns=True).mean()),
+        "post_mean_return": float(score_table(results, classes, rule, "post", returns=True).mean()),
+    }
+
+
+def summarize(runs: Sequence[RunToEvaluate], results: Sequence[Sequence[GoalEvaluation]],
+              official: Sequence[OfficialResult | None], options: EvalOptions, goals_per_class: int) -> dict[str, Any]:
+    """The report ``metarl eval --json`` prints: overall and per-class estimates per rule, and per run."""
+    classes = sorted({goal.env_name for run_results in results for goal in run_results})
+    config = runs[0].config
+    overall = {rule: summarize_rule(results, classes, rule) for rule in RULES}
+    per_task = {name: {rule: summarize_rule(results, [name], rule) for rule in RULES} for name in classes}
+    have_official = [o for o in official if o is not None]
+    for name, entry in per_task.items():
+        values = [o.per_task[name] for o in have_official if name in o.per_task]
+        entry["success_rate_official"] = float(np.mean(values)) if values else None
+    per_run = [{
+        "checkpoint": str(run.checkpoint), "seed": run.seed, "iteration": run.iteration, "env_steps": run.env_steps,
+        "success_rate": {rule: {phase: float(score_table([run_results], classes, rule, phase).mean(axis=-1).mean())
+                                for phase in ("pre", "post")} for rule in RULES},
+        "success_rate_official": None if run_official is None else run_official.success_rate,
+        "mean_return_official": None if run_official is None else run_official.mean_return,
+    } for run, run_results, run_official in zip(runs, results, official)]
+    headline = overall["mean_action"]
+    return {
+        "benchmark": config.env.benchmark, "task": config.env.task if config.env.benchmark in ("ML1", "MT1") else None,
+        "num_runs": len(runs),
+        # Headline figures: the mean-action rule, as Meta-World's own evaluation acts.
+        "success_rate": headline["post"]["mean"], "pre_adapt_success_rate": headline["pre"]["mean"],
+        "mean_return": headline["post_mean_return"],
+        "success_rate_official": float(np.mean([o.success_rate for o in have_official])) if have_official else None,
+        "mean_return_official": float(np.mean([o.mean_return for o in have_official])) if have_official else None,
+        "overall": overall, "per_task": per_task, "runs": per_run,
+        "protocol": {
+            "split": "test" if config.env.is_meta_learning else "train", "goals_per_class": goals_per_class,
+            "num_goals_per_run": sum(len(r) for r in results) // max(1, len(results)),
+            "adaptation_episodes": EvalPlan.num_adaptation_episodes, "num_inner_steps": config.maml.num_inner_steps,
+            "sampled_episodes": options.num_sampled_episodes, "mean_action_episodes": 1,
+            "max_episode_length": config.env.max_episode_length, "seeds": [run.seed for run in runs],
+            "score": "per (seed, goal); mean_action: its one episode's success (0/1); sampled: the fraction of its episodes that succeed",
+            "interval": "95% percentile, two-stage bootstrap (seeds, then goals within each seed and task class; classes are strata), 5000 resamples",
+            "mean": "mean over task classes of the class mean over seeds and goals",
+            "iqm": "mean of the middle 50% of the per-(seed, class) success rates (rliable's aggregate_iqm)",
+            "official": None if not have_official else {
+                "goals_per_class": official_goals_for(options, goals_per_class), "num_evals": options.num_evals,
+                "mt_episodes": options.mt_episodes, "note": "Meta-World's own functions; they over-count success (README)"},
+        },
+    }
+
+
+def evaluate_runs(locations: Sequence[StoragePath], options: EvalOptions, ray_address: str | None = None) -> dict[str, Any]:
+    """Load every run, meta-test it (in this process, or on Ray rollout actors) and summarise."""
+    from metarl_ray.distributed.eval_runner import run_meta_test  # the Ray edge; it imports this module
+
+    checkpoints = [c for location in locations for c in find_checkpoints(location)]
+    runs = [load_run(c) for c in checkpoints]
+    if not runs:
+        raise ConfigError(f"--checkpoint={[str(l) for l in locations]!r}: no checkpoint found; expected checkpoint "
+                          "files, run directories or a Tune experiment directory")
+    check_compatible(runs)
+    goals_per_class = goals_per_class_for(options, runs[0].config)
+    options = dataclasses.replace(options, mt_episodes=options.mt_episodes or (2 if runs[0].config.run.test_mode else 50))
+    results, official = run_meta_test(runs, goals_per_class, options, ray_address)
+    return summarize(runs, results, official, options, goals_per_class)

@@ -1,0 +1,264 @@
+"""The learner: meta-parameters, optimizer and the meta-update. Plain PyTorch; ``actors.py`` wraps it.
+
+The update loop is the same for every meta-learner behind the ``MetaLearner`` protocol: per optimizer
+step, the learner's tasks are processed in ``gradient_accumulation_steps`` chunks (one batched graph
+each, or one graph per task on the ``per_task`` reference path), optionally under bfloat16 autocast;
+with several learners the gradients are averaged across them (``torch.distributed`` all-reduce) before
+clipping and the Adam step, so every learner applies the same update to the same parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import logging
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from metarl_ray.training.batch import TaskRollouts
+from metarl_ray.config import LearnerConfig, MAMLConfig, PolicyConfig, PPOConfig
+from metarl_ray.envs.metaworld import ACTION_DIM, OBS_DIM
+from metarl_ray.algorithms.base import MetaLearner
+from metarl_ray.algorithms.maml_ppo import MAMLPPO, TaskTensors
+from metarl_ray.policies import build_policy
+from metarl_ray.policies.common import params_to_numpy
+
+
+def rollout_metrics(rollouts: Sequence[TaskRollouts]) -> dict[str, float]:
+    """Pre-adaptation (first support batch) and post-adaptation (query) return and success."""
+    return {
+        "rollout/env_steps": float(sum(task.num_steps for task in rollouts)),
+        "fault/env_faults": float(sum(batch.num_env_faults for task in rollouts for batch in (*task.support, task.query))),
+        "pre_adapt/return": float(np.mean([task.support[0].episode_returns.mean() for task in rollouts])),
+        "pre_adapt/success": float(np.mean([task.support[0].successes.mean() for task in rollouts])),
+        "post_adapt/return": float(np.mean([task.query.episode_returns.mean() for task in rollouts])),
+        "post_adapt/success": float(np.mean([task.query.successes.mean() for task in rollouts])),
+    }
+
+
+def task_chunks(tasks: Sequence[Any], num_chunks: int) -> list[list[Any]]:
+    """Contiguous near-equal chunks, none empty (at most one chunk per task)."""
+    num_chunks = max(1, min(num_chunks, len(tasks)))
+    bounds = [round(i * len(tasks) / num_chunks) for i in range(num_chunks + 1)]
+    return [list(tasks[bounds[i]:bounds[i + 1]]) for i in range(num_chunks)]
+
+
+# Tasks in one batched graph at most; more are split into chunks (the gradient is the same).
+MAX_TASKS_PER_GRAPH = 8
+
+# Fault injection for tests: comma-separated iterations (1-based) whose meta-update loss is made NaN
+# ("N@R": on learner rank R only);
+# and a simulated memory limit: a graph of more than this many tasks raises an out-of-memory error.
+INJECT_NONFINITE_ENV = "METARL_INJECT_NONFINITE"
+INJECT_OOM_ENV = "METARL_INJECT_OOM_ABOVE_TASKS"
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteUpdateError(ArithmeticError):
+    """A NaN or Inf in a loss or gradient, caught before the optimizer step applied it."""
+
+
+def meta_update(algorithm: MetaLearner, optimizer: torch.optim.Optimizer, tasks: Sequence[TaskTensors],
+                config: LearnerConfig, grad_clip: float, num_tasks_total: int | None = None,
+                poison_loss: bool = False, max_tasks_per_graph_injected: int | None = None) -> dict[str, float]:
+    """``algorithm.num_updates`` optimizer steps on the mean loss over every learner's tasks.
+    ``num_tasks_total``: tasks over all learners (default: these). Raises NonFiniteUpdateError, before
+    that optimizer step, if a loss or the gradient is not finite (``poison_loss`` injects a NaN loss)."""
+    num_tasks_total = num_tasks_total or len(tasks)
+    parameters = list(algorithm.policy.parameters())
+    if resolve_meta_batching(config.meta_batching, parameters[0].device) == "per_task":
+        groups = [[task] for task in tasks]  # one second-order graph at a time: the least memory
+    else:
+        # A batched graph holds every task's second-order graph at once: at most MAX_TASKS_PER_GRAPH.
+        num_chunks = max(config.gradient_accumulation_steps, -(-len(tasks) // MAX_TASKS_PER_GRAPH))
+        groups = task_chunks(tasks, num_chunks)
+    metrics: dict[str, float] = {}
+    for update in range(algorithm.num_updates):
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum, stats_sum = 0.0, {}
+        for group in groups:
+            if max_tasks_per_graph_injected is not None and len(group) > max_tasks_per_graph_injected:
+                raise torch.OutOfMemoryError(f"injected: a graph of {len(group)} tasks > {max_tasks_per_graph_injected}")
+            with _autocast(config.use_amp, parameters[0].device):
+                loss, stats = algorithm.loss(group)
+            if poison_loss:
+                loss = loss * float("nan")
+            # Each group's share of the mean over all tasks of all learners.
+            (loss * (len(group) / num_tasks_total)).backward()
+            loss_sum += float(loss.detach()) * len(group)
+            for key, value in stats.items():
+                stats_sum[key] = stats_sum.get(key, 0.0) + value * len(group)
+        if not np.isfinite(loss_sum):  # a non-finite loss reaches every learner through the all-reduce
+            for p in parameters:
+                p.grad = torch.full_like(p, float("nan"))
+        average_gradients_across_learners(parameters)
+        # After the all-reduce every learner sees the same gradient, so all of them roll back or none.
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+        if not torch.isfinite(grad_norm):
+            raise NonFiniteUpdateError(f"non-finite {'loss' if not np.isfinite(loss_sum) else 'gradient'} "
+                                       f"in PPO epoch {update + 1} of {algorithm.num_updates}")
+        optimizer.step()
+        if update == 0:
+            metrics["loss/outer"] = loss_sum / len(tasks)
+            metrics["ppo/grad_norm"] = float(grad_norm)
+    metrics["loss/outer_last_epoch"] = loss_sum / len(tasks)
+    metrics.update({key: value / len(tasks) for key, value in stats_sum.items()})
+    return metrics
+
+
+def resolve_meta_batching(meta_batching: str, device: torch.device) -> str:
+    """``auto``: batched graphs on a GPU, where one large kernel beats many small ones; one graph per
+    task on a CPU, measured faster there for both policies at the ML10 defaults (``python
+    benchmarks/learner.py``): a task's activations (5,000 x 128 floats) stay in cache, where a batched
+    graph's are memory-bound, and it needs a tenth of the memory. With the adjoint scan the SSM's
+    per-task graph is small too (0.72x the batched time, 0.1x its peak memory)."""
+    if meta_batching != "auto":
+        return meta_batching
+    return "batched" if device.type == "cuda" else "per_task"
+
+
+def _autocast(use_amp: bool, device: torch.device) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on the forward passes (matmuls); parameters, gradients and Adam state stay fp32."""
+    if not use_amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def average_gradients_across_learners(parameters: Sequence[torch.nn.Parameter]) -> None:
+    """Sum the learners' gradients (each already scaled by its share of all tasks) in one flat
+    all-reduce; every learner then holds the same gradient, so the same parameters after the step."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for p in parameters:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in parameters])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for p in parameters:
+        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
+        offset += p.numel()
+
+
+class Learner:
+    def __init__(self, policy_config: PolicyConfig, maml_config: MAMLConfig, ppo_config: PPOConfig, seed: int,
+                 device: str, learner_config: LearnerConfig | None = None) -> None:
+        self.device = torch.device(device)
+        self.ppo_config = ppo_config
+        self.config = learner_config or LearnerConfig()
+        # The same seed gives the same initial meta-parameters on every machine and every learner.
+        torch.manual_seed(seed)
+        self.policy = build_policy(OBS_DIM, ACTION_DIM, policy_config).to(self.device)
+        self.algorithm: MetaLearner = MAMLPPO(self.policy, maml_config, ppo_config)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=ppo_config.meta_lr)
+        # Product of the nonfinite_lr_factor of every rollback so far: scales meta_lr and inner_lr.
+        self.lr_scale = 1.0
+        # "N" poisons iteration N on every learner, "N@R" only on learner rank R.
+        self._poisoned = [tuple(int(x) for x in item.split("@")) for item in os.environ.get(INJECT_NONFINITE_ENV, "").split(",")
+                          if item.strip()]
+        self._oom_above_tasks = int(os.environ[INJECT_OOM_ENV]) if os.environ.get(INJECT_OOM_ENV) else None
+        # Raised for the rest of the run after an out-of-memory error (not checkpointed: a resumed run,
+        # perhaps on a bigger device, starts from the configured value again).
+        self.accumulation_steps = self.config.gradient_accumulation_steps
+
+    def get_params(self) -> dict[str, np.ndarray]:
+        return params_to_numpy(dict(self.policy.named_parameters()))
+
+    def update(self, rollouts: Sequence[TaskRollouts], num_tasks_total: int | None = None,
+               iteration: int | None = None) -> dict[str, float]:
+        """One iteration's meta-update on this learner's tasks. ``num_tasks_total``: tasks over all
+        learners (default: these), so that the all-reduced gradient is the mean over every task.
+
+        A non-finite loss or gradient in any PPO epoch undoes the whole iteration's update: parameters
+        and Adam state return to the last good iteration's and both learning rates are scaled down
+        (``fault/nonfinite_update`` = 1 in the metrics; the trainer stops after too many in a row)."""
+        rollouts = sorted(rollouts, key=lambda task: task.slot)  # independent of which worker finished first
+        tasks = [TaskTensors.from_rollouts(task, self.device) for task in rollouts]
+        last_good = copy.deepcopy(self.state_dict())
+        oom_retries = 0
+        while True:
+            try:
+                config = dataclasses.replace(self.config, gradient_accumulation_steps=self.accumulation_steps)
+                metrics = meta_update(self.algorithm, self.optimizer, tasks, config, self.ppo_config.grad_clip,
+                                      num_tasks_total or len(tasks), poison_loss=self._is_poisoned(iteration),
+                                      max_tasks_per_graph_injected=self._oom_above_tasks)
+                metrics["fault/nonfinite_update"] = 0.0
+                break
+            except NonFiniteUpdateError as error:
+                self.load_state_dict(last_good)
+                self.set_lr_scale(self.lr_scale * self.config.nonfinite_lr_factor)
+                logger.warning("%s: update undone, meta_lr and inner_lr scaled to %.3g of the configured values",
+                               error, self.lr_scale)
+                metrics = {"fault/nonfinite_update": 1.0}
+                break
+            except torch.OutOfMemoryError as error:
+                self._recover_from_out_of_memory(error, last_good, len(tasks))
+                oom_retries += 1
+        metrics["fault/oom_retries"] = float(oom_retries)
+        metrics["learner/gradient_accumulation_steps"] = float(self.accumulation_steps)
+        metrics.update(rollout_metrics(rollouts))
+        metrics["policy/std"] = float(self.policy.log_std.detach().exp().mean())
+        metrics["learner/lr_scale"] = self.lr_scale
+        if self.device.type == "cuda":  # peak of this iteration's update
+            metrics["memory/learner_cuda_peak_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return metrics
+
+    def _is_poisoned(self, iteration: int | None) -> bool:
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        return any(item[0] == iteration and (len(item) == 1 or item[1] == rank) for item in self._poisoned)
+
+    def _recover_from_out_of_memory(self, error: Exception, last_good: dict[str, Any], num_tasks: int) -> None:
+        """Undo the partial update, free the cached blocks and split the meta-batch into twice the
+        chunks (the gradient is the same, peak memory lower); re-raise when it cannot be split further.
+        With several learners the others wait in the all-reduce of the epoch this one failed in, so a
+        retry would pair mismatched epochs: there the error ends the group (the trainer restarts it)."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            raise error
+        per_task = resolve_meta_batching(self.config.meta_batching, self.device) == "per_task"
+        # The chunks meta_update used: at least one per MAX_TASKS_PER_GRAPH tasks.
+        chunks = max(self.accumulation_steps, -(-num_tasks // MAX_TASKS_PER_GRAPH))
+        more = min(num_tasks, 2 * chunks)
+        if per_task or more == chunks:
+            raise error
+        error.__traceback__ = None  # its frames hold the failed graph: drop them before freeing the cache
+        self.load_state_dict(last_good)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        logger.warning("out of memory in the meta-update (%s); retrying with the meta-batch in %d chunks",
+                       str(error).splitlines()[0][:200], more)
+        self.accumulation_steps = more
+
+    def set_lr_scale(self, lr_scale: float) -> None:
+        self.lr_scale = lr_scale
+        self.algorithm.set_lr_scale(lr_scale)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.ppo_config.meta_lr * lr_scale
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "policy": {k: v.detach().cpu() for k, v in self.policy.state_dict().items()},
+            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "lr_scale": self.lr_scale,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])  # Adam moves its state to the params' device
+        # A resumed run may be given a new --meta_lr; earlier rollbacks' scaling carries over.
+        self.set_lr_scale(float(state.get("lr_scale", 1.0)))
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_cpu(v) for v in value]
+    return value
