@@ -10,6 +10,11 @@
    so it needs no mid-sequence reset here - the strongest LSTM baseline).
 3. Per-step rollout inference for 20 envs: SSM vs MLP vs LSTM, with shared (pre-adaptation) and
    per-env (adapted) parameters.
+4. An in-context (RL2-style) trial: 10 episodes of 500 steps (L = 5,000) whose memory carries across
+   the episodes, reset only where the trial starts; batch 20 (one trial per meta-batch task). Training
+   pass of the SSM layer (each scan but the step loop) against the GRU step loop (GRUCell stepped, as a
+   recurrent policy recomputes recorded trials step by step) and the fused nn.GRU (which a trial with
+   no mid-sequence reset also allows).
 Writes benchmarks/results/ssm.json.
 """
 
@@ -36,6 +41,7 @@ from metarl_ray.policies.common import LOG_STD_MAX, LOG_STD_MIN, BatchedPolicy, 
 from metarl_ray.policies.ssm import SCANS, DiagonalSSM
 
 BATCH, LENGTH, HIDDEN, STATE = 20, 500, 128, 64
+TRIAL_EPISODES = 10
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
@@ -74,6 +80,32 @@ def training_pass(repeats: int) -> dict[str, float]:
     results["lstm_reset_aware"] = timed(lambda: reset_aware_lstm(cell, x, starts).square().mean().backward(), repeats)
     lstm, gru = nn.LSTM(HIDDEN, HIDDEN, batch_first=True), nn.GRU(HIDDEN, HIDDEN, batch_first=True)
     results["lstm_fused"] = timed(lambda: lstm(x)[0].square().mean().backward(), repeats)
+    results["gru_fused"] = timed(lambda: gru(x)[0].square().mean().backward(), repeats)
+    return results
+
+
+def gru_step_loop(cell: nn.GRUCell, x: torch.Tensor) -> torch.Tensor:
+    h = x.new_zeros(x.shape[0], cell.hidden_size)
+    outputs = []
+    for x_t in x.unbind(1):
+        h = cell(x_t, h)
+        outputs.append(h)
+    return torch.stack(outputs, 1)
+
+
+def trial_training_pass(repeats: int) -> dict[str, float]:
+    """Forward + backward over one 10-episode trial per task, reset only at the trial start."""
+    torch.manual_seed(3)
+    length = TRIAL_EPISODES * LENGTH
+    x = torch.randn(BATCH, length, HIDDEN, requires_grad=True)
+    starts = torch.zeros(BATCH, length, dtype=torch.bool)
+    starts[:, 0] = True
+    results = {}
+    for scan in ("adjoint", "chunked", "doubling"):
+        layer = DiagonalSSM(HIDDEN, STATE, scan)
+        results[f"ssm_{scan}"] = timed(lambda: layer.forward_sequence(x, layer.initial_state(BATCH), starts)[0].square().mean().backward(), repeats)
+    cell, gru = nn.GRUCell(HIDDEN, HIDDEN), nn.GRU(HIDDEN, HIDDEN, batch_first=True)
+    results["gru_step_loop"] = timed(lambda: gru_step_loop(cell, x).square().mean().backward(), max(2, repeats // 3), warmup=1)
     results["gru_fused"] = timed(lambda: gru(x)[0].square().mean().backward(), repeats)
     return results
 
@@ -159,6 +191,8 @@ def main() -> int:
     print("second-order MAML step, one task (ms):", {k: round(v, 1) for k, v in maml_ms.items()}, flush=True)
     rollout_us = rollout_step(args.repeats * 200)
     print("rollout step, 20 envs (us):", {k: round(v, 1) for k, v in rollout_us.items()}, flush=True)
+    trial_ms = trial_training_pass(max(3, args.repeats // 2))
+    print(f"trial training pass, {BATCH} x {TRIAL_EPISODES * LENGTH} steps (ms):", {k: round(v, 1) for k, v in trial_ms.items()}, flush=True)
 
     best_scan = min(SCANS, key=lambda scan: train_ms[f"ssm_{scan}"])
     ssm_train = train_ms[f"ssm_{best_scan}"]
@@ -170,12 +204,15 @@ def main() -> int:
         "ssm_over_mlp_rollout_step_shared": rollout_us["ssm_shared"] / rollout_us["mlp_shared"],
         "ssm_over_mlp_rollout_step_per_env": rollout_us["ssm_per_env"] / rollout_us["mlp_per_env"],
         "ssm_over_lstm_rollout_step_shared": rollout_us["ssm_shared"] / rollout_us["lstm_shared"],
+        "gru_step_loop_over_ssm_trial_train": trial_ms["gru_step_loop"] / trial_ms["ssm_adjoint"],
+        "gru_fused_over_ssm_trial_train": trial_ms["gru_fused"] / trial_ms["ssm_adjoint"],
     }
     goals = {
         "ssm_train_>=3x_faster_than_reset_aware_lstm": ratios["lstm_reset_aware_over_ssm_train"] >= 3.0,
         "ssm_train_no_slower_than_fused_lstm": ratios["lstm_fused_over_ssm_train"] >= 1.0,
         "maml_step_>=3x_faster_than_lstm": ratios["lstm_over_ssm_maml_step"] >= 3.0,
         "ssm_rollout_step_<=2x_mlp": ratios["ssm_over_mlp_rollout_step_shared"] <= 2.0,
+        "ssm_trial_train_>=5x_faster_than_gru_step_loop": ratios["gru_step_loop_over_ssm_trial_train"] >= 5.0,
     }
     report = {
         "command": "python benchmarks/ssm.py " + " ".join(sys.argv[1:]),
@@ -186,6 +223,8 @@ def main() -> int:
         "fastest_scan": best_scan,
         "maml_second_order_step_ms": {k: round(v, 2) for k, v in maml_ms.items()},
         "rollout_step_us": {k: round(v, 2) for k, v in rollout_us.items()},
+        "trial_training_pass_ms": {"shape": [BATCH, TRIAL_EPISODES * LENGTH, HIDDEN], "resets": "trial start only",
+                                   **{k: round(v, 2) for k, v in trial_ms.items()}},
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
         "goals_met": goals,
     }
