@@ -72,9 +72,9 @@ class EnvConfig:
 @dataclass(frozen=True)
 class PolicyConfig:
     policy_type: str = "mlp"
-    """Policy family: mlp, or ssm (diagonal state-space recurrence)."""
+    """Policy family: mlp, ssm (diagonal state-space recurrence) or gru (the recurrent baseline)."""
     hidden_size: int = 128
-    """Width of each hidden layer (MLP) or of the SSM blocks' channels."""
+    """Width of each hidden layer (MLP), of the SSM blocks' channels, or of the GRU's state."""
     num_hidden_layers: int = 2
     """Number of hidden layers of the MLP."""
     state_size: int = 64
@@ -87,7 +87,7 @@ class PolicyConfig:
     """Initial log standard deviation of the Gaussian action distribution."""
 
     def __post_init__(self) -> None:
-        _check(self.policy_type in ("mlp", "ssm"), "policy_type", self.policy_type, "expected mlp or ssm")
+        _check(self.policy_type in ("mlp", "ssm", "gru"), "policy_type", self.policy_type, "expected mlp, ssm or gru")
         _check(1 <= self.state_size <= 4096, "state_size", self.state_size, "expected an integer in [1, 4096]")
         _check(1 <= self.num_ssm_layers <= 16, "num_ssm_layers", self.num_ssm_layers, "expected an integer in [1, 16]")
         _check(self.ssm_scan in ("adjoint", "reference", "doubling", "chunked"), "ssm_scan", self.ssm_scan, "expected adjoint, reference, doubling or chunked")
@@ -114,6 +114,28 @@ class MAMLConfig:
         _check(1 <= self.episodes_per_task <= 1000, "episodes_per_task", self.episodes_per_task, "expected an integer in [1, 1000]")
         _check(0.0 < self.inner_lr <= 10.0, "inner_lr", self.inner_lr, "expected a number in (0, 10]")
         _check(1 <= self.num_inner_steps <= 20, "num_inner_steps", self.num_inner_steps, "expected an integer in [1, 20]")
+
+
+ALGORITHMS = ("maml_ppo", "rl2")
+
+
+@dataclass(frozen=True)
+class MetaLearnerConfig:
+    algorithm: str = "maml_ppo"
+    """Meta-learner: maml_ppo (adapt by an inner policy-gradient step) or rl2 (adapt in context: a recurrent policy's memory across a trial's episodes)."""
+    episodes_per_trial: int = 10
+    """rl2: consecutive episodes of one task in a trial; the policy's memory carries across them."""
+    trials_per_task: int = 2
+    """rl2: trials collected per task per iteration (2 x 10 episodes: the env steps MAML+PPO spends per task)."""
+
+    def __post_init__(self) -> None:
+        _check(self.algorithm in ALGORITHMS, "algorithm", self.algorithm, f"expected one of {', '.join(ALGORITHMS)}")
+        _check(1 <= self.episodes_per_trial <= 1000, "episodes_per_trial", self.episodes_per_trial, "expected an integer in [1, 1000]")
+        _check(1 <= self.trials_per_task <= 1000, "trials_per_task", self.trials_per_task, "expected an integer in [1, 1000]")
+
+    @property
+    def in_context(self) -> bool:
+        return self.algorithm == "rl2"
 
 
 @dataclass(frozen=True)
@@ -228,6 +250,7 @@ class TrainConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     maml: MAMLConfig = field(default_factory=MAMLConfig)
+    meta_learner: MetaLearnerConfig = field(default_factory=MetaLearnerConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
@@ -237,18 +260,23 @@ class TrainConfig:
         # Every learner needs at least one task of the meta-batch.
         _check(self.learner.num_learners <= self.maml.num_tasks, "num_learners", self.learner.num_learners,
                f"expected at most --num_tasks={self.maml.num_tasks} (each learner needs a task)")
+        # In-context adaptation lives in the policy's memory: a memoryless policy cannot adapt.
+        _check(not self.meta_learner.in_context or self.policy.policy_type != "mlp", "policy_type",
+               self.policy.policy_type, "--algorithm=rl2 adapts in the policy's memory: expected ssm or gru")
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
 
 
-SECTIONS: dict[str, type] = {"env": EnvConfig, "policy": PolicyConfig, "maml": MAMLConfig, "ppo": PPOConfig,
+SECTIONS: dict[str, type] = {"env": EnvConfig, "policy": PolicyConfig, "maml": MAMLConfig,
+            "meta_learner": MetaLearnerConfig, "ppo": PPOConfig,
             "rollout": RolloutConfig, "learner": LearnerConfig, "run": RunConfig}
 
 # Test mode shrinks budgets; flags given explicitly still win over these.
 TEST_MODE_OVERRIDES: dict[str, dict[str, Any]] = {
     "env": {"max_episode_length": 50},
     "maml": {"num_tasks": 2, "episodes_per_task": 2},
+    "meta_learner": {"episodes_per_trial": 2},
     "ppo": {"num_ppo_epochs": 2},
     "run": {"num_epochs": 2, "checkpoint_every": 1},
 }

@@ -37,7 +37,11 @@ def linear_baseline_features(observations: np.ndarray) -> np.ndarray:
 def fit_linear_baseline(observations: np.ndarray, returns: np.ndarray, reg_coef: float = 1e-5) -> np.ndarray:
     """Ridge regression of returns on features; raises the ridge until the solve is finite."""
     features = linear_baseline_features(observations).reshape(-1, observations.shape[-1] * 2 + 4)
-    targets = returns.reshape(-1)
+    return fit_ridge(features, returns.reshape(-1), reg_coef)
+
+
+def fit_ridge(features: np.ndarray, targets: np.ndarray, reg_coef: float = 1e-5) -> np.ndarray:
+    """Ridge regression (M, F), (M,) -> (F,); raises the ridge until the solve is finite."""
     gram = features.T @ features
     rhs = features.T @ targets
     identity = np.eye(gram.shape[0])
@@ -73,5 +77,30 @@ def compute_advantages(observations: np.ndarray, rewards: np.ndarray, gamma: flo
     values = linear_baseline_features(observations) @ coeffs
     advantages = compute_gae(rewards.astype(np.float64), values, gamma, gae_lambda)
     # Per-batch normalisation keeps the inner step size meaningful across tasks of different reward scale.
+    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    return advantages.astype(np.float32)
+
+
+def trial_baseline_features(observations: np.ndarray, episode_length: int) -> np.ndarray:
+    """In-context trials (N, L, D) -> (N, L, 2D + 6): the per-episode features above (time restarts at
+    each episode) plus the episode's place in the trial, e / E and (e / E)^2: later episodes of a trial
+    are worth more once the memory knows the task."""
+    num_trials, length, obs_dim = observations.shape
+    num_episodes = length // episode_length
+    per_episode = linear_baseline_features(observations.reshape(num_trials * num_episodes, episode_length, obs_dim))
+    place = np.repeat(np.arange(num_episodes) / num_episodes, episode_length)  # (L,)
+    place = np.broadcast_to(place[None, :, None], (num_trials, length, 1))
+    return np.concatenate([per_episode.reshape(num_trials, length, -1), place, place**2], axis=-1)
+
+
+def trial_advantages(observations: np.ndarray, rewards: np.ndarray, episode_length: int, gamma: float,
+                     gae_lambda: float) -> np.ndarray:
+    """Normalised GAE over whole in-context trials: returns and GAE run across the episode boundaries
+    within a trial (an action may pay off in a later episode, through the memory) and stop at the
+    trial's end. (N, L, D), (N, L) -> (N, L) float32."""
+    returns = discounted_returns(rewards, gamma)
+    features = trial_baseline_features(observations, episode_length)
+    coeffs = fit_ridge(features.reshape(-1, features.shape[-1]), returns.reshape(-1))
+    advantages = compute_gae(rewards.astype(np.float64), features @ coeffs, gamma, gae_lambda)
     advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     return advantages.astype(np.float32)

@@ -14,14 +14,16 @@ through the adaptation: (I - alpha * Hess L_in) grad L_out(theta') for one step.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from metarl_ray.training.batch import EpisodeBatch, TaskRollouts
+from metarl_ray.algorithms.base import EvalPlan, SamplePlan
+from metarl_ray.training.batch import EpisodeBatch, GoalEvaluation, TaskRollouts
 from metarl_ray.config import MAMLConfig, PPOConfig
+from metarl_ray.algorithms.ppo import clipped_surrogate
 from metarl_ray.policies.common import Params, log_prob
 
 
@@ -138,6 +140,15 @@ class MAMLPPO:
     def num_updates(self) -> int:
         return self.ppo.num_ppo_epochs
 
+    @property
+    def per_task_graphs_on_cpu(self) -> bool:
+        # Measured (benchmarks/learner.py): a task's second-order graph stays in cache, a batched
+        # graph's activations are memory-bound, and it needs a tenth of the memory.
+        return True
+
+    def tensors(self, rollouts: TaskRollouts, device: torch.device) -> "TaskTensors":
+        return TaskTensors.from_rollouts(rollouts, device)
+
     def set_lr_scale(self, lr_scale: float) -> None:
         self.inner_lr = self.maml.inner_lr * lr_scale
 
@@ -148,18 +159,7 @@ class MAMLPPO:
         return adapt(self.policy, params, support, self.inner_lr, create_graph)
 
     def _clipped_surrogate(self, new_log_probs: torch.Tensor, query: TensorBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """PPO's clipped loss per task: log-probs (..., N, T) -> (...,), and KL / clip-fraction statistics."""
-        log_ratio = new_log_probs - query.log_probs
-        ratio = torch.exp(log_ratio)
-        clipped = ratio.clamp(1.0 - self.ppo.clip_eps, 1.0 + self.ppo.clip_eps)
-        loss = -torch.min(ratio * query.advantages, clipped * query.advantages).flatten(-2).mean(-1)
-        with torch.no_grad():
-            stats = {
-                # (r - 1) - log r: the low-variance estimator of KL(old || new), Schulman 2020.
-                "ppo/kl": ((ratio - 1.0) - log_ratio).flatten(-2).mean(-1),
-                "ppo/clip_fraction": ((ratio - 1.0).abs() > self.ppo.clip_eps).float().flatten(-2).mean(-1),
-            }
-        return loss, stats
+        return clipped_surrogate(new_log_probs, query.log_probs, query.advantages, self.ppo.clip_eps)
 
     def task_outer_loss(self, meta_params: Params, task: TaskTensors) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One task, its own second-order graph (the reference path)."""
@@ -193,3 +193,67 @@ class MAMLPPO:
         """Mean PPO loss over tasks, one graph per task (for tests and diagnostics)."""
         meta_params = self.meta_params()
         return torch.stack([self.task_outer_loss(meta_params, task)[0] for task in tasks]).mean()
+
+
+class MAMLRollouts:
+    """MAML's rollout program: per task, support episodes -> inner step (x num_inner_steps) -> query
+    episodes, the inner steps taken in the rollout actor itself, so an iteration costs one parameter
+    broadcast and one gather."""
+
+    def __init__(self, maml: MAMLConfig) -> None:
+        self.maml = maml
+
+    def sample(self, collector: Any, envs: Sequence[Any], tasks: Sequence[Any], params: Params,
+               rngs: Sequence[np.random.Generator], plan: SamplePlan | None, inner_lr: float | None) -> list[TaskRollouts]:
+        plan = plan or SamplePlan(self.maml.episodes_per_task, self.maml.episodes_per_task)
+        per_task: list[Params] = [params] * len(tasks)
+        supports: list[list[EpisodeBatch]] = [[] for _ in tasks]
+        for _ in range(self.maml.num_inner_steps):
+            batches = collector.collect(envs, per_task, rngs, plan.num_support_episodes)
+            for index, batch in enumerate(batches):
+                supports[index].append(batch)
+                per_task[index] = self.adapt_one(collector.policy, per_task[index], batch, inner_lr)
+        queries = collector.collect(envs, per_task, rngs, plan.num_query_episodes)
+        return [TaskRollouts(spec.slot, spec.env_name, spec.goal_index, tuple(support), query)
+                for spec, support, query in zip(tasks, supports, queries)]
+
+    def evaluate(self, collector: Any, envs: Sequence[Any], tasks: Sequence[Any], params: Params,
+                 rngs: Sequence[np.random.Generator], plan: EvalPlan, inner_lr: float | None) -> list[GoalEvaluation]:
+        """A mean-action episode, adaptation on sampled episodes (the first K of which are the
+        pre-adaptation sampled figure), then a mean-action and K sampled episodes."""
+        per_task: list[Params] = [params] * len(tasks)
+        pre_mean = collector.collect(envs, per_task, rngs, 1, deterministic=True)
+        first_support: list[EpisodeBatch] = []
+        for _ in range(self.maml.num_inner_steps):  # at least one (MAMLConfig)
+            batches = collector.collect(envs, per_task, rngs, plan.num_adaptation_episodes)
+            first_support = first_support or batches
+            per_task = [self.adapt_one(collector.policy, p, batch, inner_lr) for p, batch in zip(per_task, batches)]
+        post_mean = collector.collect(envs, per_task, rngs, 1, deterministic=True)
+        post_sampled = collector.collect(envs, per_task, rngs, plan.num_sampled_episodes)
+        k = plan.num_sampled_episodes
+        steps_per_task = (2 + k + plan.num_adaptation_episodes * self.maml.num_inner_steps) * collector.episode_length
+        return [
+            GoalEvaluation(
+                slot=spec.slot, env_name=spec.env_name, goal_index=spec.goal_index,
+                pre_mean_success=bool(pre.successes[0]), post_mean_success=bool(post.successes[0]),
+                pre_mean_return=float(pre.episode_returns[0]), post_mean_return=float(post.episode_returns[0]),
+                pre_sampled_successes=support.successes[:k].copy(), post_sampled_successes=sampled.successes.copy(),
+                pre_sampled_returns=support.episode_returns[:k].copy(), post_sampled_returns=sampled.episode_returns.copy(),
+                num_steps=steps_per_task)
+            for spec, pre, support, post, sampled in zip(tasks, pre_mean, first_support, post_mean, post_sampled)
+        ]
+
+    def adapt_to_goal(self, collector: Any, envs: Sequence[Any], params: Params, rngs: Sequence[np.random.Generator],
+                      plan: EvalPlan, inner_lr: float | None) -> Params:
+        """The adapted parameters ``evaluate`` reaches on one goal: its adaptation episodes, same noise."""
+        for _ in range(self.maml.num_inner_steps):
+            batch = collector.collect(envs, [params], rngs, plan.num_adaptation_episodes)[0]
+            params = self.adapt_one(collector.policy, params, batch, inner_lr)
+        return params
+
+    def adapt_one(self, policy: nn.Module, params: Params, batch: EpisodeBatch, inner_lr: float | None) -> Params:
+        """One task's first-order inner steps on its batch (rollouts need no graph)."""
+        leaf_params = {name: p.detach().requires_grad_(True) for name, p in params.items()}
+        adapted = adapt(policy, leaf_params, [TensorBatch.from_numpy(batch)],
+                        self.maml.inner_lr if inner_lr is None else inner_lr, create_graph=False)
+        return {name: p.detach() for name, p in adapted.items()}

@@ -41,7 +41,8 @@ BOOLEAN_FLAGS = {"fast_envs", "first_order", "ray_dashboard", "resume", "test_mo
 # checkpoint, or (the seed) would silently swap the benchmark's train and test goals.
 # fast_envs may change: the fast path's outputs equal stock Meta-World's bit for bit.
 FIXED_ON_RESUME: dict[str, list[str] | None] = {
-    "env": ["benchmark", "task", "max_episode_length", "reward_function_version"], "policy": None, "run": ["seed"]}
+    "env": ["benchmark", "task", "max_episode_length", "reward_function_version"], "policy": None,
+    "meta_learner": ["algorithm", "episodes_per_trial"], "run": ["seed"]}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,7 +68,7 @@ def _add_flag(parser: argparse.ArgumentParser, name: str, dest: str, help_text: 
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="metarl train", description="Meta-train a policy with MAML+PPO on Meta-World.")
+    parser = _Parser(prog="metarl train", description="Meta-train a policy on Meta-World: MAML+PPO or in-context (RL2).")
     parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="YAML file of settings (flags override it)")
     parser.add_argument("--env", metavar="NAME", default=argparse.SUPPRESS, help="environment suite: metaworld (the only one)")
     for name, section in FIELD_SECTION.items():

@@ -46,6 +46,65 @@ class TaskRollouts:
     def num_steps(self) -> int:
         return sum(batch.num_steps for batch in self.support) + self.query.num_steps
 
+    @property
+    def num_env_faults(self) -> int:
+        return sum(batch.num_env_faults for batch in (*self.support, self.query))
+
+    def before_and_after_adaptation(self) -> tuple[EpisodeBatch, EpisodeBatch]:
+        """The episodes of the meta-parameters (first support batch) and of the adapted policy (query)."""
+        return self.support[0], self.query
+
+
+@dataclass(frozen=True)
+class TrialBatch:
+    """N trials of one task: E consecutive episodes of T steps each, the policy's memory carried across
+    the episodes of a trial (in-context meta-RL). Steps are laid out trial by trial, L = E * T."""
+
+    observations: np.ndarray  # (N, L, obs_dim) float32, the env's observations (without the in-context inputs)
+    actions: np.ndarray  # (N, L, act_dim) float32, as sampled
+    rewards: np.ndarray  # (N, L) float32
+    log_probs: np.ndarray  # (N, L) float32, log pi(a | history) of the sampling policy
+    advantages: np.ndarray  # (N, L) float32, GAE over a whole trial, normalised per batch
+    successes: np.ndarray  # (N, E) bool, episode e of the trial reached success at some step
+    episode_length: int  # T
+    num_env_faults: int = 0  # trials sampled again after their env raised or went non-finite
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.rewards.size)
+
+    @property
+    def episode_returns(self) -> np.ndarray:  # (N, E)
+        return self.rewards.reshape(self.rewards.shape[0], -1, self.episode_length).sum(axis=-1)
+
+    def episode(self, index: int) -> EpisodeBatch:
+        """Episode ``index`` of every trial, as an EpisodeBatch (for metrics)."""
+        steps = slice(index * self.episode_length, (index + 1) * self.episode_length)
+        return EpisodeBatch(self.observations[:, steps], self.actions[:, steps], self.rewards[:, steps],
+                            self.log_probs[:, steps], self.advantages[:, steps], self.successes[:, index])
+
+
+@dataclass(frozen=True)
+class TaskTrials:
+    """Everything one task contributes to an in-context meta-update."""
+
+    slot: int
+    env_name: str
+    goal_index: int
+    trials: TrialBatch
+
+    @property
+    def num_steps(self) -> int:
+        return self.trials.num_steps
+
+    @property
+    def num_env_faults(self) -> int:
+        return self.trials.num_env_faults
+
+    def before_and_after_adaptation(self) -> tuple[EpisodeBatch, EpisodeBatch]:
+        """First episodes of the trials (empty memory) and last episodes (the memory of all before)."""
+        return self.trials.episode(0), self.trials.episode(self.trials.successes.shape[1] - 1)
+
 
 @dataclass(frozen=True)
 class GoalEvaluation:

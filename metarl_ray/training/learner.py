@@ -20,24 +20,26 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from metarl_ray.training.batch import TaskRollouts
-from metarl_ray.config import LearnerConfig, MAMLConfig, PolicyConfig, PPOConfig
-from metarl_ray.envs.metaworld import ACTION_DIM, OBS_DIM
+from metarl_ray.training.batch import TaskRollouts, TaskTrials
+from metarl_ray.config import LearnerConfig, MAMLConfig, MetaLearnerConfig, PolicyConfig, PPOConfig
+from metarl_ray.envs.metaworld import ACTION_DIM
+from metarl_ray.algorithms import build_meta_learner, policy_input_dim
 from metarl_ray.algorithms.base import MetaLearner
-from metarl_ray.algorithms.maml_ppo import MAMLPPO, TaskTensors
 from metarl_ray.policies import build_policy
 from metarl_ray.policies.common import params_to_numpy
 
 
-def rollout_metrics(rollouts: Sequence[TaskRollouts]) -> dict[str, float]:
-    """Pre-adaptation (first support batch) and post-adaptation (query) return and success."""
+def rollout_metrics(rollouts: Sequence[TaskRollouts | TaskTrials]) -> dict[str, float]:
+    """Return and success before adaptation (MAML: the first support batch; in context: first episodes
+    of the trials) and after it (the query batch; the trials' last episodes)."""
+    before, after = zip(*(task.before_and_after_adaptation() for task in rollouts))
     return {
         "rollout/env_steps": float(sum(task.num_steps for task in rollouts)),
-        "fault/env_faults": float(sum(batch.num_env_faults for task in rollouts for batch in (*task.support, task.query))),
-        "pre_adapt/return": float(np.mean([task.support[0].episode_returns.mean() for task in rollouts])),
-        "pre_adapt/success": float(np.mean([task.support[0].successes.mean() for task in rollouts])),
-        "post_adapt/return": float(np.mean([task.query.episode_returns.mean() for task in rollouts])),
-        "post_adapt/success": float(np.mean([task.query.successes.mean() for task in rollouts])),
+        "fault/env_faults": float(sum(task.num_env_faults for task in rollouts)),
+        "pre_adapt/return": float(np.mean([batch.episode_returns.mean() for batch in before])),
+        "pre_adapt/success": float(np.mean([batch.successes.mean() for batch in before])),
+        "post_adapt/return": float(np.mean([batch.episode_returns.mean() for batch in after])),
+        "post_adapt/success": float(np.mean([batch.successes.mean() for batch in after])),
     }
 
 
@@ -63,7 +65,7 @@ class NonFiniteUpdateError(ArithmeticError):
     """A NaN or Inf in a loss or gradient, caught before the optimizer step applied it."""
 
 
-def meta_update(algorithm: MetaLearner, optimizer: torch.optim.Optimizer, tasks: Sequence[TaskTensors],
+def meta_update(algorithm: MetaLearner, optimizer: torch.optim.Optimizer, tasks: Sequence[Any],
                 config: LearnerConfig, grad_clip: float, num_tasks_total: int | None = None,
                 poison_loss: bool = False, max_tasks_per_graph_injected: int | None = None) -> dict[str, float]:
     """``algorithm.num_updates`` optimizer steps on the mean loss over every learner's tasks.
@@ -71,7 +73,7 @@ def meta_update(algorithm: MetaLearner, optimizer: torch.optim.Optimizer, tasks:
     that optimizer step, if a loss or the gradient is not finite (``poison_loss`` injects a NaN loss)."""
     num_tasks_total = num_tasks_total or len(tasks)
     parameters = list(algorithm.policy.parameters())
-    if resolve_meta_batching(config.meta_batching, parameters[0].device) == "per_task":
+    if resolve_meta_batching(config.meta_batching, parameters[0].device, algorithm.per_task_graphs_on_cpu) == "per_task":
         groups = [[task] for task in tasks]  # one second-order graph at a time: the least memory
     else:
         # A batched graph holds every task's second-order graph at once: at most MAX_TASKS_PER_GRAPH.
@@ -111,15 +113,15 @@ def meta_update(algorithm: MetaLearner, optimizer: torch.optim.Optimizer, tasks:
     return metrics
 
 
-def resolve_meta_batching(meta_batching: str, device: torch.device) -> str:
-    """``auto``: batched graphs on a GPU, where one large kernel beats many small ones; one graph per
-    task on a CPU, measured faster there for both policies at the ML10 defaults (``python
-    benchmarks/learner.py``): a task's activations (5,000 x 128 floats) stay in cache, where a batched
-    graph's are memory-bound, and it needs a tenth of the memory. With the adjoint scan the SSM's
-    per-task graph is small too (0.72x the batched time, 0.1x its peak memory)."""
+def resolve_meta_batching(meta_batching: str, device: torch.device, per_task_graphs_on_cpu: bool = True) -> str:
+    """``auto``: batched graphs on a GPU, where one large kernel beats many small ones; on a CPU what the
+    meta-learner says. MAML+PPO: one graph per task, measured faster there for both policies at the ML10
+    defaults (``python benchmarks/learner.py``): a task's activations (5,000 x 128 floats) stay in cache,
+    where a batched graph's are memory-bound, and it needs a tenth of the memory. With the adjoint scan
+    the SSM's per-task graph is small too (0.72x the batched time, 0.1x its peak memory)."""
     if meta_batching != "auto":
         return meta_batching
-    return "batched" if device.type == "cuda" else "per_task"
+    return "batched" if device.type == "cuda" or not per_task_graphs_on_cpu else "per_task"
 
 
 def _autocast(use_amp: bool, device: torch.device) -> contextlib.AbstractContextManager:
@@ -147,14 +149,16 @@ def average_gradients_across_learners(parameters: Sequence[torch.nn.Parameter]) 
 
 class Learner:
     def __init__(self, policy_config: PolicyConfig, maml_config: MAMLConfig, ppo_config: PPOConfig, seed: int,
-                 device: str, learner_config: LearnerConfig | None = None) -> None:
+                 device: str, learner_config: LearnerConfig | None = None,
+                 meta_learner_config: MetaLearnerConfig | None = None) -> None:
         self.device = torch.device(device)
         self.ppo_config = ppo_config
         self.config = learner_config or LearnerConfig()
         # The same seed gives the same initial meta-parameters on every machine and every learner.
         torch.manual_seed(seed)
-        self.policy = build_policy(OBS_DIM, ACTION_DIM, policy_config).to(self.device)
-        self.algorithm: MetaLearner = MAMLPPO(self.policy, maml_config, ppo_config)
+        meta_learner_config = meta_learner_config or MetaLearnerConfig()
+        self.policy = build_policy(policy_input_dim(meta_learner_config), ACTION_DIM, policy_config).to(self.device)
+        self.algorithm: MetaLearner = build_meta_learner(meta_learner_config, self.policy, maml_config, ppo_config)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=ppo_config.meta_lr)
         # Product of the nonfinite_lr_factor of every rollback so far: scales meta_lr and inner_lr.
         self.lr_scale = 1.0
@@ -169,7 +173,7 @@ class Learner:
     def get_params(self) -> dict[str, np.ndarray]:
         return params_to_numpy(dict(self.policy.named_parameters()))
 
-    def update(self, rollouts: Sequence[TaskRollouts], num_tasks_total: int | None = None,
+    def update(self, rollouts: Sequence[TaskRollouts | TaskTrials], num_tasks_total: int | None = None,
                iteration: int | None = None) -> dict[str, float]:
         """One iteration's meta-update on this learner's tasks. ``num_tasks_total``: tasks over all
         learners (default: these), so that the all-reduced gradient is the mean over every task.
@@ -178,7 +182,7 @@ class Learner:
         and Adam state return to the last good iteration's and both learning rates are scaled down
         (``fault/nonfinite_update`` = 1 in the metrics; the trainer stops after too many in a row)."""
         rollouts = sorted(rollouts, key=lambda task: task.slot)  # independent of which worker finished first
-        tasks = [TaskTensors.from_rollouts(task, self.device) for task in rollouts]
+        tasks = [self.algorithm.tensors(task, self.device) for task in rollouts]
         last_good = copy.deepcopy(self.state_dict())
         oom_retries = 0
         while True:
@@ -220,7 +224,8 @@ class Learner:
         retry would pair mismatched epochs: there the error ends the group (the trainer restarts it)."""
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             raise error
-        per_task = resolve_meta_batching(self.config.meta_batching, self.device) == "per_task"
+        per_task = resolve_meta_batching(self.config.meta_batching, self.device,
+                                         self.algorithm.per_task_graphs_on_cpu) == "per_task"
         # The chunks meta_update used: at least one per MAX_TASKS_PER_GRAPH tasks.
         chunks = max(self.accumulation_steps, -(-num_tasks // MAX_TASKS_PER_GRAPH))
         more = min(num_tasks, 2 * chunks)
