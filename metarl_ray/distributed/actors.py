@@ -12,7 +12,7 @@ import ray
 import torch
 
 from metarl_ray.training.batch import GoalEvaluation, TaskRollouts
-from metarl_ray.config import EnvConfig, LearnerConfig, MAMLConfig, PolicyConfig, PPOConfig, TrainConfig
+from metarl_ray.config import EnvConfig, LearnerConfig, MAMLConfig, MetaLearnerConfig, PolicyConfig, PPOConfig, TrainConfig
 from metarl_ray.envs.metaworld import TaskSpec
 from metarl_ray.training.learner import Learner
 from metarl_ray.training.rollout import EvalPlan, RolloutWorker, SamplePlan
@@ -38,10 +38,10 @@ def process_location() -> dict[str, Any]:
 @ray.remote
 class RolloutActor:
     def __init__(self, env_config: EnvConfig, policy_config: PolicyConfig, maml_config: MAMLConfig,
-                 ppo_config: PPOConfig, seed: int) -> None:
+                 ppo_config: PPOConfig, seed: int, meta_learner_config: MetaLearnerConfig | None = None) -> None:
         # One core per actor: policy inference is tiny, simulation is the cost.
         torch.set_num_threads(1)
-        self.worker = RolloutWorker(env_config, policy_config, maml_config, ppo_config, seed)
+        self.worker = RolloutWorker(env_config, policy_config, maml_config, ppo_config, seed, meta_learner_config)
 
     @ray.method(num_returns=2)
     def sample(self, meta_params: dict[str, np.ndarray], tasks: Sequence[TaskSpec], iteration: int,
@@ -68,10 +68,11 @@ class RolloutActor:
 @ray.remote
 class LearnerActor:
     def __init__(self, policy_config: PolicyConfig, maml_config: MAMLConfig, ppo_config: PPOConfig,
-                 learner_config: LearnerConfig, seed: int, device: str, num_threads: int) -> None:
+                 learner_config: LearnerConfig, seed: int, device: str, num_threads: int,
+                 meta_learner_config: MetaLearnerConfig | None = None) -> None:
         # Never more threads than this node has cores, whatever the cluster's total.
         torch.set_num_threads(max(1, min(num_threads, os.cpu_count() or 1)))
-        self.learner = Learner(policy_config, maml_config, ppo_config, seed, device, learner_config)
+        self.learner = Learner(policy_config, maml_config, ppo_config, seed, device, learner_config, meta_learner_config)
 
     def rendezvous_address(self) -> str:
         """A free TCP port on this node for torch.distributed's rendezvous (rank 0 calls this)."""

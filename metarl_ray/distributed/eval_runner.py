@@ -11,7 +11,7 @@ import numpy as np
 from metarl_ray.training.batch import GoalEvaluation
 from metarl_ray.config import TrainConfig
 from metarl_ray.envs.metaworld import TaskSpec
-from metarl_ray.evaluation.agent import MAMLAgent, evaluate_official
+from metarl_ray.evaluation.agent import build_agent, evaluate_official
 from metarl_ray.evaluation.meta_test import EvalOptions, OfficialResult, RunToEvaluate, goal_specs, official_goals_for
 from metarl_ray.training.progress import Progress
 from metarl_ray.training.rollout import EvalPlan, RolloutWorker
@@ -22,7 +22,7 @@ MAX_GOALS_PER_CALL = 10  # envs stepped in lockstep by one call; more calls bala
 
 def official_result(config: TrainConfig, meta_params: dict[str, np.ndarray], goals_per_class: int,
                     num_evals: int, mt_episodes: int) -> OfficialResult:
-    agent = MAMLAgent.from_params(config, meta_params)
+    agent = build_agent(config, meta_params)
     success, mean_return, per_task = evaluate_official(agent, config, goals_per_class, num_evals, mt_episodes,
                                                        config.run.seed)
     return OfficialResult(success, mean_return, per_task)
@@ -46,7 +46,7 @@ def run_meta_test(runs: Sequence[RunToEvaluate], goals_per_class: int, options: 
     try:
         if options.num_workers == 0:
             config = runs[0].config
-            worker = RolloutWorker(config.env, config.policy, config.maml, config.ppo, config.run.seed)
+            worker = RolloutWorker(config.env, config.policy, config.maml, config.ppo, config.run.seed, config.meta_learner)
             for run_index, run in enumerate(runs):
                 for batch in _batches(specs[run_index], MAX_GOALS_PER_CALL):
                     results[run_index] += worker.evaluate(run.meta_params, batch, plan, run.seed, run.inner_lr)
@@ -107,6 +107,6 @@ def _run_on_actors(runs: Sequence[RunToEvaluate], specs: list[list[TaskSpec]], p
             progress.update(num_goals, official=f"{done_official}/{len(runs) if options.official else 0}")
 
         make_actor = lambda: RolloutActor.options(**rollout_actor_options()).remote(  # noqa: E731
-            config.env, config.policy, config.maml, config.ppo, config.run.seed)
+            config.env, config.policy, config.maml, config.ppo, config.run.seed, config.meta_learner)
         logger.info("meta-test: %d runs x %d goals on %d rollout actors", len(runs), len(specs[0]), num_workers)
         run_queue(make_actor, num_workers, calls, on_result, config.rollout.sample_timeout_s)

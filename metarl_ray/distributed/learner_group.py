@@ -43,7 +43,8 @@ class LearnerGroup:
         actor_options = {**actor_options, "runtime_env": {"env_vars": {**LEARNER_ALLOCATOR_ENV, **injected}}}
         self.actors = [
             LearnerActor.options(**actor_options).remote(
-                config.policy, config.maml, config.ppo, config.learner, config.run.seed, device, num_threads_each)
+                config.policy, config.maml, config.ppo, config.learner, config.run.seed, device, num_threads_each,
+                config.meta_learner)
             for _ in range(self.num_learners)]
         # Learner i meta-learns on the contiguous slot range shares[i] of every meta-batch.
         self.shares = [(chunk[0], chunk[-1] + 1) for chunk in task_chunks(range(self.num_tasks), self.num_learners)]

@@ -1,7 +1,7 @@
-"""Meta-World's official evaluation protocol, run on a MAML policy.
+"""Meta-World's official evaluation protocol, run on a meta-learned policy.
 
-``MAMLAgent`` speaks Meta-World's ``MetaLearningAgent`` protocol, so its own ``metalearning_evaluation``
-(ML) and ``evaluation`` (MT) functions score it, on the first goals of every test class (ML) or
+``MAMLAgent`` and ``InContextAgent`` speak Meta-World's ``MetaLearningAgent`` protocol, so its own
+``metalearning_evaluation`` (ML) and ``evaluation`` (MT) functions score them, unchanged, on the first goals of every test class (ML) or
 training class (MT). The official ML figure counts the first 3 finished episodes per task *class*
 while successful episodes end early, so it over-counts successes; ``meta_test`` computes the direct
 per-goal figures with confidence intervals beside it.
@@ -22,6 +22,7 @@ from metarl_ray.training.checkpoint import load_checkpoint, resolve_checkpoint, 
 from metarl_ray.config import TrainConfig
 from metarl_ray.envs.metaworld import ACTION_DIM, OBS_DIM, BenchmarkTasks, make_eval_vector_env
 from metarl_ray.algorithms.maml_ppo import TensorBatch, adapt
+from metarl_ray.algorithms.rl2 import IN_CONTEXT_INPUT_DIM, in_context_step_inputs
 from metarl_ray.policies import build_policy
 from metarl_ray.policies.common import BatchedPolicy, Params, detached_params, gaussian_log_prob
 
@@ -127,6 +128,93 @@ class MAMLAgent:
         self._episode_start = self._episode_start | torch.as_tensor(np.asarray(env_mask, dtype=bool))
 
 
+class InContextAgent:
+    """An in-context (RL²) policy speaking Meta-World's ``MetaLearningAgent`` protocol, one task per
+    sub-env. Its observations come from ``InContextInputs`` (the env's observation plus the previous
+    action, reward and episode-boundary flag), so Meta-World's functions run unchanged: ``init`` gives
+    every sub-env a fresh memory; the adaptation episodes fill it; ``adapt`` keeps it; the evaluation
+    episodes continue it (``reset`` between episodes leaves it, as a trial does)."""
+
+    def __init__(self, policy: torch.nn.Module, config: TrainConfig, seed: int = 0) -> None:
+        self.policy = policy
+        self.config = config
+        self.actor = BatchedPolicy(policy)
+        self.step_fn = self.actor.bind([detached_params(policy)])
+        self.generator = torch.Generator().manual_seed(seed)
+        self.init()
+
+    @classmethod
+    def from_params(cls, config: TrainConfig, meta_params: dict[str, np.ndarray], seed: int = 0) -> "InContextAgent":
+        policy = build_policy(IN_CONTEXT_INPUT_DIM, ACTION_DIM, config.policy)
+        policy.load_state_dict({name: torch.tensor(value) for name, value in meta_params.items()})
+        return cls(policy, config, seed)
+
+    def init(self) -> None:
+        self._state: torch.Tensor | None = None  # fresh memory for every sub-env at the next action
+
+    def _distribution(self, observations: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        obs = torch.as_tensor(observations, dtype=torch.float32)
+        start = self._state is None
+        if start:
+            self._state = self.actor.initial_state(len(obs))
+        with torch.no_grad():
+            mean, log_std, self._state = self.step_fn(obs, self._state, torch.full((len(obs),), start))
+        return mean, log_std
+
+    def adapt_action(self, observations: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        mean, log_std = self._distribution(observations)
+        actions = mean + log_std.exp() * torch.randn(mean.shape, generator=self.generator)
+        return actions.numpy().astype(np.float64), {"log_probs": gaussian_log_prob(mean, log_std, actions).numpy()}
+
+    def step(self, timestep: Any) -> None:
+        """The memory has already seen everything (the rewards arrive as inputs of the next step)."""
+
+    def adapt(self) -> None:
+        """In-context adaptation is the memory the adaptation episodes left: nothing to compute."""
+
+    def eval_action(self, observations: np.ndarray) -> np.ndarray:
+        return self._distribution(observations)[0].numpy().astype(np.float64)
+
+    def reset(self, env_mask: np.ndarray) -> None:
+        """A new episode of the same trial: the memory carries on (the boundary flag tells the policy)."""
+
+
+class InContextInputs:
+    """A Meta-World vector env whose observations carry RL²'s inputs, built exactly as the rollout
+    workers build them (``rl2.in_context_step_inputs``). Needs same-step autoreset (Meta-World's
+    default): an observation returned with done is the next episode's first, and sees the final
+    action and reward of the episode before."""
+
+    def __init__(self, envs: Any) -> None:
+        self.env = envs
+        self.num_envs = envs.num_envs
+
+    def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        obs, info = self.env.reset(**kwargs)
+        return in_context_step_inputs(obs.astype(np.float32), None, None, True), info
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        obs, rewards, terminations, truncations, infos = self.env.step(actions)
+        inputs = in_context_step_inputs(obs.astype(np.float32), np.asarray(actions, dtype=np.float32),
+                                        np.asarray(rewards, dtype=np.float32), np.logical_or(terminations, truncations))
+        return inputs, rewards, terminations, truncations, infos
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self.env.call(name, *args, **kwargs)
+
+    def get_attr(self, name: str) -> Any:
+        return self.env.get_attr(name)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def build_agent(config: TrainConfig, meta_params: dict[str, np.ndarray], seed: int = 0) -> "MAMLAgent | InContextAgent":
+    """The agent of the run's meta-learner."""
+    agent_class = InContextAgent if config.meta_learner.in_context else MAMLAgent
+    return agent_class.from_params(config, meta_params, seed)
+
+
 def episodes_to_batch(episodes: list[list[Step]], config: TrainConfig) -> EpisodeBatch:
     horizon = min(len(episode) for episode in episodes)  # equal unless an episode ended early
     obs = np.array([[step[0] for step in ep[:horizon]] for ep in episodes], dtype=np.float32)
@@ -137,24 +225,26 @@ def episodes_to_batch(episodes: list[list[Step]], config: TrainConfig) -> Episod
     return EpisodeBatch(obs, actions, rewards, log_probs, advantages, np.zeros(len(episodes), dtype=bool))
 
 
-def evaluate_official(agent: MAMLAgent, config: TrainConfig, goals_per_class: int, num_evals: int,
+def evaluate_official(agent: MAMLAgent | InContextAgent, config: TrainConfig, goals_per_class: int, num_evals: int,
                       mt_episodes: int, seed: int) -> tuple[float, float, dict[str, float]]:
     from metaworld.evaluation import evaluation, metalearning_evaluation
 
     tasks = BenchmarkTasks(config.env, seed)
     num_classes = len(tasks.test_tasks())
+    in_context = config.meta_learner.in_context
+    wrap = InContextInputs if in_context else (lambda envs: envs)
     if config.env.is_meta_learning:
         # One goal per sub-env: one round visits each of the first goals_per_class goals of every class once.
-        envs = make_eval_vector_env(config.env, seed, meta_batch_size=num_classes * goals_per_class,
-                                    total_tasks_per_cls=goals_per_class)
+        envs = wrap(make_eval_vector_env(config.env, seed, meta_batch_size=num_classes * goals_per_class,
+                                         total_tasks_per_cls=goals_per_class))
         try:
             success, mean_return, per_task = metalearning_evaluation(
-                agent, envs, num_evals=num_evals, adaptation_steps=config.maml.num_inner_steps,
+                agent, envs, num_evals=num_evals, adaptation_steps=1 if in_context else config.maml.num_inner_steps,
                 adaptation_episodes=ADAPTATION_EPISODES, evaluation_episodes=EVALUATION_EPISODES)
         finally:
             envs.close()
     else:
-        envs = make_eval_vector_env(config.env, seed, meta_batch_size=num_classes)
+        envs = wrap(make_eval_vector_env(config.env, seed, meta_batch_size=num_classes))
         try:
             agent.init()
             success, mean_return, per_task, _ = evaluation(agent, envs, num_episodes=mt_episodes)

@@ -24,7 +24,8 @@ import numpy as np
 from metarl_ray.training.batch import GoalEvaluation
 from metarl_ray.training.checkpoint import CHECKPOINT_DIR, load_checkpoint, resolve_checkpoint, trained_config
 from metarl_ray.config import NOT_PART_OF_THE_METHOD, ConfigError, TrainConfig, config_from_dict
-from metarl_ray.envs.metaworld import ACTION_DIM, OBS_DIM, BenchmarkTasks, TaskSpec, fixed_task_specs
+from metarl_ray.algorithms import policy_input_dim
+from metarl_ray.envs.metaworld import ACTION_DIM, BenchmarkTasks, TaskSpec, fixed_task_specs
 from metarl_ray.policies import build_policy
 from metarl_ray.policies.common import params_to_numpy
 from metarl_ray.training.rollout import EvalPlan
@@ -95,7 +96,7 @@ def load_run(checkpoint: StoragePath) -> RunToEvaluate:
         state = load_checkpoint(checkpoint)
         config = config_from_dict(state["config"])
         adapting_config = trained_config(state)  # runs are compared by ``config``, adapt by this
-        policy = build_policy(OBS_DIM, ACTION_DIM, config.policy)
+        policy = build_policy(policy_input_dim(config.meta_learner), ACTION_DIM, config.policy)
         policy.load_state_dict(state["learner"]["policy"])  # also checks the checkpoint fits the config
     except (KeyError, RuntimeError, TypeError, ValueError) as error:  # a damaged or foreign checkpoint is input
         reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
@@ -202,7 +203,11 @@ def summarize(runs: Sequence[RunToEvaluate], results: Sequence[Sequence[GoalEval
         "protocol": {
             "split": "test" if config.env.is_meta_learning else "train", "goals_per_class": goals_per_class,
             "num_goals_per_run": sum(len(r) for r in results) // max(1, len(results)),
-            "adaptation_episodes": EvalPlan.num_adaptation_episodes, "num_inner_steps": config.maml.num_inner_steps,
+            "algorithm": config.meta_learner.algorithm,
+            # rl2 adapts in one trial of the adaptation episodes; its pre-adaptation sampled episodes are
+            # their own fresh-memory episodes, its post-adaptation ones continue the trial's memory.
+            "adaptation_episodes": EvalPlan.num_adaptation_episodes,
+            "num_inner_steps": None if config.meta_learner.in_context else config.maml.num_inner_steps,
             "sampled_episodes": options.num_sampled_episodes, "mean_action_episodes": 1,
             "max_episode_length": config.env.max_episode_length, "seeds": [run.seed for run in runs],
             "score": "per (seed, goal); mean_action: its one episode's success (0/1); sampled: the fraction of its episodes that succeed",

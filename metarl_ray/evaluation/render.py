@@ -52,6 +52,8 @@ def render_goal(checkpoint: Any, task: str | None, goal_index: int, out: str, ca
 
     run = load_run(checkpoint)
     config = run.config
+    if config.meta_learner.in_context:
+        raise ConfigError(f"--checkpoint={str(checkpoint)!r}: algorithm=rl2; metarl render supports maml_ppo only (yet)")
     specs = goal_specs(run, goal_index + 1)  # the first goal_index + 1 goals of every class
     classes = sorted({spec.env_name for spec in specs})
     task = task or classes[0]

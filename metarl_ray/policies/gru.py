@@ -65,7 +65,7 @@ class GaussianGRUPolicy(nn.Module):
     def rollout_step(self, stacked: Params | None = None) -> StepFn:
         """``step`` with the parameters fixed: the module's own (shared by every env), or one set per
         env stacked on a leading K dim (batched matmuls)."""
-        p = stacked if stacked is not None else dict(self.named_parameters())
+        p = stacked if stacked is not None else {name: v.detach() for name, v in self.named_parameters()}
         encoder = (p["encoder.weight"].transpose(-1, -2), p["encoder.bias"])
         weight_ih_t, bias_ih = p["cell.weight_ih"].transpose(-1, -2), p["cell.bias_ih"]
         weight_hh_t, bias_hh = p["cell.weight_hh"].transpose(-1, -2), p["cell.bias_hh"]

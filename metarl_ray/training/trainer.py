@@ -164,7 +164,7 @@ def _train_loop(config: TrainConfig, run_path: StoragePath, state: dict[str, Any
     try:
         workers = RolloutPool(
             lambda: RolloutActor.options(**rollout_actor_options()).remote(
-                config.env, config.policy, config.maml, config.ppo, config.run.seed),
+                config.env, config.policy, config.maml, config.ppo, config.run.seed, config.meta_learner),
             num_workers, config.rollout.sample_timeout_s)
         return _iterate(config, run_path, state, placement, num_workers, on_iteration, log_file, sampler, learners, workers)
     finally:
