@@ -40,11 +40,13 @@ class Suite:
 
 SUITES = {
     # The whole pipeline in a few minutes (test-mode budgets), to check it before hours-long runs.
-    "smoke": Suite(("--env_name", "ML1", "--task", "reach-v3", "--test_mode"), {"mlp": (0, 1)}, num_epochs=2,
+    "smoke": Suite(("--env_name", "ML1", "--task", "reach-v3", "--test_mode"), {"mlp": (0, 1), "rl2-ssm": (0, 1)}, num_epochs=2,
                    checkpoint_every=1, title="smoke test (ML1 reach-v3, test-mode budgets)"),
-    "ml1-reach": Suite(("--env_name", "ML1", "--task", "reach-v3"), {"mlp": (0, 1, 2), "ssm": (0, 1, 2)},
+    # rl2-*: in context (RL²) at the same env-step budget: 2 trials x 10 episodes per task per iteration.
+    "ml1-reach": Suite(("--env_name", "ML1", "--task", "reach-v3"),
+                       {"mlp": (0, 1, 2), "ssm": (0, 1, 2), "rl2-ssm": (0, 1, 2), "rl2-gru": (0, 1, 2)},
                        title="ML1 reach-v3 (10 tasks x 10 episodes x 500 steps x 2 per iteration)"),
-    "ml10": Suite(("--env_name", "ML10", "--num_tasks", "20"), {"mlp": (0, 1, 2), "ssm": (0,)},
+    "ml10": Suite(("--env_name", "ML10", "--num_tasks", "20"), {"mlp": (0, 1, 2), "ssm": (0,), "rl2-ssm": (0,), "rl2-gru": (0,)},
                   title="ML10 (20 tasks x 10 episodes x 500 steps x 2 per iteration)"),
     # MT10 has no held-out goals; 10 of each class's 50 training goals keep a point at ~4 minutes.
     "mt10": Suite(("--env_name", "MT10", "--num_tasks", "20"), {"mlp": (0,)}, eval_goals_per_class=10,
@@ -56,8 +58,15 @@ def run_name(suite: str, policy_type: str, seed: int) -> str:
     return f"{suite}-{policy_type}-s{seed}"
 
 
+def group_flags(group: str) -> list[str]:
+    """A group is a policy type trained with MAML+PPO (mlp, ssm) or, as rl2-TYPE, in context (RL²)."""
+    if group.startswith("rl2-"):
+        return ["--algorithm", "rl2", "--policy_type", group.removeprefix("rl2-")]
+    return ["--policy_type", group]
+
+
 def train_command(suite_name: str, suite: Suite, policy_type: str, seed: int) -> list[str]:
-    return ["metarl", "train", *suite.flags, "--policy_type", policy_type, "--num_epochs", str(suite.num_epochs),
+    return ["metarl", "train", *suite.flags, *group_flags(policy_type), "--num_epochs", str(suite.num_epochs),
             "--checkpoint_every", str(suite.checkpoint_every), "--seed", str(seed),
             "--output_dir", str(RUNS), "--run_name", run_name(suite_name, policy_type, seed)]
 
@@ -90,7 +99,7 @@ def initial_checkpoint(run_path: Path) -> Path:
     from metarl_ray.training.run_dir import read_config_dict
 
     config = config_from_dict(read_config_dict(run_path))
-    learner = Learner(config.policy, config.maml, config.ppo, config.run.seed, "cpu")
+    learner = Learner(config.policy, config.maml, config.ppo, config.run.seed, "cpu", meta_learner_config=config.meta_learner)
     out = RUNS / "initial" / run_path.name
     # Written afresh every time (milliseconds): a run recreated under the same name has new settings.
     return save_checkpoint(out, 0, {"iteration": 0, "env_steps_total": 0, "config": config.to_dict(),
@@ -175,7 +184,7 @@ def cmd_plot(suite_name: str, suite: Suite) -> None:
 
     results = json.loads((RESULTS / f"{suite_name}.json").read_text())
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    colors = {"mlp": "tab:blue", "ssm": "tab:red"}
+    colors = {"mlp": "tab:blue", "ssm": "tab:red", "rl2-ssm": "tab:green", "rl2-gru": "tab:purple"}
     for ax, rule in zip(axes, ("mean_action", "sampled")):
         for policy_type, group in results["groups"].items():
             points = group["points"]
@@ -222,7 +231,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("train", "eval", "plot", "table"))
     parser.add_argument("suite", choices=sorted(SUITES))
-    parser.add_argument("--groups", nargs="+", default=None, help="policy types to train/evaluate (default: all)")
+    parser.add_argument("--groups", nargs="+", default=None, help="groups to train/evaluate: mlp, ssm (MAML+PPO), rl2-ssm, rl2-gru (in context) (default: the suite's)")
     parser.add_argument("--goals_per_class", type=int, default=None, help="default: the suite's (ML: every goal)")
     parser.add_argument("--iterations", type=int, nargs="+", default=None, help="evaluate only these checkpoints")
     args = parser.parse_args()
