@@ -61,7 +61,7 @@ def test_invalid_values_name_the_flag_and_the_allowed_range(section, values, fla
     (["--inner-lr", "-0.5"], "--inner_lr=-0.5: expected a number in (0, 10]"),
     (["--num_tasks", "2.5"], "--num_tasks='2.5': expected an integer"),
     (["--env_name", "ML3"], "--benchmark='ML3'"),
-    (["--policy_type", "lstm"], "--policy_type='lstm': expected mlp or ssm"),
+    (["--policy_type", "lstm"], "--policy_type='lstm': expected mlp, ssm or gru"),
     (["--ssm_scan", "fast"], "--ssm_scan='fast': expected adjoint, reference, doubling or chunked"),
     (["--num_learners", "3", "--num_tasks", "2"], "--num_learners=3: expected at most --num_tasks=2 (each learner needs a task)"),
     (["--num_learners", "0"], "--num_learners=0: expected an integer in [1, 256]"),
