@@ -219,8 +219,9 @@ class RolloutWorker:
                     break
             else:
                 env_name = self._task_of[id(envs[k])][0]
-                raise EnvFaultError(f"env {env_name} faulted {MAX_FAULTS_PER_EPISODE + 1} times in one episode "
-                                    f"(in context: one trial), rebuilt each time (last: {self._last_fault}); see the worker's log for each fault")
+                unit = "trial" if in_context else "episode"
+                raise EnvFaultError(f"env {env_name} faulted {MAX_FAULTS_PER_EPISODE + 1} times in one {unit}, "
+                                    f"rebuilt each time (last: {self._last_fault}); see the worker's log for each fault")
             num_faults[k] = attempt
             for full, row in zip(arrays, redone):
                 full[k] = row[0]
