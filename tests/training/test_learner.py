@@ -143,10 +143,10 @@ def assert_same_derivatives(reference, fast):
         assert ((expected - got).norm() / expected.norm()).item() < 1e-10
 
 
-@pytest.fixture(params=["doubling", "step_loop"])
+@pytest.fixture(params=sorted(ssm.VALUE_KERNELS))
 def adjoint_kernel(request, monkeypatch):
-    """The adjoint scan's graph-free kernel, chosen by size: force each one."""
-    monkeypatch.setattr(ssm, "_DOUBLING_MAX_ELEMENTS", 1 << 40 if request.param == "doubling" else 0)
+    """The adjoint scan's graph-free kernel: each one."""
+    monkeypatch.setattr(ssm, "_VALUE_KERNEL", request.param)
     return request.param
 
 
@@ -158,7 +158,7 @@ def test_fast_scans_first_and_second_derivatives_equal_the_step_loop_over_5000_s
     log_decay = (-torch.rand(states, dtype=torch.float64) * 0.01).requires_grad_()
     inputs = torch.randn(batch, length, states, dtype=torch.float64, requires_grad=True)
     starts = torch.rand(batch, length) < 0.002
-    starts[:, [31, 32, 64, 95, 4095]] = True  # on chunk boundaries and chunks' last steps too
+    starts[:, [31, 32, 49, 50, 64, 95, 99, 4095, 4999]] = True  # on chunk boundaries (32 and 50 steps), chunks' last steps, the end
     if shared_starts:
         starts = starts[:1].expand(batch, length)
     h0 = torch.randn(batch, states, dtype=torch.float64, requires_grad=True)
