@@ -52,10 +52,11 @@ class Collector(Protocol):
         ...
 
     def collect_trials(self, envs: Sequence[Any], params: Sequence[Params], rngs: Sequence[np.random.Generator],
-                       num_trials: int, sampled: Sequence[bool], initial_state: Any = None) -> tuple[list[TrialBatch], Any]:
+                       num_trials: int, sampled: Sequence[bool], initial_memory: Any = None) -> tuple[list[TrialBatch], Any]:
         """``num_trials`` trials per env of ``len(sampled)`` episodes each, the memory carried across a
         trial's episodes; episode e samples its actions if ``sampled[e]``, else takes the mean. Each trial
-        starts from ``initial_state`` (default: a fresh memory); also returns the memory at the end."""
+        continues ``initial_memory`` (default: a fresh one); also returns where the last trial stopped
+        (``rl2.InContextMemory``: memory, last action and reward)."""
         ...
 
 

@@ -47,6 +47,20 @@ def in_context_step_inputs(observations: np.ndarray, previous_actions: np.ndarra
                            flags[:, None]], axis=1, dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class InContextMemory:
+    """Where a trial stopped, to continue it: the policy's memory (K, ...) and the last step's actions
+    (K, A) and rewards (K,). The next episode's first step sees that action and reward, as the first
+    step of every later episode of a trial does."""
+
+    state: torch.Tensor
+    last_actions: np.ndarray
+    last_rewards: np.ndarray
+
+    def rows(self, start: int, stop: int) -> "InContextMemory":
+        return InContextMemory(self.state[start:stop], self.last_actions[start:stop], self.last_rewards[start:stop])
+
+
 def in_context_inputs(observations: np.ndarray, actions: np.ndarray, rewards: np.ndarray, episode_length: int) -> np.ndarray:
     """The policy inputs of whole trials, exactly as the rollout built them step by step:
     (N, L, D), (N, L, A), (N, L) -> (N, L, D + A + 2)."""
@@ -136,15 +150,16 @@ class InContextRollouts:
                  rngs: Sequence[np.random.Generator], plan: EvalPlan, inner_lr: float | None) -> list[GoalEvaluation]:
         """Before adaptation: a mean-action and K sampled episodes, each from a fresh memory. Adaptation:
         one trial of ``num_adaptation_episodes`` sampled episodes. After it: a mean-action and K sampled
-        episodes, each continuing from the memory the adaptation trial left (so they are exchangeable
-        draws of the adapted policy, as MAML's post-adaptation episodes are)."""
+        episodes, each continuing from where the adaptation trial stopped - its memory, last action and
+        reward, as a trial's next episode would (so they are exchangeable draws of the adapted policy,
+        as MAML's post-adaptation episodes are)."""
         per_task = [params] * len(tasks)
         k = plan.num_sampled_episodes
         pre_mean, _ = collector.collect_trials(envs, per_task, rngs, 1, [False])
         pre_sampled, _ = collector.collect_trials(envs, per_task, rngs, k, [True])
         _, adapted_memory = collector.collect_trials(envs, per_task, rngs, 1, [True] * plan.num_adaptation_episodes)
-        post_mean, _ = collector.collect_trials(envs, per_task, rngs, 1, [False], initial_state=adapted_memory)
-        post_sampled, _ = collector.collect_trials(envs, per_task, rngs, k, [True], initial_state=adapted_memory)
+        post_mean, _ = collector.collect_trials(envs, per_task, rngs, 1, [False], initial_memory=adapted_memory)
+        post_sampled, _ = collector.collect_trials(envs, per_task, rngs, k, [True], initial_memory=adapted_memory)
         steps_per_task = (2 + 2 * k + plan.num_adaptation_episodes) * collector.episode_length
         return [
             GoalEvaluation(

@@ -157,6 +157,10 @@ class InContextAgent:
         start = self._state is None
         if start:
             self._state = self.actor.initial_state(len(obs))
+            # A trial's first step sees no previous action or reward (as in training): the inputs carry
+            # the last ones of whatever this env ran before (another goal's trial, say).
+            obs = obs.clone()
+            obs[:, OBS_DIM:OBS_DIM + ACTION_DIM + 1] = 0.0
         with torch.no_grad():
             mean, log_std, self._state = self.step_fn(obs, self._state, torch.full((len(obs),), start))
         return mean, log_std
@@ -188,15 +192,21 @@ class InContextInputs:
     def __init__(self, envs: Any) -> None:
         self.env = envs
         self.num_envs = envs.num_envs
+        self._last_actions: np.ndarray | None = None  # (K, A), (K,): the last step's, None before any
+        self._last_rewards: np.ndarray | None = None
 
     def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        """A reset starts an episode; whether it continues a trial is the agent's to know, so the
+        inputs carry the last action and reward and ``InContextAgent`` zeros them at a fresh memory."""
         obs, info = self.env.reset(**kwargs)
-        return in_context_step_inputs(obs.astype(np.float32), None, None, True), info
+        return in_context_step_inputs(obs.astype(np.float32), self._last_actions, self._last_rewards, True), info
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         obs, rewards, terminations, truncations, infos = self.env.step(actions)
-        inputs = in_context_step_inputs(obs.astype(np.float32), np.asarray(actions, dtype=np.float32),
-                                        np.asarray(rewards, dtype=np.float32), np.logical_or(terminations, truncations))
+        self._last_actions = np.asarray(actions, dtype=np.float32)
+        self._last_rewards = np.asarray(rewards, dtype=np.float32)
+        inputs = in_context_step_inputs(obs.astype(np.float32), self._last_actions, self._last_rewards,
+                                        np.logical_or(terminations, truncations))
         return inputs, rewards, terminations, truncations, infos
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:

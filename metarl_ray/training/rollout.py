@@ -14,7 +14,7 @@ import torch
 from metarl_ray.algorithms import build_rollout_program, policy_input_dim
 from metarl_ray.algorithms.advantages import compute_advantages, trial_advantages
 from metarl_ray.algorithms.base import EvalPlan, SamplePlan  # noqa: F401  (re-exported: callers import them here)
-from metarl_ray.algorithms.rl2 import in_context_step_inputs
+from metarl_ray.algorithms.rl2 import InContextMemory, in_context_step_inputs
 from metarl_ray.training.batch import EpisodeBatch, GoalEvaluation, TaskRollouts, TaskTrials, TrialBatch
 from metarl_ray.config import EnvConfig, MAMLConfig, MetaLearnerConfig, PolicyConfig, PPOConfig
 from metarl_ray.envs.metaworld import ACTION_DIM, OBS_DIM, TaskSpec, all_task_names, make_task_env
@@ -166,13 +166,13 @@ class RolloutWorker:
         ]
 
     def collect_trials(self, envs: Sequence[Any], params: Sequence[Params], rngs: Sequence[np.random.Generator],
-                       num_trials: int, sampled: Sequence[bool], initial_state: State | None = None
-                       ) -> tuple[list[TrialBatch], State]:
+                       num_trials: int, sampled: Sequence[bool], initial_memory: InContextMemory | None = None
+                       ) -> tuple[list[TrialBatch], InContextMemory]:
         """``num_trials`` trials per env of ``len(sampled)`` consecutive episodes each; the policy's memory
         carries across a trial's episodes and its input is the observation plus the in-context inputs
         (``algorithms.rl2``). Episode e samples its actions if ``sampled[e]``, else takes the mean. Each
-        trial starts from ``initial_state`` (default: a fresh memory); returns the batches and the memory
-        at the end of the last trial."""
+        trial continues ``initial_memory`` (default: a fresh memory, zero previous action and reward);
+        returns the batches and where the last trial stopped."""
         num_envs, length = len(envs), len(sampled) * self.episode_length
         observations = np.zeros((num_envs, num_trials, length, OBS_DIM), dtype=np.float32)
         actions = np.zeros((num_envs, num_trials, length, ACTION_DIM), dtype=np.float32)
@@ -182,11 +182,10 @@ class RolloutWorker:
         step = self.actor.bind(list(params))
         log_std = self._log_std(step, num_envs)
         num_faults = np.zeros(num_envs, dtype=np.int64)
-        final_state = initial_state
         for trial in range(num_trials):
             noise = self._noise(rngs, sampled)
             scaled_noise = np.exp(log_std)[:, None, :] * noise  # (K, L, A)
-            arrays, final_state, faults = self._lockstep_with_recovery(envs, params, step, scaled_noise, initial_state,
+            arrays, final_state, faults = self._lockstep_with_recovery(envs, params, step, scaled_noise, initial_memory,
                                                                        in_context=True)
             num_faults += faults
             observations[:, trial], actions[:, trial], rewards[:, trial], successes[:, trial] = arrays
@@ -198,19 +197,19 @@ class RolloutWorker:
                        successes[k], self.episode_length, int(num_faults[k]))
             for k in range(num_envs)
         ]
-        return batches, final_state
+        return batches, InContextMemory(final_state, actions[:, -1, -1].copy(), rewards[:, -1, -1].copy())
 
     def _lockstep_with_recovery(self, envs: list[Any], params: Sequence[Params], step: Any, scaled_noise: np.ndarray,
-                                initial_state: State | None, in_context: bool = False
+                                initial_memory: InContextMemory | None, in_context: bool = False
                                 ) -> tuple[tuple[np.ndarray, ...], State, np.ndarray]:
         """``_lockstep`` in every env; a faulted env is rebuilt (same class and task) and its episodes
         (a whole trial, in context) run again alone with the same noise and start state, so the batch is
         what it would have been without the fault: the policy acts on each env independently. Returns
         the arrays, the final memory and the faults per env."""
-        arrays, faulted, state = self._lockstep(envs, step, scaled_noise, initial_state, in_context)
+        arrays, faulted, state = self._lockstep(envs, step, scaled_noise, initial_memory, in_context)
         num_faults = np.zeros(len(envs), dtype=np.int64)
         for k in np.flatnonzero(faulted):
-            start = None if initial_state is None else initial_state[k:k + 1]
+            start = None if initial_memory is None else initial_memory.rows(k, k + 1)
             for attempt in range(1, MAX_FAULTS_PER_EPISODE + 1):
                 envs[k] = self._rebuild(envs[k])
                 redone, still_faulted, redone_state = self._lockstep(
@@ -229,11 +228,11 @@ class RolloutWorker:
             state[k] = redone_state[0]
         return arrays, state, num_faults
 
-    def _lockstep(self, envs: Sequence[Any], step: Any, scaled_noise: np.ndarray, initial_state: State | None,
+    def _lockstep(self, envs: Sequence[Any], step: Any, scaled_noise: np.ndarray, initial_memory: InContextMemory | None,
                   in_context: bool) -> tuple[tuple[np.ndarray, ...], np.ndarray, State]:
         """Consecutive episodes of T steps in every env, stepped together, L = scaled_noise.shape[1]:
         (observations (K, L, D), actions (K, L, A), rewards (K, L), successes (K, L // T)), which envs
-        faulted, and the policy's memory after the last step. The memory starts from ``initial_state``
+        faulted, and the policy's memory after the last step. The memory continues ``initial_memory``
         (default: fresh) and is never reset within the call; without ``in_context`` the policy sees only
         the observation (MAML: one episode per call). An env that raises, or returns a non-finite
         observation or reward (a MuJoCo instability, say), stops there; its row is junk."""
@@ -247,7 +246,9 @@ class RolloutWorker:
         obs = np.zeros((num_envs, OBS_DIM), dtype=np.float32)
         all_start = torch.ones(num_envs, dtype=torch.bool)
         no_start = torch.zeros(num_envs, dtype=torch.bool)
-        state = self.actor.initial_state(num_envs) if initial_state is None else initial_state
+        state = self.actor.initial_state(num_envs) if initial_memory is None else initial_memory.state
+        # The first step's previous action and reward: none at a fresh start, else where the memory stopped.
+        first_previous = (None, None) if initial_memory is None else (initial_memory.last_actions, initial_memory.last_rewards)
         for t in range(length):
             episode, t_in_episode = divmod(t, horizon)
             if t_in_episode == 0:
@@ -262,10 +263,10 @@ class RolloutWorker:
             observations[:, t] = obs
             policy_input = obs
             if in_context:
-                policy_input = in_context_step_inputs(obs, actions[:, t - 1] if t else None,
-                                                      rewards[:, t - 1] if t else None, t_in_episode == 0)
+                previous = (actions[:, t - 1], rewards[:, t - 1]) if t else first_previous
+                policy_input = in_context_step_inputs(obs, *previous, t_in_episode == 0)
             with torch.no_grad():
-                starts = all_start if t == 0 and initial_state is None else no_start
+                starts = all_start if t == 0 and initial_memory is None else no_start
                 mean, _, state = step(torch.from_numpy(policy_input), state, starts)
             step_actions = mean.numpy() + scaled_noise[:, t]
             actions[:, t] = step_actions

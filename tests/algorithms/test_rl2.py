@@ -78,6 +78,33 @@ def test_training_recomputes_the_log_probs_recorded_at_sampling(policy_type):
     assert not np.allclose(fresh.numpy(), trials.log_probs, atol=1e-3)
 
 
+def test_a_continued_memory_plays_the_trials_next_episode():
+    """Evaluation continues the adaptation trial's memory for its post-adaptation episodes: with mean
+    actions, one episode continued from where a 1-episode trial stopped (memory, last action and
+    reward) is exactly the second episode of a 2-episode trial."""
+    env = EnvConfig(benchmark="ML10", max_episode_length=30)
+    policy = PolicyConfig(policy_type="ssm", hidden_size=32, state_size=16)
+    worker = RolloutWorker(env, policy, MAMLConfig(), PPOConfig(), seed=0,
+                           meta_learner_config=MetaLearnerConfig(algorithm="rl2", episodes_per_trial=2))
+    torch.manual_seed(2)
+    for p in worker.policy.parameters():  # away from the small head init, so the inputs matter
+        p.data.add_(0.3 * torch.randn_like(p))
+    tasks = TaskSampler(BenchmarkTasks(env, 0).train_tasks(), 0).sample(2)
+    envs = worker._envs_for(tasks)
+    params = [dict(worker.policy.named_parameters())] * len(tasks)
+    rngs = [np.random.default_rng(k) for k in range(len(tasks))]
+    with torch.no_grad():
+        whole, _ = worker.collect_trials(envs, params, rngs, 1, [False, False])
+        first, memory = worker.collect_trials(envs, params, rngs, 1, [False])
+        continued, _ = worker.collect_trials(envs, params, rngs, 1, [False], initial_memory=memory)
+    for k in range(len(tasks)):
+        np.testing.assert_allclose(first[k].actions[0], whole[k].actions[0, :30], atol=1e-5)
+        np.testing.assert_allclose(continued[k].actions[0], whole[k].actions[0, 30:], atol=1e-5)
+        np.testing.assert_allclose(memory.last_rewards[k], whole[k].rewards[0, 29], rtol=1e-6)
+    # The previous action and reward matter: a fresh memory's second episode plays differently.
+    assert not np.allclose(first[0].actions[0], whole[0].actions[0, 30:], atol=1e-3)
+
+
 def test_rl2_needs_a_policy_with_memory(in_process):
     status, out, err = in_process("train", "--algorithm", "rl2", "--policy_type", "mlp", "--test_mode")
     assert status != 0 and "Traceback" not in err
