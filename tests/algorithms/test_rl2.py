@@ -105,6 +105,33 @@ def test_a_continued_memory_plays_the_trials_next_episode():
     assert not np.allclose(first[0].actions[0], whole[0].actions[0, 30:], atol=1e-3)
 
 
+def test_the_official_agent_starts_a_fresh_memory_with_no_previous_action_or_reward():
+    """Under Meta-World's evaluation the inputs carry the last action and reward across resets (a new
+    episode of the same trial); at a fresh memory (a new goal) the agent sees zeros, as a training trial does."""
+    from metarl_ray.config import TrainConfig
+    from metarl_ray.evaluation.agent import InContextAgent
+    from metarl_ray.policies import build_policy
+
+    config = TrainConfig(policy=PolicyConfig(policy_type="ssm", hidden_size=32, state_size=16),
+                         meta_learner=MetaLearnerConfig(algorithm="rl2"))
+    torch.manual_seed(4)
+    policy = build_policy(IN_CONTEXT_INPUT_DIM, ACTION_DIM, config.policy)
+    for p in policy.parameters():
+        p.data.add_(0.3 * torch.randn_like(p))
+    params = {k: v.detach().numpy() for k, v in policy.named_parameters()}
+    obs = np.random.default_rng(0).standard_normal((3, OBS_DIM)).astype(np.float32)
+    carried = in_context_step_inputs(obs, np.ones((3, ACTION_DIM), np.float32), np.full(3, 5.0, np.float32), True)
+    fresh = in_context_step_inputs(obs, None, None, True)
+    agent = InContextAgent.from_params(config, params)
+    first = agent.eval_action(carried)
+    agent.init()
+    np.testing.assert_array_equal(agent.eval_action(fresh), first)
+    # Continuing a memory, the carried inputs are seen: two agents at the same memory act differently.
+    other = InContextAgent.from_params(config, params)
+    other.eval_action(fresh)
+    assert not np.allclose(agent.eval_action(carried), other.eval_action(fresh), atol=1e-4)
+
+
 def test_rl2_needs_a_policy_with_memory(in_process):
     status, out, err = in_process("train", "--algorithm", "rl2", "--policy_type", "mlp", "--test_mode")
     assert status != 0 and "Traceback" not in err
