@@ -267,6 +267,7 @@ def cmd_compare() -> None:
         in_context = [g for g in IN_CONTEXT_GROUPS if groups.get(g, {}).get("points")]
         if not in_context:
             report["suites"][suite_name] = {"status": "no in-context group evaluated yet"}
+            ax.set_axis_off()
             continue
         present = [g for g in (*MAML_GROUPS, *IN_CONTEXT_GROUPS) if groups.get(g, {}).get("points")]
         common = set.intersection(*({p["env_steps"] for p in groups[g]["points"] if p["env_steps"] > 0} for g in present))
@@ -294,7 +295,15 @@ def cmd_compare() -> None:
                 a, b = ssm_row["post_mean_action"], maml_row["post_mean_action"]
                 entry["rl2_ssm_above_maml_mlp"] = {
                     "difference": round(a["mean"] - b["mean"], 4),
-                    "intervals_overlap": bool(a["ci95"] and b["ci95"] and a["ci95"][0] <= b["ci95"][1] and b["ci95"][0] <= a["ci95"][1])}
+                    "intervals_overlap": None if not (a["ci95"] and b["ci95"]) else
+                    bool(a["ci95"][0] <= b["ci95"][1] and b["ci95"][0] <= a["ci95"][1])}
+        else:
+            entry["budget_note"] = "no env-step count at which every group has an evaluated point"
+        at = entry["at_budget"] or entry["latest"]
+        entry["seeds"] = {group: row["seeds"] for group, row in at.items()}
+        requests = {json.dumps(next(p for p in groups[g]["points"] if p["iteration"] == row["iteration"]).get("request"), sort_keys=True)
+                    for g, row in at.items()}
+        entry["same_eval_request"] = len(requests) == 1
         report["suites"][suite_name] = entry
         ax.set_title(f"{suite_name}: post-adaptation success, mean-action rule")
         ax.set_xlabel("env steps (millions)")
@@ -302,13 +311,15 @@ def cmd_compare() -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     axes[0][0].set_ylabel("held-out success (95% CI over seeds and goals)")
-    report["suites"].setdefault("ml10", {"status": "not run: 20M env steps per group is hours on this 2-core machine "
-                                                   "(python benchmarks/learning.py train ml10 --groups mlp rl2-ssm rl2-gru)"})
+    for name in ("ml1-reach", "ml10"):
+        report["suites"].setdefault(name, {"status": f"no results: benchmarks/results/{name}.json is missing "
+                                                    f"(python benchmarks/learning.py train {name}, then eval {name})"})
     report["caveats"] = [
-        "Same protocol for every group: all held-out goals, one mean-action episode and 3 sampled ones per goal "
-        "before and after adaptation on 10 sampled episodes; MAML adapts by one inner step, rl2 in its memory.",
-        "In-context groups ran one seed where MAML ran three: their intervals are over goals only, so narrower than a "
-        "seed-pooled one would be; a difference inside the overlap of the intervals is not a finding.",
+        "Protocol (metarl eval's, the same for every group; same_eval_request says whether the points asked for the "
+        "same goals): every held-out goal, one mean-action episode and 3 sampled ones per goal before and after "
+        "adaptation on 10 sampled episodes; MAML adapts by one inner step, rl2 in its memory.",
+        "Intervals pool seeds, then goals: a group with fewer seeds (see seeds) has an interval over goals of fewer "
+        "seeds, blind to seed-to-seed spread; a difference inside the overlap of two intervals is not a finding.",
         "At the defaults rl2 trains on trials of 10 episodes and is scored on an 11th (README, known gaps).",
         "ML1 reach-v3 is one task class with 50 held-out goals; it says little about ML10's held-out task classes.",
     ]
@@ -320,16 +331,19 @@ def cmd_compare() -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("train", "eval", "plot", "table", "compare"))
-    parser.add_argument("suite", choices=sorted(SUITES), nargs="?", default="ml1-reach", help="(compare reads every suite)")
+    parser.add_argument("suite", choices=sorted(SUITES), nargs="?", default=None, help="required but by compare (which reads every suite)")
     parser.add_argument("--groups", nargs="+", default=None, help="groups to train/evaluate: mlp, ssm (MAML+PPO), rl2-ssm, rl2-gru (in context) (default: the suite's)")
     parser.add_argument("--goals_per_class", type=int, default=None, help="default: the suite's (ML: every goal)")
     parser.add_argument("--iterations", type=int, nargs="+", default=None, help="evaluate only these checkpoints")
     args = parser.parse_args()
-    suite = SUITES[args.suite]
-    groups = args.groups or list(suite.seeds)
     if args.command == "compare":
         cmd_compare()
-    elif args.command == "train":
+        return 0
+    if args.suite is None:
+        parser.error(f"suite: missing; expected one of {', '.join(sorted(SUITES))}")
+    suite = SUITES[args.suite]
+    groups = args.groups or list(suite.seeds)
+    if args.command == "train":
         cmd_train(args.suite, suite, groups)
     elif args.command == "eval":
         cmd_eval(args.suite, suite, groups, args.goals_per_class or suite.eval_goals_per_class, args.iterations)

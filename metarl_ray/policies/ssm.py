@@ -227,22 +227,23 @@ class _AdjointScan(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        log_decay, scan_inputs, initial_state, starts = inputs
-        ctx.save_for_backward(log_decay, scan_inputs, initial_state, starts, output)
+        log_decay, _, initial_state, starts = inputs
+        ctx.save_for_backward(log_decay, initial_state, starts, output)
 
     @staticmethod
     def backward(ctx, grad_states):
-        log_decay, inputs, initial_state, starts, states = ctx.saved_tensors
+        log_decay, initial_state, starts, states = ctx.saved_tensors
         # Reversed in time, the adjoint's decay at step t is a_{t+1}: the starts shift by one, and the
         # last step (no t + 1) starts from nothing.
         reverse_starts = torch.cat([starts[..., 1:], torch.ones_like(starts[..., :1])], dim=-1).flip(-1)
         adjoint = _AdjointScan.apply(log_decay, grad_states.flip(-2), torch.zeros_like(initial_state),
                                      reverse_starts).flip(-2)  # (B, L, P)
-        # a_t h_{t-1} = h_t - u_t: one subtraction instead of building the decays and the shifted states
-        # (two fewer passes over (B, L, P)); it is exactly 0 where a start cuts the history.
-        grad_log_decay = (adjoint * (states - inputs)).flatten(0, -2).sum(0)  # (P,)
-        first_decay = torch.exp(log_decay) * (~starts[..., :1]).to(log_decay.dtype)  # a_1: (B, 1) x (P,) -> (B, P)
-        return grad_log_decay, adjoint, adjoint[..., 0, :] * first_decay, None
+        # a_t h_{t-1} directly, not as h_t - u_t: in float32 that difference loses the digits of a fast
+        # state's small a_t h_{t-1} next to u_t, and with them its decay's gradient.
+        decays = _decays(log_decay, starts)  # (B, L, P)
+        previous = torch.cat([initial_state.unsqueeze(-2), states[..., :-1, :]], dim=-2)  # h_{t-1}
+        grad_log_decay = (adjoint * decays * previous).flatten(0, -2).sum(0)  # (P,)
+        return grad_log_decay, adjoint, adjoint[..., 0, :] * decays[..., 0, :], None
 
 
 def scan_adjoint(log_decay: torch.Tensor, starts: torch.Tensor, inputs: torch.Tensor,

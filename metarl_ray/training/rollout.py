@@ -172,7 +172,10 @@ class RolloutWorker:
         carries across a trial's episodes and its input is the observation plus the in-context inputs
         (``algorithms.rl2``). Episode e samples its actions if ``sampled[e]``, else takes the mean. Each
         trial continues ``initial_memory`` (default: a fresh memory, zero previous action and reward);
-        returns the batches and where the last trial stopped."""
+        returns the batches and where the last trial stopped. Continued trials are for evaluation: the
+        learner recomputes a trial from a fresh memory (``rl2.in_context_inputs``)."""
+        if num_trials < 1:
+            raise ValueError(f"num_trials={num_trials}: expected at least 1")
         num_envs, length = len(envs), len(sampled) * self.episode_length
         observations = np.zeros((num_envs, num_trials, length, OBS_DIM), dtype=np.float32)
         actions = np.zeros((num_envs, num_trials, length, ACTION_DIM), dtype=np.float32)

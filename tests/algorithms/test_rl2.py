@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from metarl_ray.algorithms.advantages import trial_advantages
-from metarl_ray.algorithms.rl2 import IN_CONTEXT_INPUT_DIM, RL2PPO, in_context_inputs, in_context_step_inputs
+from metarl_ray.algorithms.rl2 import IN_CONTEXT_INPUT_DIM, RL2PPO, InContextMemory, in_context_inputs, in_context_step_inputs
 from metarl_ray.config import EnvConfig, MAMLConfig, MetaLearnerConfig, PolicyConfig, PPOConfig
 from metarl_ray.envs.metaworld import ACTION_DIM, OBS_DIM, BenchmarkTasks, TaskSampler
 from metarl_ray.policies.common import log_prob
@@ -101,7 +101,12 @@ def test_a_continued_memory_plays_the_trials_next_episode():
         np.testing.assert_allclose(first[k].actions[0], whole[k].actions[0, :30], atol=1e-5)
         np.testing.assert_allclose(continued[k].actions[0], whole[k].actions[0, 30:], atol=1e-5)
         np.testing.assert_allclose(memory.last_rewards[k], whole[k].rewards[0, 29], rtol=1e-6)
-    # The previous action and reward matter: a fresh memory's second episode plays differently.
+    # Both parts of where it stopped matter: the memory alone (zero previous action and reward) or a
+    # fresh memory plays the second episode differently.
+    memory_only = InContextMemory(memory.state, np.zeros_like(memory.last_actions), np.zeros_like(memory.last_rewards))
+    with torch.no_grad():
+        without_inputs, _ = worker.collect_trials(envs, params, rngs, 1, [False], initial_memory=memory_only)
+    assert not np.allclose(without_inputs[0].actions[0], whole[0].actions[0, 30:], atol=1e-3)
     assert not np.allclose(first[0].actions[0], whole[0].actions[0, 30:], atol=1e-3)
 
 
@@ -130,6 +135,30 @@ def test_the_official_agent_starts_a_fresh_memory_with_no_previous_action_or_rew
     other = InContextAgent.from_params(config, params)
     other.eval_action(fresh)
     assert not np.allclose(agent.eval_action(carried), other.eval_action(fresh), atol=1e-4)
+
+
+def test_official_inputs_carry_the_last_action_and_reward_across_a_reset_and_into_autoreset():
+    """``InContextInputs`` on Meta-World's own ML1 test vector env: the first reset sees zeros; an
+    episode's autoreset step and a later explicit reset both see the last action and reward."""
+    from metarl_ray.envs.metaworld import make_eval_vector_env
+    from metarl_ray.evaluation.agent import InContextInputs
+
+    env_config = EnvConfig(benchmark="ML1", task="reach-v3", max_episode_length=5)
+    envs = InContextInputs(make_eval_vector_env(env_config, seed=0, meta_batch_size=2))
+    envs.env.call("sample_tasks")
+    inputs, _ = envs.reset(seed=0)
+    np.testing.assert_array_equal(inputs[:, OBS_DIM:], np.tile([0.0] * (ACTION_DIM + 1) + [1.0], (2, 1)))
+    actions = np.random.default_rng(0).uniform(-1, 1, (5, 2, ACTION_DIM)).astype(np.float32)
+    for t in range(5):
+        inputs, rewards, terminated, truncated, _ = envs.step(actions[t])
+        expected_flag = 1.0 if t == 4 else 0.0  # step 5 ends the episode: the autoreset obs starts the next
+        np.testing.assert_allclose(inputs[:, OBS_DIM:OBS_DIM + ACTION_DIM], actions[t])
+        np.testing.assert_allclose(inputs[:, -2], 0.1 * rewards, rtol=1e-6)
+        assert (inputs[:, -1] == expected_flag).all()
+    again, _ = envs.reset()
+    np.testing.assert_allclose(again[:, OBS_DIM:OBS_DIM + ACTION_DIM], actions[4])
+    np.testing.assert_allclose(again[:, -2], 0.1 * rewards, rtol=1e-6)
+    envs.env.close()
 
 
 def test_rl2_needs_a_policy_with_memory(in_process):

@@ -154,13 +154,15 @@ def adjoint_kernel(request, monkeypatch):
 @pytest.mark.parametrize("shared_starts", [True, False])
 def test_fast_scans_first_and_second_derivatives_equal_the_step_loop_over_5000_steps(shared_starts, scan, adjoint_kernel):
     torch.manual_seed(0)
-    batch, length, states = 2, 5000, 4
+    batch, length, states = 2, 4999, 4  # prime: the two-level kernel pads its last chunk
     log_decay = (-torch.rand(states, dtype=torch.float64) * 0.01).requires_grad_()
     inputs = torch.randn(batch, length, states, dtype=torch.float64, requires_grad=True)
     starts = torch.rand(batch, length) < 0.002
-    starts[:, [31, 32, 49, 50, 64, 95, 99, 4095, 4999]] = True  # on chunk boundaries (32 and 50 steps), chunks' last steps, the end
+    starts[:, [31, 32, 49, 50, 64, 95, 99, 4095, 4998]] = True  # on chunk boundaries (32 and 50 steps), chunks' last steps, the end
     if shared_starts:
         starts = starts[:1].expand(batch, length)
+    else:
+        starts[0, 0] = True  # row 0 drops its carried-in state, row 1 keeps it
     h0 = torch.randn(batch, states, dtype=torch.float64, requires_grad=True)
     weights = torch.randn(batch, length, states, dtype=torch.float64)
     if scan is scan_chunked and adjoint_kernel == "step_loop":
@@ -180,7 +182,8 @@ def test_adjoint_scan_under_vmap_over_tasks_has_the_step_loops_first_and_second_
     inputs = torch.randn(tasks, batch, length, states, dtype=torch.float64, requires_grad=True)
     h0 = torch.randn(tasks, batch, states, dtype=torch.float64, requires_grad=True)
     starts = torch.rand(batch, length) < 0.01  # shared by the tasks, as the policy's episode starts are
-    starts[:, 0] = False  # the carried-in state counts
+    starts[:, 0] = False  # the carried-in state counts...
+    starts[0, 0] = True  # ...except in row 0
     weights = torch.randn(tasks, batch, length, states, dtype=torch.float64)
 
     def run(scan):
