@@ -53,8 +53,10 @@ class GaussianGRUPolicy(nn.Module):
         hidden = self.initial_state(observations.shape[0])
         weight_hh_t = self.cell.weight_hh.T
         outputs = []
-        for t in range(observations.shape[1]):
-            hidden = gru_cell(input_gates[:, t], hidden, weight_hh_t, self.cell.bias_hh)
+        # unbind, not input_gates[:, t]: each indexed step's backward writes a zero tensor of the whole
+        # (N, T, 3H) input, so over a 5,000-step trial the backward would be quadratic in T.
+        for gates_t in input_gates.unbind(1):
+            hidden = gru_cell(gates_t, hidden, weight_hh_t, self.cell.bias_hh)
             outputs.append(hidden)
         return self.head(torch.stack(outputs, dim=1)), self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
