@@ -168,9 +168,10 @@ def test_rl2_needs_a_policy_with_memory(in_process):
     assert len(line) == 1 and "'mlp'" in line[0] and "ssm or gru" in line[0]
 
 
-def test_ssm_in_context_trains_resumes_exactly_and_evaluates(tmp_path, in_process):
+@pytest.mark.parametrize("policy_type", ["ssm", "gru"])
+def test_in_context_trains_resumes_exactly_and_evaluates(policy_type, tmp_path, in_process):
     runs = str(tmp_path / "runs")
-    common = ["--algorithm", "rl2", "--policy_type", "ssm", "--env_name", "ML1", "--task", "reach-v3", "--test_mode",
+    common = ["--algorithm", "rl2", "--policy_type", policy_type, "--env_name", "ML1", "--task", "reach-v3", "--test_mode",
               "--max_episode_length", "20", "--output_dir", runs]
     assert in_process("train", *common, "--num_epochs", "3", "--run_name", "straight")[0] == 0
     assert in_process("train", *common, "--num_epochs", "2", "--run_name", "interrupted")[0] == 0
@@ -186,13 +187,3 @@ def test_ssm_in_context_trains_resumes_exactly_and_evaluates(tmp_path, in_proces
     result = json.loads(out)
     assert status == 0 and result["protocol"]["algorithm"] == "rl2"
     assert math.isfinite(result["success_rate_official"]) and math.isfinite(result["mean_return"])
-
-
-def test_gru_in_context_trains_and_evaluates(tmp_path, in_process):
-    runs = str(tmp_path / "runs")
-    assert in_process("train", "--algorithm", "rl2", "--policy_type", "gru", "--env_name", "ML1", "--task", "reach-v3",
-                      "--test_mode", "--max_episode_length", "20", "--output_dir", runs, "--run_name", "gru")[0] == 0
-    rows = read_metrics(tmp_path / "runs" / "gru")
-    assert [row["iteration"] for row in rows] == [1, 2] and all(math.isfinite(row["loss/outer"]) for row in rows)
-    status, out, _ = in_process("eval", "--checkpoint", tmp_path / "runs" / "gru", "--json", "--num_workers", "0")
-    assert status == 0 and math.isfinite(json.loads(out)["mean_return"])
