@@ -142,7 +142,7 @@ def scan_chunked(log_decay: torch.Tensor, starts: torch.Tensor, inputs: torch.Te
     leaving = _masked_causal_sum(_decay_powers(log_decay, num_chunks, chunk_size), same_run, shared_run,
                                  chunk_end.unsqueeze(1)).squeeze(1)  # (B, K, P)
     entering = torch.cat([initial_state.unsqueeze(1), leaving[:, :-1]], dim=1)  # (B, K, P)
-    carry_power = torch.exp(torch.arange(1, chunk_size + 1, device=u.device).to(log_decay.dtype).unsqueeze(-1) * log_decay)  # (C, P)
+    carry_power = _step_powers(log_decay, chunk_size)  # (C, P)
     states = within + open_.unsqueeze(-1) * carry_power * entering.unsqueeze(2)  # (B, K, C, P)
     return states.reshape(batch, num_chunks * chunk_size, num_states)[:, :length]
 
@@ -162,11 +162,10 @@ def _two_level_values(log_decay: torch.Tensor, starts: torch.Tensor, inputs: tor
     batch, length, num_states = inputs.shape
     chunk = _chunk_length(length)
     pad = (-length) % chunk
-    decay = _decays(log_decay, starts)  # (B, L, P)
     if pad:  # padded steps come after the last real one: they change nothing before it
         inputs = nn.functional.pad(inputs, (0, 0, 0, pad))
-        decay = nn.functional.pad(decay, (0, 0, 0, pad))
-        starts = nn.functional.pad(starts, (0, pad))
+        starts = nn.functional.pad(starts, (0, pad), value=True)
+    decay = _decays(log_decay, starts)  # (B, L + pad, P)
     num_chunks = (length + pad) // chunk
     decay = decay.reshape(batch, num_chunks, chunk, num_states)  # (B, K, C, P)
     inputs = inputs.reshape(batch, num_chunks, chunk, num_states)
@@ -177,14 +176,18 @@ def _two_level_values(log_decay: torch.Tensor, starts: torch.Tensor, inputs: tor
     within_chunk = torch.stack(within, dim=2)  # (B, K, C, P)
     # The product of the decays from the chunk's start to step c is a^(c + 1) while no start has cut it
     # (every exponent <= 0), else 0: a (C, P) table times a (B, K, C) mask, cheaper than a cumprod.
-    powers = torch.exp(torch.arange(1, chunk + 1, device=inputs.device).to(log_decay.dtype).unsqueeze(-1) * log_decay)
     uncut = (starts.reshape(batch, num_chunks, chunk).cumsum(-1) == 0).to(inputs.dtype).unsqueeze(-1)  # (B, K, C, 1)
-    cumulative_decay = powers * uncut  # (B, K, C, P)
+    cumulative_decay = _step_powers(log_decay, chunk) * uncut  # (B, K, C, P)
     entering = [initial_state]
     for k in range(num_chunks - 1):  # level 2: K steps over chunks
         entering.append(torch.addcmul(within_chunk[:, k, -1], cumulative_decay[:, k, -1], entering[-1]))
     states = torch.addcmul(within_chunk, cumulative_decay, torch.stack(entering, dim=1).unsqueeze(2))
     return states.reshape(batch, num_chunks * chunk, num_states)[:, :length]
+
+
+def _step_powers(log_decay: torch.Tensor, count: int) -> torch.Tensor:
+    """a^n for n = 1..count: (count, P); every exponent n * log_decay <= 0, so nothing grows."""
+    return torch.exp(torch.arange(1, count + 1, device=log_decay.device).to(log_decay.dtype).unsqueeze(-1) * log_decay)
 
 
 def _chunk_length(length: int) -> int:
