@@ -63,7 +63,7 @@ def run_name(suite: str, policy_type: str, seed: int) -> str:
 
 def group_flags(group: str) -> list[str]:
     """A group is a policy type trained with MAML+PPO (mlp, ssm) or, as rl2-TYPE, in context (RL²)."""
-    if group.startswith("rl2-"):
+    if is_in_context(group):
         return ["--algorithm", "rl2", "--policy_type", group.removeprefix("rl2-")]
     return ["--policy_type", group]
 
@@ -179,6 +179,22 @@ def cmd_eval(suite_name: str, suite: Suite, groups: list[str], goals_per_class: 
                       f"{post['mean_ci95']} ({point['eval_wall_s']:.0f}s)", flush=True)
 
 
+GROUP_COLORS = {"mlp": "tab:blue", "ssm": "tab:red", "rl2-ssm": "tab:green", "rl2-gru": "tab:purple"}
+
+
+def is_in_context(group: str) -> bool:
+    return group.startswith("rl2-")
+
+
+def draw_curve(ax, group: str, points: list[dict], rule: str, phase: str, style: str, label: str) -> None:
+    """One group's success curve with its 95% band, against env steps in millions."""
+    steps = [p["env_steps"] / 1e6 for p in points]
+    means = [p["overall"][rule][phase]["mean"] for p in points]
+    cis = [p["overall"][rule][phase]["mean_ci95"] or [m, m] for p, m in zip(points, means)]
+    ax.plot(steps, means, style, color=GROUP_COLORS.get(group), label=label)
+    ax.fill_between(steps, [c[0] for c in cis], [c[1] for c in cis], color=GROUP_COLORS.get(group), alpha=0.12)
+
+
 def cmd_plot(suite_name: str, suite: Suite) -> None:
     import matplotlib
 
@@ -187,17 +203,13 @@ def cmd_plot(suite_name: str, suite: Suite) -> None:
 
     results = json.loads((RESULTS / f"{suite_name}.json").read_text())
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    colors = {"mlp": "tab:blue", "ssm": "tab:red", "rl2-ssm": "tab:green", "rl2-gru": "tab:purple"}
     for ax, rule in zip(axes, ("mean_action", "sampled")):
         for policy_type, group in results["groups"].items():
             points = group["points"]
-            steps = [p["env_steps"] / 1e6 for p in points]
+            seeds = max(len(p["seeds"]) for p in points)
             for phase, style in (("post", "-o"), ("pre", ":^")):
-                means = [p["overall"][rule][phase]["mean"] for p in points]
-                cis = [p["overall"][rule][phase]["mean_ci95"] or [m, m] for p, m in zip(points, means)]
-                seeds = max(len(p["seeds"]) for p in points)
-                ax.plot(steps, means, style, color=colors.get(policy_type), label=f"{policy_type}{'' if policy_type.startswith('rl2-') else ' MAML'} {phase}-adapt ({seeds} seed(s))")
-                ax.fill_between(steps, [c[0] for c in cis], [c[1] for c in cis], color=colors.get(policy_type), alpha=0.12)
+                draw_curve(ax, policy_type, points, rule, phase, style,
+                           f"{policy_type}{'' if is_in_context(policy_type) else ' MAML'} {phase}-adapt ({seeds} seed(s))")
         ax.set_title(f"{rule.replace('_', ' ')} rule")
         ax.set_xlabel("env steps (millions)")
         ax.set_ylim(-0.02, 1.02)
@@ -241,7 +253,7 @@ def _estimate(point: dict, rule: str, phase: str) -> dict:
 
 
 def _group_row(group: str, point: dict) -> dict:
-    return {"algorithm": "rl2 (in context)" if group in IN_CONTEXT_GROUPS else "maml_ppo",
+    return {"algorithm": "rl2 (in context)" if is_in_context(group) else "maml_ppo",
             "policy": group.removeprefix("rl2-"), "iteration": point["iteration"], "env_steps": point["env_steps"],
             "seeds": point["seeds"], "post_mean_action": _estimate(point, "mean_action", "post"),
             "pre_mean_action": _estimate(point, "mean_action", "pre"), "gain_mean_action": _estimate(point, "mean_action", "gain"),
@@ -261,7 +273,6 @@ def cmd_compare() -> None:
               "memory against the GRU in-context baseline and MAML+PPO, at the same env-step budget", "suites": {}}
     suites = [name for name in ("ml1-reach", "ml10") if (RESULTS / f"{name}.json").is_file()]
     fig, axes = plt.subplots(1, max(1, len(suites)), figsize=(6 * max(1, len(suites)), 4.2), squeeze=False)
-    colors = {"mlp": "tab:blue", "ssm": "tab:red", "rl2-ssm": "tab:green", "rl2-gru": "tab:purple"}
     for ax, suite_name in zip(axes[0], suites):
         groups = json.loads((RESULTS / f"{suite_name}.json").read_text())["groups"]
         in_context = [g for g in IN_CONTEXT_GROUPS if groups.get(g, {}).get("points")]
@@ -279,12 +290,8 @@ def cmd_compare() -> None:
                 entry["at_budget"][group] = _group_row(group, next(p for p in points if p["env_steps"] == budget))
             entry["latest"][group] = _group_row(group, points[-1])
             entry["latest"][group]["train_commands"] = groups[group].get("train_commands")
-            steps = [p["env_steps"] / 1e6 for p in points]
-            means = [p["overall"]["mean_action"]["post"]["mean"] for p in points]
-            cis = [p["overall"]["mean_action"]["post"]["mean_ci95"] or [m, m] for p, m in zip(points, means)]
-            label = f"{group} ({'in context' if group in IN_CONTEXT_GROUPS else 'MAML+PPO'}, {len(points[-1]['seeds'])} seed(s))"
-            ax.plot(steps, means, "-o", color=colors.get(group), label=label)
-            ax.fill_between(steps, [c[0] for c in cis], [c[1] for c in cis], color=colors.get(group), alpha=0.12)
+            draw_curve(ax, group, points, "mean_action", "post", "-o",
+                       f"{group} ({'in context' if is_in_context(group) else 'MAML+PPO'}, {len(points[-1]['seeds'])} seed(s))")
         if budget is not None:
             ax.axvline(budget / 1e6, color="grey", lw=0.8, ls="--")
             ranked = sorted(entry["at_budget"].items(), key=lambda item: -item[1]["post_mean_action"]["mean"])
