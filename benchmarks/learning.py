@@ -78,18 +78,25 @@ def checkpoint_iterations(run_path: Path) -> list[int]:
     return sorted(int(p.stem.split("_")[1]) for p in (run_path / "checkpoints").glob("checkpoint_*.pt"))
 
 
-def cmd_train(suite_name: str, suite: Suite, groups: list[str]) -> None:
+def cmd_train(suite_name: str, suite: Suite, groups: list[str], seeds: list[int] | None = None,
+              until_iteration: int | None = None) -> None:
+    """Train (or resume) each group's runs in turn up to ``until_iteration`` (default: the suite's last);
+    a run stopped early continues later, exactly, from its latest checkpoint."""
+    until = until_iteration or suite.num_epochs
     for policy_type in groups:
         for seed in suite.seeds[policy_type]:
+            if seeds is not None and seed not in seeds:
+                continue
             name = run_name(suite_name, policy_type, seed)
             done = checkpoint_iterations(RUNS / name)
-            if done and done[-1] >= suite.num_epochs:
-                print(f"{name}: finished", flush=True)
+            if done and done[-1] >= until:
+                print(f"{name}: at iteration {done[-1]}", flush=True)
                 continue
             command = train_command(suite_name, suite, policy_type, seed)
+            command[command.index("--num_epochs") + 1] = str(until)
             if done:  # exact resume from the latest checkpoint
                 command = ["metarl", "train", "--resume", "--run_name", name, "--output_dir", str(RUNS),
-                           "--num_epochs", str(suite.num_epochs)]
+                           "--num_epochs", str(until)]
             print(" ".join(command), flush=True)
             subprocess.run([sys.executable, "-m", "metarl_ray", *command[1:]], check=True)
 
@@ -342,6 +349,10 @@ def main() -> int:
     parser.add_argument("--groups", nargs="+", default=None, help="groups to train/evaluate: mlp, ssm (MAML+PPO), rl2-ssm, rl2-gru (in context) (default: the suite's)")
     parser.add_argument("--goals_per_class", type=int, default=None, help="default: the suite's (ML: every goal)")
     parser.add_argument("--iterations", type=int, nargs="+", default=None, help="evaluate only these checkpoints")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="train only these of the suite's seeds")
+    parser.add_argument("--until_iteration", type=int, default=None,
+                        help="train: stop at this iteration (a multiple of the suite's checkpoint interval; "
+                             "a later train continues from there exactly)")
     args = parser.parse_args()
     if args.command == "compare":
         cmd_compare()
@@ -350,8 +361,10 @@ def main() -> int:
         parser.error(f"suite: missing; expected one of {', '.join(sorted(SUITES))}")
     suite = SUITES[args.suite]
     groups = args.groups or list(suite.seeds)
+    if args.until_iteration is not None and (args.until_iteration <= 0 or args.until_iteration % suite.checkpoint_every):
+        parser.error(f"--until_iteration: {args.until_iteration}; expected a positive multiple of {suite.checkpoint_every}")
     if args.command == "train":
-        cmd_train(args.suite, suite, groups)
+        cmd_train(args.suite, suite, groups, args.seeds, args.until_iteration)
     elif args.command == "eval":
         cmd_eval(args.suite, suite, groups, args.goals_per_class or suite.eval_goals_per_class, args.iterations)
         cmd_plot(args.suite, suite)
