@@ -18,7 +18,7 @@ the updates minus its RSS once the data is loaded; Linux only), with both cores 
     ``--gradient_accumulation_steps 4``;
   - 2 learners: two learner actors (Ray, gloo all-reduce), one thread each, 10 tasks each.
 Also: one task's second-order meta-gradient (MLP vs SSM), achieved FLOP/s against a same-run matmul
-peak, and a projection of iteration time at 8, 32 and 128 rollout cores (model in the report).
+peak, where a task's time goes (every aten op timed: the matmuls' share and FLOP/s, the largest other ops), and a projection of iteration time at 8, 32 and 128 rollout cores (model in the report).
 """
 
 from __future__ import annotations
@@ -227,11 +227,51 @@ def per_task_meta_gradient_ms(rounds: int = 7) -> dict:
         ms = best[name] * 1e3
         results[name] = {"ms": round(ms, 1), "matmul_gflop": round(counter.get_total_flops() / 1e9, 3),
                          "achieved_gflop_per_s": round(counter.get_total_flops() / ms / 1e6, 1)}
+    for name in ("mlp", "ssm_adjoint_scan"):
+        results[name]["time_by_op"] = time_by_op(steps[name])
     for name in steps:
         if name != "mlp":
             results[f"{name}_over_mlp"] = round(results[name]["ms"] / results["mlp"]["ms"], 2)
     results["ssm_over_mlp"] = results["ssm_adjoint_scan_over_mlp"]  # the default SSM
     return results
+
+
+MATMUL_OPS = ("mm", "addmm", "bmm", "baddbmm")
+
+
+def time_by_op(step, rounds: int = 5) -> dict:
+    """Where one step's time goes: every aten op it runs (forward, backward and double backward: autograd
+    on a CPU runs them on this thread) timed through a dispatch mode, summed per op, with the matmuls'
+    share and their own FLOP/s. The mode adds a few microseconds per op, so the ops' sum slightly
+    exceeds the plain step."""
+    from collections import defaultdict
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    seconds: dict[str, float] = defaultdict(float)
+
+    class OpTimer(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            started = time.perf_counter()
+            out = func(*args, **(kwargs or {}))
+            seconds[func.overloadpacket.__name__] += time.perf_counter() - started
+            return out
+
+    for _ in range(rounds):
+        with OpTimer():
+            step()
+    per_step_ms = {op: s * 1e3 / rounds for op, s in seconds.items()}
+    total_ms = sum(per_step_ms.values())
+    matmul_ms = sum(per_step_ms.get(op, 0.0) for op in MATMUL_OPS)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    others = sorted(((op, ms) for op, ms in per_step_ms.items() if op not in MATMUL_OPS), key=lambda item: -item[1])
+    return {"ops_sum_ms": round(total_ms, 1), "matmul_ms": round(matmul_ms, 1),
+            "matmul_share": round(matmul_ms / total_ms, 3),
+            "matmul_gflop_per_s_inside_the_step": round(counter.get_total_flops() / matmul_ms / 1e6, 1),
+            "largest_other_ops_ms": {op: round(ms, 2) for op, ms in others[:8]},
+            "other_ops_ms": round(total_ms - matmul_ms, 1)}
 
 
 def matmul_peak_gflop_per_s() -> dict:
@@ -245,6 +285,20 @@ def matmul_peak_gflop_per_s() -> dict:
         for _ in range(repeats):
             a @ b
         out[name] = round(2 * m * k * n * repeats / (time.perf_counter() - started) / 1e9, 1)
+    return out
+
+
+def where_the_time_goes(per_task: dict, peak: dict) -> dict:
+    """The per-task step split into matmuls and everything else (``time_by_op``), and what that bounds:
+    with every non-matmul op made free, the step would take ``matmul_share`` of its time."""
+    hidden_peak = peak["5000x128x128 (the MLP's hidden layer)"]
+    out = {}
+    for name in ("mlp", "ssm_adjoint_scan"):
+        by_op = per_task[name]["time_by_op"]
+        out[name] = {**by_op, "matmul_efficiency_vs_same_run_peak": round(
+            by_op["matmul_gflop_per_s_inside_the_step"] / hidden_peak, 3)}
+    out["reading"] = ("matmul_share bounds any reordering of the same work on this CPU: with every non-matmul op free "
+                      "(perfect fusion) a per-task step would take that fraction of its measured time")
     return out
 
 
@@ -266,6 +320,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--per_task_only", action="store_true",
+                        help="print only the per-task meta-gradient figures and the matmul peak (writes nothing)")
     args = parser.parse_args()
     if args.measure:
         spec = json.loads(args.measure)
@@ -278,6 +334,10 @@ def main() -> None:
         print("collecting real ML10 rollouts (20 tasks x 10 episodes x 500 steps x 2 phases) ...", file=sys.stderr, flush=True)
         CACHE.parent.mkdir(parents=True, exist_ok=True)
         CACHE.write_bytes(pickle.dumps(collect_rollouts()))
+    if args.per_task_only:
+        child = run_child({"name": "per_task_meta_gradient", "per_task": True})
+        print(json.dumps({**child, "where_the_per_task_time_goes": where_the_time_goes(child["per_task"], child["peak"])}, indent=2))
+        return
     cached = pickle.loads(CACHE.read_bytes())
     repeats = args.repeats
     # allocator: the learner actors' malloc settings (LEARNER_ALLOCATOR_ENV); the reference also runs
@@ -322,6 +382,7 @@ def main() -> None:
         "matmul_peak_gflop_per_s_same_run": peak,
         "mlp_reference_fraction_of_matmul_peak": round(
             per_task["mlp"]["achieved_gflop_per_s"] / peak["5000x128x128 (the MLP's hidden layer)"], 3),
+        "where_the_per_task_time_goes": where_the_time_goes(per_task, peak),
         "collection_steps_per_s_one_core": round(cached["steps_per_s_one_core"], 1),
         "projection": {"model": projection.__doc__.strip().replace("\n    ", " "),
                        "by_rollout_cores": projection(cached["env_steps"], cached["steps_per_s_one_core"], learn_s)},

@@ -363,6 +363,11 @@ def main() -> int:
     groups = args.groups or list(suite.seeds)
     if args.until_iteration is not None and (args.until_iteration <= 0 or args.until_iteration % suite.checkpoint_every):
         parser.error(f"--until_iteration: {args.until_iteration}; expected a positive multiple of {suite.checkpoint_every}")
+    if any(group not in suite.seeds for group in groups):
+        parser.error(f"--groups: {' '.join(groups)}; suite {args.suite} has {', '.join(suite.seeds)}")
+    unknown = sorted(set(args.seeds or ()) - {s for g in groups for s in suite.seeds[g]})
+    if unknown:
+        parser.error(f"--seeds: {unknown} not among the seeds of {', '.join(groups)} in suite {args.suite}")
     if args.command == "train":
         cmd_train(args.suite, suite, groups, args.seeds, args.until_iteration)
     elif args.command == "eval":
