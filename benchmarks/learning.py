@@ -89,6 +89,9 @@ def cmd_train(suite_name: str, suite: Suite, groups: list[str], seeds: list[int]
                 continue
             name = run_name(suite_name, policy_type, seed)
             done = checkpoint_iterations(RUNS / name)
+            if not done and (RUNS / name).exists():  # stopped before its first checkpoint: nothing to resume
+                print(f"{name}: {RUNS / name} has no checkpoint to resume; remove it to train this run afresh", flush=True)
+                continue
             if done and done[-1] >= until:
                 print(f"{name}: at iteration {done[-1]}", flush=True)
                 continue
@@ -267,9 +270,28 @@ def _group_row(group: str, point: dict) -> dict:
             "post_sampled": _estimate(point, "sampled", "post"), "official": point["success_rate_official"]}
 
 
+def _rl2_ssm_against_maml_mlp(groups: dict) -> dict | None:
+    """The issue's question, at the largest budget these two groups share (other groups may stop earlier)."""
+    if not all(groups.get(g, {}).get("points") for g in ("rl2-ssm", "mlp")):
+        return None
+    common = set.intersection(*({p["env_steps"] for p in groups[g]["points"] if p["env_steps"] > 0} for g in ("rl2-ssm", "mlp")))
+    if not common:
+        return None
+    budget = max(common)
+    points = [next(p for p in groups[g]["points"] if p["env_steps"] == budget) for g in ("rl2-ssm", "mlp")]
+    a, b = (_group_row(g, p)["post_mean_action"] for g, p in zip(("rl2-ssm", "mlp"), points))
+    return {"budget_env_steps": budget, "rl2_ssm": {**a, "seeds": points[0]["seeds"]},
+            "maml_mlp": {**b, "seeds": points[1]["seeds"]},
+            "same_eval_request": points[0].get("request") == points[1].get("request"),
+            "difference": round(a["mean"] - b["mean"], 4),
+            "intervals_overlap": None if not (a["ci95"] and b["ci95"]) else
+            bool(a["ci95"][0] <= b["ci95"][1] and b["ci95"][0] <= a["ci95"][1])}
+
+
 def cmd_compare() -> None:
-    """In context vs MAML+PPO at one env-step budget per suite: benchmarks/results/in_context.json and .png,
-    from the suites' JSON (nothing is re-run). The budget is the largest every group has a point at."""
+    """In context vs MAML+PPO: benchmarks/results/in_context.json and .png, from the suites' JSON (nothing
+    is re-run). Per suite, every group at the largest budget they all have a point at (the dashed line),
+    and rl2-ssm against MAML+PPO's MLP at the largest budget those two share."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -304,15 +326,11 @@ def cmd_compare() -> None:
             ranked = sorted(entry["at_budget"].items(), key=lambda item: -item[1]["post_mean_action"]["mean"])
             entry["ranking_at_budget"] = [
                 f"{g}: {row['post_mean_action']['mean']:.3f} {row['post_mean_action']['ci95']}" for g, row in ranked]
-            ssm_row, maml_row = entry["at_budget"].get("rl2-ssm"), entry["at_budget"].get("mlp")
-            if ssm_row and maml_row:
-                a, b = ssm_row["post_mean_action"], maml_row["post_mean_action"]
-                entry["rl2_ssm_above_maml_mlp"] = {
-                    "difference": round(a["mean"] - b["mean"], 4),
-                    "intervals_overlap": None if not (a["ci95"] and b["ci95"]) else
-                    bool(a["ci95"][0] <= b["ci95"][1] and b["ci95"][0] <= a["ci95"][1])}
         else:
             entry["budget_note"] = "no env-step count at which every group has an evaluated point"
+        pair = _rl2_ssm_against_maml_mlp(groups)
+        if pair:
+            entry["rl2_ssm_above_maml_mlp"] = pair
         at = entry["at_budget"] or entry["latest"]
         entry["seeds"] = {group: row["seeds"] for group, row in at.items()}
         requests = {json.dumps(next(p for p in groups[g]["points"] if p["iteration"] == row["iteration"]).get("request"), sort_keys=True)
@@ -354,6 +372,8 @@ def main() -> int:
                         help="train: stop at this iteration (a multiple of the suite's checkpoint interval; "
                              "a later train continues from there exactly)")
     args = parser.parse_args()
+    if args.command != "train" and (args.seeds is not None or args.until_iteration is not None):
+        parser.error(f"--seeds/--until_iteration: given to {args.command}; they are options of train")
     if args.command == "compare":
         cmd_compare()
         return 0
@@ -361,8 +381,10 @@ def main() -> int:
         parser.error(f"suite: missing; expected one of {', '.join(sorted(SUITES))}")
     suite = SUITES[args.suite]
     groups = args.groups or list(suite.seeds)
-    if args.until_iteration is not None and (args.until_iteration <= 0 or args.until_iteration % suite.checkpoint_every):
-        parser.error(f"--until_iteration: {args.until_iteration}; expected a positive multiple of {suite.checkpoint_every}")
+    if args.until_iteration is not None and (not 0 < args.until_iteration <= suite.num_epochs
+                                             or args.until_iteration % suite.checkpoint_every):
+        parser.error(f"--until_iteration: {args.until_iteration}; expected a multiple of {suite.checkpoint_every} "
+                     f"in [{suite.checkpoint_every}, {suite.num_epochs}]")
     if any(group not in suite.seeds for group in groups):
         parser.error(f"--groups: {' '.join(groups)}; suite {args.suite} has {', '.join(suite.seeds)}")
     unknown = sorted(set(args.seeds or ()) - {s for g in groups for s in suite.seeds[g]})
