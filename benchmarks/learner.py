@@ -18,7 +18,8 @@ the updates minus its RSS once the data is loaded; Linux only), with both cores 
     ``--gradient_accumulation_steps 4``;
   - 2 learners: two learner actors (Ray, gloo all-reduce), one thread each, 10 tasks each.
 Also: one task's second-order meta-gradient (MLP vs SSM), achieved FLOP/s against a same-run matmul
-peak, where a task's time goes (every aten op timed: the matmuls' share and FLOP/s, the largest other ops), and a projection of iteration time at 8, 32 and 128 rollout cores (model in the report).
+peak, where a task's time goes (every aten op timed: the matmuls' share and FLOP/s, the largest other
+ops), and a projection of iteration time at 8, 32 and 128 rollout cores (model in the report).
 """
 
 from __future__ import annotations

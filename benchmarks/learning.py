@@ -68,8 +68,8 @@ def group_flags(group: str) -> list[str]:
     return ["--policy_type", group]
 
 
-def train_command(suite_name: str, suite: Suite, policy_type: str, seed: int) -> list[str]:
-    return ["metarl", "train", *suite.flags, *group_flags(policy_type), "--num_epochs", str(suite.num_epochs),
+def train_command(suite_name: str, suite: Suite, policy_type: str, seed: int, num_epochs: int | None = None) -> list[str]:
+    return ["metarl", "train", *suite.flags, *group_flags(policy_type), "--num_epochs", str(num_epochs or suite.num_epochs),
             "--checkpoint_every", str(suite.checkpoint_every), "--seed", str(seed),
             "--output_dir", str(RUNS), "--run_name", run_name(suite_name, policy_type, seed)]
 
@@ -95,8 +95,7 @@ def cmd_train(suite_name: str, suite: Suite, groups: list[str], seeds: list[int]
             if done and done[-1] >= until:
                 print(f"{name}: at iteration {done[-1]}", flush=True)
                 continue
-            command = train_command(suite_name, suite, policy_type, seed)
-            command[command.index("--num_epochs") + 1] = str(until)
+            command = train_command(suite_name, suite, policy_type, seed, until)
             if done:  # exact resume from the latest checkpoint
                 command = ["metarl", "train", "--resume", "--run_name", name, "--output_dir", str(RUNS),
                            "--num_epochs", str(until)]
@@ -270,14 +269,19 @@ def _group_row(group: str, point: dict) -> dict:
             "post_sampled": _estimate(point, "sampled", "post"), "official": point["success_rate_official"]}
 
 
+def _largest_shared_budget(groups: dict, names: list[str]) -> int | None:
+    """The most env steps at which every named group has an evaluated point (the initial policy aside)."""
+    common = set.intersection(*({p["env_steps"] for p in groups[g]["points"] if p["env_steps"] > 0} for g in names))
+    return max(common) if common else None
+
+
 def _rl2_ssm_against_maml_mlp(groups: dict) -> dict | None:
     """The issue's question, at the largest budget these two groups share (other groups may stop earlier)."""
     if not all(groups.get(g, {}).get("points") for g in ("rl2-ssm", "mlp")):
         return None
-    common = set.intersection(*({p["env_steps"] for p in groups[g]["points"] if p["env_steps"] > 0} for g in ("rl2-ssm", "mlp")))
-    if not common:
+    budget = _largest_shared_budget(groups, ["rl2-ssm", "mlp"])
+    if budget is None:
         return None
-    budget = max(common)
     points = [next(p for p in groups[g]["points"] if p["env_steps"] == budget) for g in ("rl2-ssm", "mlp")]
     a, b = (_group_row(g, p)["post_mean_action"] for g, p in zip(("rl2-ssm", "mlp"), points))
     return {"budget_env_steps": budget, "rl2_ssm": {**a, "seeds": points[0]["seeds"]},
@@ -310,8 +314,7 @@ def cmd_compare() -> None:
             ax.set_axis_off()
             continue
         present = [g for g in (*MAML_GROUPS, *IN_CONTEXT_GROUPS) if groups.get(g, {}).get("points")]
-        common = set.intersection(*({p["env_steps"] for p in groups[g]["points"] if p["env_steps"] > 0} for g in present))
-        budget = max(common) if common else None
+        budget = _largest_shared_budget(groups, present)
         entry = {"budget_env_steps": budget, "at_budget": {}, "latest": {}}
         for group in present:
             points = groups[group]["points"]
