@@ -242,11 +242,14 @@ class _AdjointScan(torch.autograd.Function):
         adjoint = _AdjointScan.apply(log_decay, grad_states.flip(-2), torch.zeros_like(initial_state),
                                      reverse_starts).flip(-2)  # (B, L, P)
         # a_t h_{t-1} directly, not as h_t - u_t: in float32 that difference loses the digits of a fast
-        # state's small a_t h_{t-1} next to u_t, and with them its decay's gradient.
-        decays = _decays(log_decay, starts)  # (B, L, P)
-        previous = torch.cat([initial_state.unsqueeze(-2), states[..., :-1, :]], dim=-2)  # h_{t-1}
-        grad_log_decay = (adjoint * decays * previous).flatten(0, -2).sum(0)  # (P,)
-        return grad_log_decay, adjoint, adjoint[..., 0, :] * decays[..., 0, :], None
+        # state's small a_t h_{t-1} next to u_t, and with them its decay's gradient. With a_t = a (1 - start_t),
+        # the sum is a * sum_{b,t} lambda_t (1 - start_t) h_{t-1}: a masked copy, one product and a sum, not a
+        # (B, L, P) decay tensor and two products (fewer ops again when autograd differentiates this).
+        keep = (~starts).to(states.dtype).unsqueeze(-1)  # (B, L, 1)
+        previous = torch.cat([initial_state.unsqueeze(-2), states[..., :-1, :]], dim=-2) * keep  # (1 - start_t) h_{t-1}
+        decay = torch.exp(log_decay)  # (P,)
+        grad_log_decay = decay * (adjoint * previous).flatten(0, -2).sum(0)  # (P,)
+        return grad_log_decay, adjoint, adjoint[..., 0, :] * decay * keep[..., 0, :], None
 
 
 def scan_adjoint(log_decay: torch.Tensor, starts: torch.Tensor, inputs: torch.Tensor,
