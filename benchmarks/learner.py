@@ -391,9 +391,7 @@ def where_the_time_goes(per_task: dict, peak: dict) -> dict:
     out["reading"] = (
         "Timed under the dispatch mode every op runs slower (ops_sum_ms > step_ms: cache and per-op overhead), so the "
         "matmuls' share of the plain step is estimated as matmul_share_of_ops (every op slowed alike) and bounded above "
-        "by matmul_share_of_step_upper (the matmuls alone slowed by nothing). That share bounds any reordering of the "
-        "same matmuls on this CPU: with every other op and all Python/autograd overhead free, a per-task step would "
-        "take about that fraction of step_ms. The matmuls' FLOP/s inside the step are from the mode's timings, so low. "
+        "by matmul_share_of_step_upper (the matmuls alone slowed by nothing). The matmuls' FLOP/s inside the step are from the mode's timings, so low. "
         "matmul_replay_ms is measured without the mode: the step's matmuls alone (same sizes, strides, order and shared "
         "buffers; no autograd, no other op). matmul_alone_ms is the faster of matmul_ms and matmul_replay_ms, so "
         "matmul_alone_share_of_step estimates the floor of any speed-up that keeps these matmuls on this CPU, and "
@@ -468,6 +466,7 @@ def main() -> None:
         ratios[policy_type] = {name: round(r["learn_s_min"] / reference, 3) for name, r in results.items()}
     child = run_child({"name": "per_task_meta_gradient", "per_task": True})
     per_task, peak = child["per_task"], child["peak"]
+    where = where_the_time_goes(per_task, peak)
     learn_s = {f"{p}_{n}": learner_time[p][n]["learn_s_min"] for p in ("mlp", "ssm") for n in ("reference", "new_default", "two_learners")}
     report = {
         "command": "python benchmarks/learner.py " + " ".join(sys.argv[1:]),
@@ -482,7 +481,7 @@ def main() -> None:
         "matmul_peak_gflop_per_s_same_run": peak,
         "mlp_reference_fraction_of_matmul_peak": round(
             per_task["mlp"]["achieved_gflop_per_s"] / peak["5000x128x128 (the MLP's hidden layer)"], 3),
-        "where_the_per_task_time_goes": where_the_time_goes(per_task, peak),
+        "where_the_per_task_time_goes": where,
         "collection_steps_per_s_one_core": round(cached["steps_per_s_one_core"], 1),
         "projection": {"model": projection.__doc__.strip().replace("\n    ", " "),
                        "by_rollout_cores": projection(cached["env_steps"], cached["steps_per_s_one_core"], learn_s)},
@@ -492,9 +491,8 @@ def main() -> None:
                   "mlp_new_default_le_0.7x_reference_same_allocator": ratios["mlp"]["new_default"] <= 0.7 * ratios["mlp"]["reference_same_allocator"],
                   "ssm_per_task_le_2x_mlp": per_task["ssm_over_mlp"] <= 2.0},
         "floors": {
-            "mlp_per_task_matmuls_alone_over_its_step": per_task["mlp"]["time_by_op"]["matmul_alone_share_of_step"],
-            "ssm_per_task_matmuls_alone_over_mlp_step": round(
-                per_task["ssm_adjoint_scan"]["time_by_op"]["matmul_alone_ms"] / per_task["mlp"]["ms"], 2),
+            "mlp_per_task_matmuls_alone_over_its_step": where["mlp"]["matmul_alone_share_of_step"],
+            "ssm_per_task_matmuls_alone_over_mlp_step": where["ssm_matmul_alone_over_mlp_step"],
             "ssm_norm_gelu_scan_free_over_mlp_step": per_task[f"{FREE_VARIANT}_over_mlp"],
             "reading": "Estimates, not bounds. The MLP's new default runs the reference's matmuls (per task on a CPU), so its "
                        "ratio to the reference can fall to about the first figure on this CPU at best (if the reference's step "
