@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -28,79 +30,195 @@ from pathlib import Path
 from report import write_report  # benchmarks/report.py
 
 RESULTS = Path(__file__).parent / "results"
+# Run directories while they train (every checkpoint, TensorBoard events; not in git) ...
 RUNS = Path(os.path.relpath(Path(__file__).parent / "runs"))  # relative, as the commands in the results show it
+# ... and the committed state of each run: config, metrics journal, log and its latest checkpoint only.
+STATE = Path(os.path.relpath(Path(__file__).parent / "state"))
+STATE_FILES = ("config.yaml", "metrics.jsonl", "train.log")
+
+
+@dataclass(frozen=True)
+class Group:
+    """One method of a suite: the ``metarl train`` flags that define it, and the seeds it runs."""
+
+    flags: tuple[str, ...]
+    seeds: tuple[int, ...]
 
 
 @dataclass(frozen=True)
 class Suite:
     flags: tuple[str, ...]
-    seeds: dict[str, tuple[int, ...]]  # policy type -> seeds
+    groups: dict[str, Group]
     num_epochs: int = 100
     checkpoint_every: int = 10
     title: str = ""
     eval_goals_per_class: int | None = None  # None: every goal
+    final_goals_per_class: int | None = None  # at the last iteration; None: as eval_goals_per_class
+    train_split_goals_per_class: int | None = None  # held-out goals of the training classes; None: not evaluated
+    official_flags: tuple[str, ...] = ()  # how Meta-World's own evaluation is run (metarl eval's flags)
+    official_at_every_point: bool = False  # else at the last iteration only
 
+    @property
+    def seeds(self) -> dict[str, tuple[int, ...]]:
+        return {name: group.seeds for name, group in self.groups.items()}
+
+
+def maml(policy_type: str, *extra: str, seeds: tuple[int, ...] = (0,)) -> Group:
+    return Group(("--policy_type", policy_type, *extra), seeds)
+
+
+def in_context(memory: str, *extra: str, seeds: tuple[int, ...] = (0,)) -> Group:
+    return Group(("--algorithm", "rl2", "--policy_type", memory, *extra), seeds)
+
+
+# Meta-World+'s official ML10 protocol (metaworld-algorithms' maml_trpo_ml10.py): 20 sub-envs (4 per test
+# class) over 40 goals per class, 10 rounds, 10 adaptation and 3 evaluation episodes.
+METAWORLD_PLUS_ML10 = ("--official_meta_batch_size", "20", "--official_goals_per_class", "40", "--num_evals", "10")
+# Chosen on ml10-val (benchmarks/results/ml10-val.json): training classes only, never the test classes.
+ML10_MLP = ("--hidden_size", "128", "--inner_lr", "0.1")
+VALIDATION_CLASSES = "drawer-close-v3,window-open-v3"
 
 SUITES = {
     # The whole pipeline in a few minutes (test-mode budgets), to check it before hours-long runs.
-    "smoke": Suite(("--env_name", "ML1", "--task", "reach-v3", "--test_mode"), {"mlp": (0, 1), "rl2-ssm": (0, 1)}, num_epochs=2,
+    "smoke": Suite(("--env_name", "ML1", "--task", "reach-v3", "--test_mode"),
+                   {"mlp": maml("mlp", seeds=(0, 1)), "rl2-ssm": in_context("ssm", seeds=(0, 1))}, num_epochs=2,
                    checkpoint_every=1, title="smoke test (ML1 reach-v3, test-mode budgets)"),
     # rl2-*: in context (RL²) at the same env-step budget: 2 trials x 10 episodes per task per iteration.
     "ml1-reach": Suite(("--env_name", "ML1", "--task", "reach-v3"),
-                       {"mlp": (0, 1, 2), "ssm": (0, 1, 2), "rl2-ssm": (0, 1, 2), "rl2-gru": (0, 1, 2)},
+                       {"mlp": maml("mlp", seeds=(0, 1, 2)), "ssm": maml("ssm", seeds=(0, 1, 2)),
+                        "rl2-ssm": in_context("ssm", seeds=(0, 1, 2)), "rl2-gru": in_context("gru", seeds=(0, 1, 2))},
                        title="ML1 reach-v3 (10 tasks x 10 episodes x 500 steps x 2 per iteration)"),
-    "ml10": Suite(("--env_name", "ML10", "--num_tasks", "20"), {"mlp": (0, 1, 2), "ssm": (0,), "rl2-ssm": (0,), "rl2-gru": (0,)},
+    "ml10": Suite(("--env_name", "ML10", "--num_tasks", "20"),
+                  {"mlp": maml("mlp", *ML10_MLP, seeds=(0, 1, 2)), "ssm": maml("ssm"),
+                   "rl2-ssm": in_context("ssm"), "rl2-gru": in_context("gru")},
+                  eval_goals_per_class=10, final_goals_per_class=None, train_split_goals_per_class=5,
+                  official_flags=METAWORLD_PLUS_ML10, official_at_every_point=True,
                   title="ML10 (20 tasks x 10 episodes x 500 steps x 2 per iteration)"),
+    # Settings for ml10 chosen on training classes only: 2 of the 10 left out of meta-training and
+    # meta-tested on all their 50 goals; 16 tasks (2 per remaining class) per iteration, 2.4M env steps.
+    "ml10-val": Suite(("--env_name", "ML10", "--num_tasks", "16", "--validation_classes", VALIDATION_CLASSES),
+                      {f"mlp-h{hidden}-lr{lr}": maml("mlp", "--hidden_size", str(hidden), "--inner_lr", lr)
+                       for hidden in (128, 512) for lr in ("0.1", "0.01", "0.001")},
+                      num_epochs=15, checkpoint_every=5, train_split_goals_per_class=None,
+                      title=f"ML10 validation (8 training classes; meta-test on {VALIDATION_CLASSES})"),
     # MT10 has no held-out goals; 10 of each class's 50 training goals keep a point at ~4 minutes.
-    "mt10": Suite(("--env_name", "MT10", "--num_tasks", "20"), {"mlp": (0,)}, eval_goals_per_class=10,
+    "mt10": Suite(("--env_name", "MT10", "--num_tasks", "20"), {"mlp": maml("mlp")}, eval_goals_per_class=10,
+                  train_split_goals_per_class=5, official_at_every_point=True,
                   title="MT10 (20 tasks x 10 episodes x 500 steps x 2 per iteration)"),
 }
 
 
-def run_name(suite: str, policy_type: str, seed: int) -> str:
-    return f"{suite}-{policy_type}-s{seed}"
+def run_name(suite: str, group: str, seed: int) -> str:
+    return f"{suite}-{group}-s{seed}"
 
 
-def group_flags(group: str) -> list[str]:
-    """A group is a policy type trained with MAML+PPO (mlp, ssm) or, as rl2-TYPE, in context (RL²)."""
-    if is_in_context(group):
-        return ["--algorithm", "rl2", "--policy_type", group.removeprefix("rl2-")]
-    return ["--policy_type", group]
-
-
-def train_command(suite_name: str, suite: Suite, policy_type: str, seed: int, num_epochs: int | None = None) -> list[str]:
-    return ["metarl", "train", *suite.flags, *group_flags(policy_type), "--num_epochs", str(num_epochs or suite.num_epochs),
+def train_command(suite_name: str, suite: Suite, group: str, seed: int, num_epochs: int | None = None,
+                  runs: Path = RUNS) -> list[str]:
+    return ["metarl", "train", *suite.flags, *suite.groups[group].flags, "--num_epochs", str(num_epochs or suite.num_epochs),
             "--checkpoint_every", str(suite.checkpoint_every), "--seed", str(seed),
-            "--output_dir", str(RUNS), "--run_name", run_name(suite_name, policy_type, seed)]
+            "--output_dir", str(runs), "--run_name", run_name(suite_name, group, seed)]
 
 
 def checkpoint_iterations(run_path: Path) -> list[int]:
     return sorted(int(p.stem.split("_")[1]) for p in (run_path / "checkpoints").glob("checkpoint_*.pt"))
 
 
+def save_state(run_path: Path, state_path: Path) -> int | None:
+    """Copy what continues a run into its committed folder: config, journal, log and the latest
+    checkpoint (older checkpoints there are removed). Returns the iteration saved, None if none."""
+    done = checkpoint_iterations(run_path)
+    if not done:
+        return None
+    (state_path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for name in STATE_FILES:
+        if (run_path / name).is_file():
+            shutil.copy2(run_path / name, state_path / name)
+    latest = f"checkpoint_{done[-1]:06d}.pt"
+    for suffix in ("", ".sha256"):
+        shutil.copy2(run_path / "checkpoints" / (latest + suffix), state_path / "checkpoints" / (latest + suffix))
+    (state_path / "checkpoints" / "latest").write_text(latest)
+    for old in (state_path / "checkpoints").glob("checkpoint_*"):
+        if not old.name.startswith(latest):
+            old.unlink()
+    return done[-1]
+
+
+def restore_state(state_path: Path, run_path: Path) -> bool:
+    """A fresh clone: rebuild the run directory from the committed state (then ``--resume`` continues it)."""
+    if run_path.exists() or not checkpoint_iterations(state_path):
+        return False
+    shutil.copytree(state_path, run_path)
+    return True
+
+
+def suite_runs(suite_name: str, suite: Suite, groups: list[str], seeds: list[int] | None = None):
+    for group in groups:
+        for seed in suite.groups[group].seeds:
+            if seeds is None or seed in seeds:
+                yield group, seed, run_name(suite_name, group, seed)
+
+
 def cmd_train(suite_name: str, suite: Suite, groups: list[str], seeds: list[int] | None = None,
-              until_iteration: int | None = None) -> None:
+              until_iteration: int | None = None, runs: Path = RUNS, state: Path = STATE) -> None:
     """Train (or resume) each group's runs in turn up to ``until_iteration`` (default: the suite's last);
-    a run stopped early continues later, exactly, from its latest checkpoint."""
+    a run stopped early continues later, exactly, from its latest checkpoint, which is then copied to
+    its committed folder (``state``): a fresh clone continues from there."""
     until = until_iteration or suite.num_epochs
-    for policy_type in groups:
-        for seed in suite.seeds[policy_type]:
-            if seeds is not None and seed not in seeds:
-                continue
-            name = run_name(suite_name, policy_type, seed)
-            done = checkpoint_iterations(RUNS / name)
-            if not done and (RUNS / name).exists():  # stopped before its first checkpoint: nothing to resume
-                print(f"{name}: {RUNS / name} has no checkpoint to resume; remove it to train this run afresh", flush=True)
-                continue
-            if done and done[-1] >= until:
-                print(f"{name}: at iteration {done[-1]}", flush=True)
-                continue
-            command = train_command(suite_name, suite, policy_type, seed, until)
-            if done:  # exact resume from the latest checkpoint
-                command = ["metarl", "train", "--resume", "--run_name", name, "--output_dir", str(RUNS),
-                           "--num_epochs", str(until)]
-            print(" ".join(command), flush=True)
-            subprocess.run([sys.executable, "-m", "metarl_ray", *command[1:]], check=True)
+    for group, seed, name in suite_runs(suite_name, suite, groups, seeds):
+        if restore_state(state / suite_name / name, runs / name):
+            print(f"{name}: restored {runs / name} from {state / suite_name / name}", flush=True)
+        done = checkpoint_iterations(runs / name)
+        if not done and (runs / name).exists():  # stopped before its first checkpoint: nothing to resume
+            print(f"{name}: {runs / name} has no checkpoint to resume; remove it to train this run afresh", flush=True)
+            continue
+        if done and done[-1] >= until:
+            print(f"{name}: at iteration {done[-1]}", flush=True)
+            continue
+        command = train_command(suite_name, suite, group, seed, until, runs)
+        if done:  # exact resume from the latest checkpoint
+            command = ["metarl", "train", "--resume", "--run_name", name, "--output_dir", str(runs),
+                       "--num_epochs", str(until)]
+        print(" ".join(command), flush=True)
+        subprocess.run([sys.executable, "-m", "metarl_ray", *command[1:]], check=True)
+        save_state(runs / name, state / suite_name / name)
+
+
+def cmd_save(suite_name: str, suite: Suite, groups: list[str], runs: Path = RUNS, state: Path = STATE) -> None:
+    """Copy each run's latest checkpoint (and journal) to its committed folder, e.g. while it trains."""
+    for _, _, name in suite_runs(suite_name, suite, groups):
+        if (runs / name).is_dir():
+            iteration = save_state(runs / name, state / suite_name / name)
+            print(f"{name}: state at iteration {iteration} in {state / suite_name / name}", flush=True)
+
+
+def _git_state(path: Path) -> str:
+    """committed (tracked and unchanged), changed (not yet committed) or absent."""
+    if not path.exists():
+        return "absent"
+    root = Path(__file__).resolve().parent.parent
+    tracked = subprocess.run(["git", "ls-files", "--error-unmatch", str(path.resolve())], cwd=root,
+                             capture_output=True).returncode == 0
+    changed = subprocess.run(["git", "status", "--porcelain", "--", str(path.resolve())], cwd=root,
+                             capture_output=True, text=True).stdout.strip()
+    return "committed" if tracked and not changed else "changed, not committed"
+
+
+def cmd_status(suite_name: str, suite: Suite, groups: list[str], runs: Path = RUNS, state: Path = STATE) -> None:
+    """Each run: iteration and env steps reached, training wall-clock, and whether its state is committed."""
+    from metarl_ray.training.metrics import read_metrics
+
+    print(f"{suite_name}: {suite.num_epochs} iterations per run; committed state in {state / suite_name}")
+    print(f"{'run':28} {'iteration':>9} {'env steps':>12} {'train h':>8}  state")
+    for _, _, name in suite_runs(suite_name, suite, groups):
+        local, saved = runs / name, state / suite_name / name
+        source = local if checkpoint_iterations(local) else saved
+        done = checkpoint_iterations(source)
+        rows = [r for r in read_metrics(source) if done and r["iteration"] <= done[-1]] if done else []
+        steps = rows[-1]["rollout/env_steps_total"] if rows else 0
+        hours = sum(r["time/iteration_s"] for r in rows) / 3600
+        saved_at = checkpoint_iterations(saved)
+        where = "none" if not saved_at else f"iteration {saved_at[-1]}, {_git_state(saved)}"
+        print(f"{name:28} {done[-1] if done else 0:>5}/{suite.num_epochs:<3} {steps:>12,} {hours:>8.2f}  {where}")
 
 
 def initial_checkpoint(run_path: Path) -> Path:
@@ -365,38 +483,46 @@ def cmd_compare() -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("train", "eval", "plot", "table", "compare"))
+    parser.add_argument("command", choices=("train", "save", "status", "eval", "plot", "table", "compare"))
     parser.add_argument("suite", choices=sorted(SUITES), nargs="?", default=None, help="required but by compare (which reads every suite)")
-    parser.add_argument("--groups", nargs="+", default=None, help="groups to train/evaluate: mlp, ssm (MAML+PPO), rl2-ssm, rl2-gru (in context) (default: the suite's)")
+    parser.add_argument("--groups", nargs="+", default=None, help="groups to act on (default: the suite's)")
     parser.add_argument("--goals_per_class", type=int, default=None, help="default: the suite's (ML: every goal)")
     parser.add_argument("--iterations", type=int, nargs="+", default=None, help="evaluate only these checkpoints")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="train only these of the suite's seeds")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="train or evaluate only these of the suite's seeds")
     parser.add_argument("--until_iteration", type=int, default=None,
                         help="train: stop at this iteration (a multiple of the suite's checkpoint interval; "
                              "a later train continues from there exactly)")
+    parser.add_argument("--runs_dir", type=Path, default=RUNS,
+                        help=f"run directories (default {RUNS}), e.g. those of a git worktree training at a fixed commit")
     args = parser.parse_args()
-    if args.command != "train" and (args.seeds is not None or args.until_iteration is not None):
-        parser.error(f"--seeds/--until_iteration: given to {args.command}; they are options of train")
+    if args.command not in ("train", "eval") and args.seeds is not None:
+        parser.error(f"--seeds: given to {args.command}; it is an option of train and eval")
+    if args.command != "train" and args.until_iteration is not None:
+        parser.error(f"--until_iteration: given to {args.command}; it is an option of train")
     if args.command == "compare":
         cmd_compare()
         return 0
     if args.suite is None:
         parser.error(f"suite: missing; expected one of {', '.join(sorted(SUITES))}")
     suite = SUITES[args.suite]
-    groups = args.groups or list(suite.seeds)
+    groups = args.groups or list(suite.groups)
     if args.until_iteration is not None and (not 0 < args.until_iteration <= suite.num_epochs
                                              or args.until_iteration % suite.checkpoint_every):
         parser.error(f"--until_iteration: {args.until_iteration}; expected a multiple of {suite.checkpoint_every} "
                      f"in [{suite.checkpoint_every}, {suite.num_epochs}]")
-    if any(group not in suite.seeds for group in groups):
-        parser.error(f"--groups: {' '.join(groups)}; suite {args.suite} has {', '.join(suite.seeds)}")
-    unknown = sorted(set(args.seeds or ()) - {s for g in groups for s in suite.seeds[g]})
+    if any(group not in suite.groups for group in groups):
+        parser.error(f"--groups: {' '.join(groups)}; suite {args.suite} has {', '.join(suite.groups)}")
+    unknown = sorted(set(args.seeds or ()) - {s for g in groups for s in suite.groups[g].seeds})
     if unknown:
         parser.error(f"--seeds: {unknown} not among the seeds of {', '.join(groups)} in suite {args.suite}")
     if args.command == "train":
-        cmd_train(args.suite, suite, groups, args.seeds, args.until_iteration)
+        cmd_train(args.suite, suite, groups, args.seeds, args.until_iteration, args.runs_dir)
+    elif args.command == "save":
+        cmd_save(args.suite, suite, groups, args.runs_dir)
+    elif args.command == "status":
+        cmd_status(args.suite, suite, groups, args.runs_dir)
     elif args.command == "eval":
-        cmd_eval(args.suite, suite, groups, args.goals_per_class or suite.eval_goals_per_class, args.iterations)
+        cmd_eval(args.suite, suite, groups, args.goals_per_class, args.iterations, args.seeds, args.runs_dir)
         cmd_plot(args.suite, suite)
     elif args.command == "plot":
         cmd_plot(args.suite, suite)

@@ -20,6 +20,9 @@ import yaml
 ML_BENCHMARKS = ("ML1", "ML10", "ML45")
 MT_BENCHMARKS = ("MT1", "MT10", "MT50")
 BENCHMARKS = ML_BENCHMARKS + MT_BENCHMARKS
+# Goal sets a meta-test can run on: test (held-out classes; MT: the training goals) or train (the
+# training classes on goals never trained on); evaluation/meta_test.py and the CLI share them.
+EVAL_SPLITS = ("test", "train")
 
 
 # URI schemes the storage layer opens through pyarrow.fs (kept here so config imports nothing from the package).
@@ -53,6 +56,8 @@ class EnvConfig:
     """Meta-World reward function version: v1 or v2."""
     fast_envs: bool = True
     """Step Meta-World through the verified fast path (bit-identical to stock); --no_fast_envs for stock."""
+    validation_classes: str = ""
+    """ML10/ML45: comma-separated training classes left out of meta-training and meta-tested in place of the test classes, to choose settings without the test classes (e.g. drawer-close-v3,window-open-v3); empty: none."""
 
     def __post_init__(self) -> None:
         _check(self.benchmark in BENCHMARKS, "benchmark", self.benchmark, f"expected one of {', '.join(BENCHMARKS)}")
@@ -63,10 +68,20 @@ class EnvConfig:
         _check(1 <= self.max_episode_length <= 10_000, "max_episode_length", self.max_episode_length, "expected an integer in [1, 10000]")
         _check(self.reward_function_version in ("v1", "v2"), "reward_function_version", self.reward_function_version, "expected v1 or v2")
         _check(isinstance(self.fast_envs, bool), "fast_envs", self.fast_envs, "expected true or false")
+        # Which names are training classes is Meta-World's to check (envs.metaworld.check_env_config).
+        _check(not self.validation_classes or self.benchmark in ("ML10", "ML45"), "validation_classes",
+               self.validation_classes, f"only ML10 and ML45 have training classes to leave out (benchmark {self.benchmark})")
+        names = self.validation_class_names
+        _check(len(set(names)) == len(names) and all(names), "validation_classes", self.validation_classes,
+               "expected distinct comma-separated class names such as drawer-close-v3,window-open-v3")
 
     @property
     def is_meta_learning(self) -> bool:
         return self.benchmark in ML_BENCHMARKS
+
+    @property
+    def validation_class_names(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.validation_classes.split(",")) if self.validation_classes else ()
 
 
 @dataclass(frozen=True)

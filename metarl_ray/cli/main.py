@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from metarl_ray.errors import EnvFaultError, RunStorageError, TrainingDivergedError
 from metarl_ray.config import (
+    EVAL_SPLITS,
     FIELD_SECTION,
     SECTIONS,
     TEST_MODE_OVERRIDES,
@@ -211,8 +212,15 @@ def _eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mt_episodes", "--mt-episodes", type=int, default=None, metavar="N",
                         help="episodes per task of the official MT evaluation (default 50; 2 for test-mode runs)")
     parser.add_argument("--official_goals_per_class", "--official-goals-per-class", type=int, default=None, metavar="N",
-                        help="goals per class of the official evaluation (default 10, at most --goals_per_class)")
+                        help="goals per class of the official ML evaluation (default: 10, at most --goals_per_class)")
+    parser.add_argument("--official_meta_batch_size", "--official-meta-batch-size", type=int, default=None, metavar="N",
+                        help="sub-envs of the official ML evaluation, a multiple of the test classes (default: one per "
+                             "goal); Meta-World+'s protocol on ML10: --official_meta_batch_size 20 "
+                             "--official_goals_per_class 40 --num_evals 10")
     parser.add_argument("--no_official", "--no-official", action="store_true", help="skip Meta-World's own evaluation")
+    parser.add_argument("--split", choices=EVAL_SPLITS, default="test",
+                        help="test: held-out classes (ML; a validation run's validation classes) or the training goals "
+                             "(MT); train: the training classes on goals never trained on (no official figure)")
     return parser
 
 
@@ -221,14 +229,12 @@ def cmd_eval(argv: Sequence[str]) -> int:
 
     args = _eval_parser().parse_args(argv)
     limits = {"goals_per_class": (1, GOALS_PER_CLASS), "sampled_episodes": (1, 10), "num_workers": (0, 10_000),
-              "num_evals": (1, 1000), "mt_episodes": (1, 10_000), "official_goals_per_class": (1, GOALS_PER_CLASS)}
+              "num_evals": (1, 1000), "mt_episodes": (1, 10_000), "official_goals_per_class": (1, GOALS_PER_CLASS),
+              "official_meta_batch_size": (1, 10_000)}
     for name, (lower, upper) in limits.items():
         value = getattr(args, name)
         if value is not None and not lower <= value <= upper:
             raise ConfigError(f"--{name}={value!r}: expected an integer in [{lower}, {upper}]")
-    if args.official_goals_per_class and args.goals_per_class and args.official_goals_per_class > args.goals_per_class:
-        raise ConfigError(f"--official_goals_per_class={args.official_goals_per_class}: expected at most "
-                          f"--goals_per_class={args.goals_per_class} (the official figure scores a subset of the goals)")
     locations = []
     for location in args.checkpoint:
         found = find_checkpoints(_storage(location, "checkpoint"))
@@ -240,8 +246,8 @@ def cmd_eval(argv: Sequence[str]) -> int:
         locations += found
     options = EvalOptions(goals_per_class=args.goals_per_class, num_sampled_episodes=args.sampled_episodes,
                           official=not args.no_official, num_evals=args.num_evals, mt_episodes=args.mt_episodes,
-                          num_workers=args.num_workers,
-                          official_goals_per_class=args.official_goals_per_class)
+                          num_workers=args.num_workers, official_goals_per_class=args.official_goals_per_class,
+                          official_meta_batch_size=args.official_meta_batch_size, split=args.split)
     report = evaluate_runs(locations, options, args.ray_address)
     print(json.dumps(report) if args.json else format_report(report))
     return 0

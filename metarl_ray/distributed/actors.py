@@ -56,10 +56,10 @@ class RolloutActor:
         return self.worker.evaluate(meta_params, tasks, plan, seed, inner_lr)
 
     def evaluate_official(self, config: TrainConfig, meta_params: dict[str, np.ndarray], goals_per_class: int,
-                          num_evals: int, mt_episodes: int) -> Any:
+                          num_evals: int, mt_episodes: int, meta_batch_size: int | None = None) -> Any:
         from metarl_ray.distributed.eval_runner import official_result
 
-        return official_result(config, meta_params, goals_per_class, num_evals, mt_episodes)
+        return official_result(config, meta_params, goals_per_class, num_evals, mt_episodes, meta_batch_size)
 
     def location(self) -> dict[str, Any]:
         return process_location()

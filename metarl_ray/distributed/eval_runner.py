@@ -21,10 +21,10 @@ MAX_GOALS_PER_CALL = 10  # envs stepped in lockstep by one call; more calls bala
 
 
 def official_result(config: TrainConfig, meta_params: dict[str, np.ndarray], goals_per_class: int,
-                    num_evals: int, mt_episodes: int) -> OfficialResult:
+                    num_evals: int, mt_episodes: int, meta_batch_size: int | None = None) -> OfficialResult:
     agent = build_agent(config, meta_params)
     success, mean_return, per_task = evaluate_official(agent, config, goals_per_class, num_evals, mt_episodes,
-                                                       config.run.seed)
+                                                       config.run.seed, meta_batch_size)
     return OfficialResult(success, mean_return, per_task)
 
 
@@ -36,7 +36,7 @@ def run_meta_test(runs: Sequence[RunToEvaluate], goals_per_class: int, options: 
                   ray_address: str | None = None) -> tuple[list[list[GoalEvaluation]], list[OfficialResult | None]]:
     """Every run's goals (and its official evaluation when asked): results per run, in goal order."""
     plan = EvalPlan(num_sampled_episodes=options.num_sampled_episodes)
-    specs = [goal_specs(run, goals_per_class) for run in runs]
+    specs = [goal_specs(run, goals_per_class, options.split) for run in runs]
     official_goals = official_goals_for(options, goals_per_class)
     # An official evaluation counts as its goals: about the same episodes per goal as ours.
     num_official_goals = official_goals * len({spec.env_name for spec in specs[0]}) if options.official else 0
@@ -53,7 +53,8 @@ def run_meta_test(runs: Sequence[RunToEvaluate], goals_per_class: int, options: 
                     progress.update(len(batch))
                 if options.official:
                     official[run_index] = official_result(run.adapting_config, run.meta_params, official_goals,
-                                                          options.num_evals, options.mt_episodes)
+                                                          options.num_evals, options.mt_episodes,
+                                                          options.official_meta_batch_size)
                     progress.update(num_official_goals)
         else:
             _run_on_actors(runs, specs, plan, official_goals, num_official_goals, options, ray_address, progress,
@@ -86,7 +87,8 @@ def _run_on_actors(runs: Sequence[RunToEvaluate], specs: list[list[TaskSpec]], p
         if options.official:
             for run_index, run in enumerate(runs):
                 calls.append(lambda actor, r=run, ref=params_refs[run_index]: actor.evaluate_official.remote(
-                    r.adapting_config, ref, official_goals, options.num_evals, options.mt_episodes))
+                    r.adapting_config, ref, official_goals, options.num_evals, options.mt_episodes,
+                    options.official_meta_batch_size))
                 kinds.append(("official", run_index, num_official_goals))
         size = max(1, min(MAX_GOALS_PER_CALL, -(-sum(map(len, specs)) // (4 * num_workers))))
         for run_index, run in enumerate(runs):

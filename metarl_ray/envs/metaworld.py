@@ -2,7 +2,9 @@
 
 Training envs are built one per task slot and given a task with ``set_task``, so the learner decides
 exactly which (class, goal) pairs a meta-batch holds. Meta-test tasks of ML benchmarks are only ever
-handed out by :meth:`BenchmarkTasks.test_tasks`, which the training loop never calls.
+handed out by :meth:`BenchmarkTasks.test_tasks`, which the training loop never calls. With
+``validation_classes`` those training classes leave the training set and stand in for the test
+classes, so settings can be chosen without ever touching the benchmark's test classes.
 """
 
 from __future__ import annotations
@@ -26,11 +28,30 @@ def all_task_names() -> tuple[str, ...]:
     return tuple(ALL_V3_ENVIRONMENTS)
 
 
+# Meta-World draws a class's goals from the benchmark's seed: another seed gives the same training
+# classes new goals, which no run of this seed ever trains on (checked disjoint in the tests).
+HELD_OUT_GOALS_SEED_OFFSET = 1_000_003
+
+
+@functools.lru_cache(maxsize=4)
+def train_class_names(benchmark: str) -> tuple[str, ...]:
+    from metaworld.env_dict import ML10_V3, ML45_V3
+
+    return tuple({"ML10": ML10_V3, "ML45": ML45_V3}[benchmark]["train"])
+
+
 def check_env_config(env_config: EnvConfig) -> EnvConfig:
-    """Meta-World's check of what the config cannot know: the task name of ML1/MT1. Raises ConfigError."""
+    """Meta-World's check of what the config cannot know: the task name of ML1/MT1 and the validation
+    classes of ML10/ML45. Raises ConfigError."""
     if env_config.benchmark in ("ML1", "MT1") and env_config.task not in all_task_names():
         raise ConfigError(f"--task={env_config.task!r}: expected a Meta-World v3 task such as reach-v3 "
                           f"({len(all_task_names())} known)")
+    if env_config.validation_classes:
+        known = train_class_names(env_config.benchmark)
+        unknown = [name for name in env_config.validation_class_names if name not in known]
+        if unknown or len(env_config.validation_class_names) >= len(known):
+            raise ConfigError(f"--validation_classes={env_config.validation_classes!r}: expected fewer than "
+                              f"{len(known)} of {env_config.benchmark}'s training classes ({', '.join(sorted(known))})")
     return env_config
 
 
@@ -61,6 +82,7 @@ class BenchmarkTasks:
     def __init__(self, env_config: EnvConfig, seed: int) -> None:
         self.env_config = check_env_config(env_config)
         self.benchmark = _benchmark(env_config.benchmark, env_config.task, seed)
+        self.seed = seed
 
     @staticmethod
     def _group(tasks: list[Any]) -> dict[str, list[Any]]:
@@ -70,13 +92,33 @@ class BenchmarkTasks:
         return grouped
 
     def train_tasks(self) -> dict[str, list[Any]]:
-        return self._group(self.benchmark.train_tasks)
+        """The tasks meta-training samples from (without the validation classes)."""
+        held_out = self.env_config.validation_class_names
+        return {name: tasks for name, tasks in self._group(self.benchmark.train_tasks).items() if name not in held_out}
 
     def test_tasks(self) -> dict[str, list[Any]]:
-        """Held-out meta-test tasks (ML); MT benchmarks evaluate on their training tasks."""
+        """Held-out meta-test tasks (ML): the test classes, or the validation classes when set (their
+        goals, never trained on). MT benchmarks evaluate on their training tasks."""
         if not self.env_config.is_meta_learning:
             return self.train_tasks()
+        if self.env_config.validation_classes:
+            grouped = self._group(self.benchmark.train_tasks)
+            return {name: grouped[name] for name in self.env_config.validation_class_names}
         return self._group(self.benchmark.test_tasks)
+
+    def held_out_goals_of_train_classes(self) -> dict[str, list[Any]]:
+        """The training classes (validation classes aside) on goals meta-training never sees: tells
+        "did not learn" apart from "did not transfer" to new classes."""
+        other = _benchmark(self.env_config.benchmark, self.env_config.task, self.seed + HELD_OUT_GOALS_SEED_OFFSET)
+        return {name: tasks for name, tasks in self._group(other.train_tasks).items() if name in self.train_tasks()}
+
+    def evaluation_tasks(self, split: str) -> dict[str, list[Any]]:
+        """``test``: :meth:`test_tasks`; ``train``: :meth:`held_out_goals_of_train_classes`."""
+        if split == "train":
+            return self.held_out_goals_of_train_classes()
+        if split == "test":
+            return self.test_tasks()
+        raise ValueError(f"split={split!r}: expected test or train")
 
 
 class TaskSampler:

@@ -236,7 +236,10 @@ def episodes_to_batch(episodes: list[list[Step]], config: TrainConfig) -> Episod
 
 
 def evaluate_official(agent: MAMLAgent | InContextAgent, config: TrainConfig, goals_per_class: int, num_evals: int,
-                      mt_episodes: int, seed: int) -> tuple[float, float, dict[str, float]]:
+                      mt_episodes: int, seed: int, meta_batch_size: int | None = None) -> tuple[float, float, dict[str, float]]:
+    """Meta-World's own score. ML: ``metalearning_evaluation`` over ``goals_per_class`` goals per test
+    class held by ``meta_batch_size`` sub-envs (default: one per goal); each of ``num_evals`` rounds
+    hands the sub-envs their next goals. MT: ``evaluation`` with ``mt_episodes`` per task."""
     from metaworld.evaluation import evaluation, metalearning_evaluation
 
     tasks = BenchmarkTasks(config.env, seed)
@@ -244,8 +247,9 @@ def evaluate_official(agent: MAMLAgent | InContextAgent, config: TrainConfig, go
     in_context = config.meta_learner.in_context
     wrap = InContextInputs if in_context else (lambda envs: envs)
     if config.env.is_meta_learning:
-        # One goal per sub-env: one round visits each of the first goals_per_class goals of every class once.
-        envs = wrap(make_eval_vector_env(config.env, seed, meta_batch_size=num_classes * goals_per_class,
+        # By default one goal per sub-env: one round visits each of the first goals_per_class goals of
+        # every class once. With fewer sub-envs, the rounds go through the goals in turn.
+        envs = wrap(make_eval_vector_env(config.env, seed, meta_batch_size=meta_batch_size or num_classes * goals_per_class,
                                          total_tasks_per_cls=goals_per_class))
         try:
             success, mean_return, per_task = metalearning_evaluation(

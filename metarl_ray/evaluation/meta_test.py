@@ -23,7 +23,7 @@ import numpy as np
 
 from metarl_ray.training.batch import GoalEvaluation
 from metarl_ray.training.checkpoint import CHECKPOINT_DIR, load_checkpoint, resolve_checkpoint, trained_config
-from metarl_ray.config import NOT_PART_OF_THE_METHOD, ConfigError, TrainConfig, config_from_dict
+from metarl_ray.config import EVAL_SPLITS, NOT_PART_OF_THE_METHOD, ConfigError, TrainConfig, config_from_dict
 from metarl_ray.algorithms import policy_input_dim
 from metarl_ray.envs.metaworld import ACTION_DIM, BenchmarkTasks, TaskSpec, fixed_task_specs
 from metarl_ray.policies import build_policy
@@ -48,6 +48,16 @@ class EvalOptions:
     num_evals: int = 1  # rounds of Meta-World's official ML evaluation
     mt_episodes: int | None = None  # official MT evaluation: episodes per task (default 50; test mode 2)
     num_workers: int | None = None  # None: one Ray rollout actor per CPU; 0: in this process, no Ray
+    # test: held-out classes (ML; the validation classes of a validation run) or the training goals (MT);
+    # train: the training classes on goals never trained on (no official figure: Meta-World has no such split).
+    split: str = "test"
+    # Sub-envs of the official ML evaluation; None: one per goal (classes x official goals). Meta-World+
+    # uses 20 (4 per ML10 test class) over 40 goals per class, visited in num_evals=10 rounds.
+    official_meta_batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.split not in EVAL_SPLITS:
+            raise ConfigError(f"--split={self.split!r}: expected one of {', '.join(EVAL_SPLITS)}")
 
 
 @dataclass(frozen=True)
@@ -137,11 +147,18 @@ def goals_per_class_for(options: EvalOptions, config: TrainConfig) -> int:
 
 
 def official_goals_for(options: EvalOptions, goals_per_class: int) -> int:
-    return min(goals_per_class, options.official_goals_per_class or OFFICIAL_GOALS_PER_CLASS)
+    """Goals per class of the official figure: as asked, else the default capped at the direct figure's."""
+    return options.official_goals_per_class or min(goals_per_class, OFFICIAL_GOALS_PER_CLASS)
 
 
-def goal_specs(run: RunToEvaluate, goals_per_class: int) -> list[TaskSpec]:
-    return fixed_task_specs(BenchmarkTasks(run.config.env, run.seed).test_tasks(), goals_per_class)
+def goal_specs(run: RunToEvaluate, goals_per_class: int, split: str = "test") -> list[TaskSpec]:
+    return fixed_task_specs(BenchmarkTasks(run.config.env, run.seed).evaluation_tasks(split), goals_per_class)
+
+
+def official_applies(config: TrainConfig, options: EvalOptions) -> bool:
+    """Meta-World's own functions score its own splits: never the training classes' unseen goals, nor
+    a validation run (their ML env would hand it the test classes it must not see)."""
+    return options.official and options.split == "test" and not config.env.validation_classes
 
 
 def _goal_score(goal: GoalEvaluation, rule: str, phase: str, returns: bool = False) -> float:
@@ -201,7 +218,7 @@ def summarize(runs: Sequence[RunToEvaluate], results: Sequence[Sequence[GoalEval
         "mean_return_official": float(np.mean([o.mean_return for o in have_official])) if have_official else None,
         "overall": overall, "per_task": per_task, "runs": per_run,
         "protocol": {
-            "split": "test" if config.env.is_meta_learning else "train", "goals_per_class": goals_per_class,
+            "split": _split_name(config, options.split), "goals_per_class": goals_per_class,
             "num_goals_per_run": sum(len(r) for r in results) // max(1, len(results)),
             "algorithm": config.meta_learner.algorithm,
             # rl2 adapts in one trial of the adaptation episodes; its pre-adaptation sampled episodes are
@@ -216,9 +233,30 @@ def summarize(runs: Sequence[RunToEvaluate], results: Sequence[Sequence[GoalEval
             "iqm": "mean of the middle 50% of the per-(seed, class) success rates (rliable's aggregate_iqm)",
             "official": None if not have_official else {
                 "goals_per_class": official_goals_for(options, goals_per_class), "num_evals": options.num_evals,
+                "meta_batch_size": options.official_meta_batch_size,
                 "mt_episodes": options.mt_episodes, "note": "Meta-World's own functions; they over-count success (README)"},
         },
     }
+
+
+def check_official_layout(run: RunToEvaluate, options: EvalOptions, goals_per_class: int) -> None:
+    """Meta-World's ML vector env splits its sub-envs evenly over the test classes and each class's goals
+    evenly over its sub-envs; a layout that does not divide is a one-line error, not a traceback."""
+    if not run.config.env.is_meta_learning or options.official_meta_batch_size is None:
+        return
+    num_classes = len(BenchmarkTasks(run.config.env, run.seed).test_tasks())
+    size, goals = options.official_meta_batch_size, official_goals_for(options, goals_per_class)
+    if size % num_classes or goals % (size // num_classes):
+        raise ConfigError(f"--official_meta_batch_size={size}: expected a multiple of the {num_classes} test classes "
+                          f"whose sub-envs per class divide --official_goals_per_class={goals}")
+
+
+def _split_name(config: TrainConfig, split: str) -> str:
+    if split == "train":
+        return "train classes, held-out goals" if config.env.is_meta_learning else "train, held-out goals"
+    if config.env.validation_classes:
+        return f"validation classes ({config.env.validation_classes})"
+    return "test" if config.env.is_meta_learning else "train"
 
 
 def evaluate_runs(locations: Sequence[StoragePath], options: EvalOptions, ray_address: str | None = None) -> dict[str, Any]:
@@ -232,6 +270,9 @@ def evaluate_runs(locations: Sequence[StoragePath], options: EvalOptions, ray_ad
                           "files, run directories or a Tune experiment directory")
     check_compatible(runs)
     goals_per_class = goals_per_class_for(options, runs[0].config)
-    options = dataclasses.replace(options, mt_episodes=options.mt_episodes or (2 if runs[0].config.run.test_mode else 50))
+    if official_applies(runs[0].config, options):
+        check_official_layout(runs[0], options, goals_per_class)
+    options = dataclasses.replace(options, mt_episodes=options.mt_episodes or (2 if runs[0].config.run.test_mode else 50),
+                                  official=official_applies(runs[0].config, options))
     results, official = run_meta_test(runs, goals_per_class, options, ray_address)
     return summarize(runs, results, official, options, goals_per_class)
