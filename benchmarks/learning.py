@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import suite_points  # benchmarks/suite_points.py
 from report import write_report  # benchmarks/report.py
 
 RESULTS = Path(__file__).parent / "results"
@@ -55,7 +54,7 @@ class Suite:
     eval_goals_per_class: int | None = None  # None: every goal
     final_goals_per_class: int | None = None  # at the last iteration; None: as eval_goals_per_class
     train_split_goals_per_class: int | None = None  # held-out goals of the training classes; None: not evaluated
-    official_flags: tuple[str, ...] = ()  # how Meta-World's own evaluation is run (metarl eval's flags)
+    official: dict | None = field(default_factory=dict)  # Meta-World's own evaluation (EvalOptions fields); None: never
     official_at_every_point: bool = False  # else at the last iteration only
 
     @property
@@ -73,7 +72,7 @@ def in_context(memory: str, *extra: str, seeds: tuple[int, ...] = (0,)) -> Group
 
 # Meta-World+'s official ML10 protocol (metaworld-algorithms' maml_trpo_ml10.py): 20 sub-envs (4 per test
 # class) over 40 goals per class, 10 rounds, 10 adaptation and 3 evaluation episodes.
-METAWORLD_PLUS_ML10 = ("--official_meta_batch_size", "20", "--official_goals_per_class", "40", "--num_evals", "10")
+METAWORLD_PLUS_ML10 = {"official_meta_batch_size": 20, "official_goals_per_class": 40, "num_evals": 10}
 # Chosen on ml10-val (benchmarks/results/ml10-val.json): training classes only, never the test classes.
 ML10_MLP = ("--hidden_size", "128", "--inner_lr", "0.1")
 VALIDATION_CLASSES = "drawer-close-v3,window-open-v3"
@@ -91,19 +90,19 @@ SUITES = {
     "ml10": Suite(("--env_name", "ML10", "--num_tasks", "20"),
                   {"mlp": maml("mlp", *ML10_MLP, seeds=(0, 1, 2)), "ssm": maml("ssm"),
                    "rl2-ssm": in_context("ssm"), "rl2-gru": in_context("gru")},
-                  eval_goals_per_class=10, final_goals_per_class=None, train_split_goals_per_class=5,
-                  official_flags=METAWORLD_PLUS_ML10, official_at_every_point=True,
+                  eval_goals_per_class=10, final_goals_per_class=50, train_split_goals_per_class=3,
+                  official=METAWORLD_PLUS_ML10, official_at_every_point=True,
                   title="ML10 (20 tasks x 10 episodes x 500 steps x 2 per iteration)"),
     # Settings for ml10 chosen on training classes only: 2 of the 10 left out of meta-training and
     # meta-tested on all their 50 goals; 16 tasks (2 per remaining class) per iteration, 2.4M env steps.
     "ml10-val": Suite(("--env_name", "ML10", "--num_tasks", "16", "--validation_classes", VALIDATION_CLASSES),
                       {f"mlp-h{hidden}-lr{lr}": maml("mlp", "--hidden_size", str(hidden), "--inner_lr", lr)
                        for hidden in (128, 512) for lr in ("0.1", "0.01", "0.001")},
-                      num_epochs=15, checkpoint_every=5, train_split_goals_per_class=None,
+                      num_epochs=15, checkpoint_every=5, official=None,
                       title=f"ML10 validation (8 training classes; meta-test on {VALIDATION_CLASSES})"),
     # MT10 has no held-out goals; 10 of each class's 50 training goals keep a point at ~4 minutes.
     "mt10": Suite(("--env_name", "MT10", "--num_tasks", "20"), {"mlp": maml("mlp")}, eval_goals_per_class=10,
-                  train_split_goals_per_class=5, official_at_every_point=True,
+                  official_at_every_point=True,
                   title="MT10 (20 tasks x 10 episodes x 500 steps x 2 per iteration)"),
 }
 
@@ -221,89 +220,67 @@ def cmd_status(suite_name: str, suite: Suite, groups: list[str], runs: Path = RU
         print(f"{name:28} {done[-1] if done else 0:>5}/{suite.num_epochs:<3} {steps:>12,} {hours:>8.2f}  {where}")
 
 
-def initial_checkpoint(run_path: Path) -> Path:
-    """The untrained meta-policy of a run (same seed, so the weights the run started from)."""
-    from metarl_ray.training.checkpoint import save_checkpoint
-    from metarl_ray.config import config_from_dict
-    from metarl_ray.training.learner import Learner
-    from metarl_ray.training.run_dir import read_config_dict
-
-    config = config_from_dict(read_config_dict(run_path))
-    learner = Learner(config.policy, config.maml, config.ppo, config.run.seed, "cpu", meta_learner_config=config.meta_learner)
-    out = RUNS / "initial" / run_path.name
-    # Written afresh every time (milliseconds): a run recreated under the same name has new settings.
-    return save_checkpoint(out, 0, {"iteration": 0, "env_steps_total": 0, "config": config.to_dict(),
-                                    "learner": learner.state_dict(), "task_sampler": {}})
-
-
-def training_time(run_path: Path) -> dict[str, float]:
-    """Wall time and end-to-end env steps/s from the run's own per-iteration timings (so the gaps
-    between sessions of a resumed run do not count)."""
-    from metarl_ray.training.metrics import read_metrics
-
-    rows = read_metrics(run_path)
-    seconds = sum(row["time/iteration_s"] for row in rows)
-    steps = rows[-1]["rollout/env_steps_total"]
-    return {"iterations": rows[-1]["iteration"], "env_steps": steps, "wall_h": round(seconds / 3600, 3),
-            "env_steps_per_s": round(steps / seconds, 1),
-            "sample_s_per_iteration": round(sum(r["time/sample_s"] for r in rows) / len(rows), 1),
-            "learn_s_per_iteration": round(sum(r["time/learn_s"] for r in rows) / len(rows), 1)}
-
-
-def compact(report: dict) -> dict:
-    """What a curve point keeps of ``metarl eval``'s report: estimates per rule, overall and per class."""
-    keep = ("pre", "post", "gain", "pre_mean_return", "post_mean_return")
-    return {
-        "overall": {rule: {k: entry[k] for k in keep} for rule, entry in report["overall"].items()},
-        "per_task": {name: {rule: {k: entry[rule][k] for k in ("pre", "post", "gain")} for rule in ("mean_action", "sampled")}
-                     | {"success_rate_official": entry["success_rate_official"]} for name, entry in report["per_task"].items()},
-        "success_rate_official": report["success_rate_official"], "mean_return_official": report["mean_return_official"],
-    }
+def eval_request(suite: Suite, iteration: int, goals_per_class: int | None) -> dict:
+    """What a point of ``suite`` at ``iteration`` measures (``goals_per_class`` overrides the suite's)."""
+    final = iteration == suite.num_epochs
+    official = suite.official is not None and (final or suite.official_at_every_point)
+    goals = goals_per_class or (suite.final_goals_per_class if final and suite.final_goals_per_class else suite.eval_goals_per_class)
+    return {"goals_per_class": goals, "sampled_episodes": 3, "official": dict(suite.official) if official else None,
+            "train_goals_per_class": suite.train_split_goals_per_class}
 
 
 def cmd_eval(suite_name: str, suite: Suite, groups: list[str], goals_per_class: int | None,
-             only_iterations: list[int] | None = None) -> None:
-    from metarl_ray.evaluation.meta_test import EvalOptions, evaluate_runs
-    from metarl_ray.training.storage import StoragePath
+             only_iterations: list[int] | None = None, seeds: list[int] | None = None, runs: Path = RUNS) -> None:
+    """Meta-test every checkpoint of every run (one record per seed and iteration, kept in SUITE.json
+    as it is made, so an interrupted eval continues where it stopped), then pool each iteration's seeds."""
     from metarl_ray.training.trainer import ray_session
 
     output = RESULTS / f"{suite_name}.json"
     results = json.loads(output.read_text()) if output.is_file() else {"suite": suite_name, "groups": {}}
+    results["machine"] = suite_points.machine()
     with ray_session(None):  # one Ray for every point
-        for policy_type in groups:
-            runs = {seed: RUNS / run_name(suite_name, policy_type, seed) for seed in suite.seeds[policy_type]}
-            runs = {seed: path for seed, path in runs.items() if checkpoint_iterations(path)}
-            if not runs:
+        for group_name, seed, name in suite_runs(suite_name, suite, groups, seeds):
+            run_path = runs / name
+            iterations = [0, *checkpoint_iterations(run_path)]
+            if len(iterations) == 1:
                 continue
-            group = results["groups"].setdefault(policy_type, {"points": []})
-            # Only iterations every started seed has reached: each point of a curve pools the same seeds.
-            iterations = sorted({0}.union(set.intersection(*(set(checkpoint_iterations(path)) for path in runs.values()))))
-            iterations = [i for i in iterations if only_iterations is None or i in only_iterations]
-            seeds = sorted(runs)
-            protocol = {"goals_per_class": goals_per_class, "sampled_episodes": EvalOptions.num_sampled_episodes}
+            group = results["groups"].setdefault(group_name, {})
+            group["flags"] = list(suite.flags) + list(suite.groups[group_name].flags)
+            group["train_commands"] = [" ".join(train_command(suite_name, suite, group_name, s)) for s in suite.groups[group_name].seeds]
+            record_list = group.setdefault("runs", {}).setdefault(str(seed), {"points": []})["points"]
             for iteration in iterations:
-                final = iteration == suite.num_epochs
-                if any(p["iteration"] == iteration and p["seeds"] == seeds and p.get("request") == protocol
-                       for p in group["points"]):
+                request = eval_request(suite, iteration, goals_per_class)
+                if only_iterations is not None and iteration not in only_iterations or any(
+                        r["iteration"] == iteration and r["request"] == request for r in record_list):
                     continue
-                checkpoints = [initial_checkpoint(runs[s]) if iteration == 0 else
-                               runs[s] / "checkpoints" / f"checkpoint_{iteration:06d}.pt" for s in seeds]
-                started = time.perf_counter()
-                report = evaluate_runs([StoragePath.parse(c) for c in checkpoints],
-                                       EvalOptions(goals_per_class=goals_per_class, official=final))
-                point = {"iteration": iteration, "env_steps": report["runs"][0]["env_steps"], "seeds": seeds,
-                         "request": protocol, "protocol": report["protocol"],
-                         "eval_wall_s": round(time.perf_counter() - started, 1), **compact(report)}
-                group["points"] = sorted([p for p in group["points"] if p["iteration"] != iteration] + [point],
-                                         key=lambda p: p["iteration"])
-                group["train_commands"] = [" ".join(train_command(suite_name, suite, policy_type, s)) for s in runs]
-                group["training"] = {str(s): training_time(path) for s, path in runs.items()}
+                checkpoint = (suite_points.initial_checkpoint(run_path, runs / "initial") if iteration == 0 else
+                              run_path / "checkpoints" / f"checkpoint_{iteration:06d}.pt")
+                record = suite_points.evaluate_seed(checkpoint, request)
+                record["journal"] = suite_points.journal_success(run_path, iteration)
+                record["training"] = suite_points.training_time(run_path, iteration)
+                record_list[:] = sorted([r for r in record_list if not (r["iteration"] == iteration and r["request"] == request)]
+                                        + [record], key=lambda r: r["iteration"])
+                group["runs"][str(seed)]["training"] = suite_points.training_time(run_path)
+                group["points"] = suite_points.pool_group(group["runs"])
                 results["eval_command"] = f"python benchmarks/learning.py eval {suite_name}"
                 RESULTS.mkdir(parents=True, exist_ok=True)
                 output.write_text(json.dumps(results, indent=1) + "\n")
-                post = point["overall"]["mean_action"]["post"]
-                print(f"{suite_name} {policy_type} iteration {iteration} seeds {seeds}: post {post['mean']:.3f} "
-                      f"{post['mean_ci95']} ({point['eval_wall_s']:.0f}s)", flush=True)
+                print(f"{suite_name} {group_name} seed {seed} iteration {iteration}: {summary_line(pool_one(record))} "
+                      f"({record['eval_wall_s']:.0f}s)", flush=True)
+
+
+def pool_one(record: dict) -> dict:
+    return suite_points.pool({0: record})
+
+
+def summary_line(point: dict) -> str:
+    rule = point["overall"]["mean_action"]
+    text = f"post {rule['post']['mean']:.3f} {rule['post']['mean_ci95']} pre {rule['pre']['mean']:.3f}"
+    if point["official"]:
+        text += f" | official {point['official']['mean']:.3f}"
+    if point["train_classes"]:
+        text += f" | train classes post {point['train_classes']['overall']['mean_action']['post']['mean']:.3f}"
+    return text
 
 
 GROUP_COLORS = {"mlp": "tab:blue", "ssm": "tab:red", "rl2-ssm": "tab:green", "rl2-gru": "tab:purple"}
@@ -323,50 +300,78 @@ def draw_curve(ax, group: str, points: list[dict], rule: str, phase: str, style:
 
 
 def cmd_plot(suite_name: str, suite: Suite) -> None:
+    """SUITE.png: held-out success under each rule, and (third panel) Meta-World's official figure and
+    the training classes' success, which tell "did not learn" from "did not transfer"."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     results = json.loads((RESULTS / f"{suite_name}.json").read_text())
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4), sharey=True)
+    held_out = "training" if suite_name.startswith("mt") else "held-out"
     for ax, rule in zip(axes, ("mean_action", "sampled")):
-        for policy_type, group in results["groups"].items():
+        for name, group in results["groups"].items():
             points = group["points"]
             seeds = max(len(p["seeds"]) for p in points)
             for phase, style in (("post", "-o"), ("pre", ":^")):
-                draw_curve(ax, policy_type, points, rule, phase, style,
-                           f"{policy_type}{'' if is_in_context(policy_type) else ' MAML'} {phase}-adapt ({seeds} seed(s))")
-        ax.set_title(f"{rule.replace('_', ' ')} rule")
+                draw_curve(ax, name, points, rule, phase, style,
+                           f"{name}{'' if is_in_context(name) else ' MAML'} {phase}-adapt ({seeds} seed(s))")
+        ax.set_title(f"{held_out} goals, {rule.replace('_', ' ')} rule")
+    for name, group in results["groups"].items():
+        color = GROUP_COLORS.get(name)
+        official = [(p["env_steps"] / 1e6, p["success_rate_official"]) for p in group["points"] if p.get("success_rate_official") is not None]
+        if official:
+            axes[2].plot(*zip(*official), "-s", color=color, label=f"{name}: official (Meta-World's function)")
+        train = [(p["env_steps"] / 1e6, p["train_classes"]["overall"]["mean_action"]["post"]["mean"])
+                 for p in group["points"] if p.get("train_classes")]
+        if train:
+            axes[2].plot(*zip(*train), "--o", color=color, label=f"{name}: training classes, unseen goals, post")
+        journal = [(p["env_steps"] / 1e6, p["journal"]["post"]) for p in group["points"] if p.get("journal")]
+        if journal:
+            axes[2].plot(*zip(*journal), ":", color=color, label=f"{name}: training journal, post (sampled)")
+    axes[2].set_title("official figure and training classes")
+    for ax in axes:
         ax.set_xlabel("env steps (millions)")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("success, mean over classes of per-goal success (95% CI)")
-    axes[1].legend(fontsize=8, loc="upper left")
-    fig.suptitle(f"{suite.title}: meta-test on {'held-out' if suite_name != 'mt10' else 'training'} goals")
+    axes[0].set_ylabel("success, mean over classes (95% CI)")
+    axes[1].legend(fontsize=7, loc="upper left")
+    axes[2].legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"{suite.title}: meta-test on {held_out} goals")
     fig.tight_layout()
     fig.savefig(RESULTS / f"{suite_name}.png", dpi=110)
 
 
-def _cell(entry: dict) -> str:
-    ci = entry["mean_ci95"]
+def _cell(entry: dict | None, key: str = "mean_ci95") -> str:
+    if entry is None:
+        return ""
+    ci = entry.get(key)
     return f"{entry['mean']:.2f}" + ("" if ci is None else f" [{ci[0]:.2f}, {ci[1]:.2f}]")
 
 
 def cmd_table(suite_name: str) -> None:
     """The curve as a Markdown table (what README.md shows), straight from SUITE.json."""
     results = json.loads((RESULTS / f"{suite_name}.json").read_text())
-    print("| policy | env steps | seeds | goals/seed | post (mean action) | pre (mean action) | gain (mean action) "
-          "| post (sampled) | pre (sampled) | official |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for policy_type, group in results["groups"].items():
+    print("| group | env steps | seeds | goals/class | post (mean action) | pre (mean action) | gain (mean action) "
+          "| post (sampled) | gain (sampled) | official | train classes pre → post | journal pre → post | train h |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, group in results["groups"].items():
         for point in group["points"]:
             mean_rule, sampled = point["overall"]["mean_action"], point["overall"]["sampled"]
-            goals = mean_rule["post"]["num_samples"] // len(point["seeds"])
-            official = "" if point["success_rate_official"] is None else f"{point['success_rate_official']:.2f}"
-            print(f"| {policy_type} | {point['env_steps'] / 1e6:g}M | {len(point['seeds'])} | {goals} | {_cell(mean_rule['post'])} "
+            goals = mean_rule["post"]["num_samples"] // len(point["seeds"]) // max(1, len(point["per_task"]))
+            official = point.get("official") or (None if point["success_rate_official"] is None else
+                                                 {"mean": point["success_rate_official"]})
+            train = point.get("train_classes")
+            train_cell = "" if not train else (f"{train['overall']['mean_action']['pre']['mean']:.2f} → "
+                                               f"{_cell(train['overall']['mean_action']['post'])}")
+            journal = point.get("journal")
+            journal_cell = "" if not journal else f"{journal['pre']:.2f} → {journal['post']:.2f}"
+            hours = [h for h in (point.get("wall_h") or {}).values() if h is not None]
+            print(f"| {name} | {point['env_steps'] / 1e6:g}M | {len(point['seeds'])} | {goals} | {_cell(mean_rule['post'])} "
                   f"| {_cell(mean_rule['pre'])} | {_cell(mean_rule['gain'])} | {_cell(sampled['post'])} "
-                  f"| {_cell(sampled['pre'])} | {official} |")
+                  f"| {_cell(sampled['gain'])} | {_cell(official, 'ci95')} | {train_cell} | {journal_cell} "
+                  f"| {'' if not hours else f'{max(hours):.2f}'} |")
 
 
 IN_CONTEXT_GROUPS = ("rl2-ssm", "rl2-gru")
@@ -481,9 +486,44 @@ def cmd_compare() -> None:
     write_report("in_context", report)
 
 
+VALIDATION_RULE = ("highest post-adaptation success on the validation classes under the mean-action rule (the "
+                   "official metric's rule); ties broken by the sampled rule, then by the mean-action post-adaptation "
+                   "return; read at the suite's last iteration")
+
+
+def cmd_choose(suite_name: str, suite: Suite) -> None:
+    """Rank a validation suite's settings by VALIDATION_RULE (fixed before any run) from SUITE.json;
+    writes benchmarks/results/SUITE-choice.json."""
+    results = json.loads((RESULTS / f"{suite_name}.json").read_text())
+    rows = []
+    for name, group in results["groups"].items():
+        final = [p for p in group["points"] if p["iteration"] == suite.num_epochs]
+        if not final:
+            continue
+        point = final[0]
+        mean_rule, sampled = point["overall"]["mean_action"], point["overall"]["sampled"]
+        rows.append({"group": name, "flags": group["flags"], "seeds": point["seeds"], "env_steps": point["env_steps"],
+                     "post_mean_action": _estimate(point, "mean_action", "post"),
+                     "gain_mean_action": _estimate(point, "mean_action", "gain"),
+                     "post_sampled": _estimate(point, "sampled", "post"),
+                     "gain_sampled": _estimate(point, "sampled", "gain"),
+                     "post_mean_return": round(mean_rule["post_mean_return"], 1),
+                     "per_class_post_mean_action": {c: round(e["mean_action"]["post"]["mean"], 3) for c, e in point["per_task"].items()},
+                     "journal_training_classes": point.get("journal")})
+    rows.sort(key=lambda r: (-r["post_mean_action"]["mean"], -r["post_sampled"]["mean"], -r["post_mean_return"]))
+    best = rows[0] if rows else None
+    overlapping = [r["group"] for r in rows[1:] if best and r["post_mean_action"]["ci95"] and best["post_mean_action"]["ci95"]
+                   and r["post_mean_action"]["ci95"][1] >= best["post_mean_action"]["ci95"][0]]
+    write_report(f"{suite_name}-choice", {
+        "command": f"python benchmarks/learning.py choose {suite_name}", "suite": suite.title, "rule": VALIDATION_RULE,
+        "validation_classes": VALIDATION_CLASSES, "test_classes_used": False, "chosen": best and best["group"],
+        "intervals_overlapping_the_chosen": overlapping, "ranking": rows,
+        "evaluated_with": results.get("eval_command"), "machine": results.get("machine")})
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("train", "save", "status", "eval", "plot", "table", "compare"))
+    parser.add_argument("command", choices=("train", "save", "status", "eval", "plot", "table", "compare", "choose"))
     parser.add_argument("suite", choices=sorted(SUITES), nargs="?", default=None, help="required but by compare (which reads every suite)")
     parser.add_argument("--groups", nargs="+", default=None, help="groups to act on (default: the suite's)")
     parser.add_argument("--goals_per_class", type=int, default=None, help="default: the suite's (ML: every goal)")
@@ -526,6 +566,8 @@ def main() -> int:
         cmd_plot(args.suite, suite)
     elif args.command == "plot":
         cmd_plot(args.suite, suite)
+    elif args.command == "choose":
+        cmd_choose(args.suite, suite)
     else:
         cmd_table(args.suite)
     return 0

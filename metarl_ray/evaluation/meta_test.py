@@ -168,18 +168,29 @@ def _goal_score(goal: GoalEvaluation, rule: str, phase: str, returns: bool = Fal
     return float(np.mean(getattr(goal, f"{phase}_sampled_{kind}{'es' if kind == 'success' else 's'}")))
 
 
-def score_table(results: Sequence[Sequence[GoalEvaluation]], classes: Sequence[str], rule: str, phase: str,
+def goal_scores(goal: GoalEvaluation) -> dict[str, Any]:
+    """One goal's scores as plain numbers, keyed ``RULE/PHASE_KIND``: what a report keeps so that seeds
+    evaluated apart can be pooled later (``summarize_scores``) exactly as if evaluated together."""
+    record: dict[str, Any] = {"task": goal.env_name, "goal": goal.goal_index}
+    for rule in RULES:
+        for phase in ("pre", "post"):
+            record[f"{rule}/{phase}_success"] = round(_goal_score(goal, rule, phase), 6)
+            record[f"{rule}/{phase}_return"] = round(_goal_score(goal, rule, phase, returns=True), 3)
+    return record
+
+
+def score_table(results: Sequence[Sequence[dict[str, Any]]], classes: Sequence[str], rule: str, phase: str,
                 returns: bool = False) -> np.ndarray:
-    """(seeds, classes, goals) scores: every run meta-tests the same number of goals per class."""
-    table = [[[_goal_score(g, rule, phase, returns) for g in run if g.env_name == name] for name in classes]
-             for run in results]
+    """(seeds, classes, goals) scores from ``goal_scores`` records: every run has as many goals per class."""
+    key = f"{rule}/{phase}_{'return' if returns else 'success'}"
+    table = [[[g[key] for g in run if g["task"] == name] for name in classes] for run in results]
     sizes = {len(goals) for run in table for goals in run}
     if len(sizes) != 1:
         raise ValueError(f"goal counts per (run, class) differ: {sorted(sizes)}")
     return np.array(table)
 
 
-def summarize_rule(results: Sequence[Sequence[GoalEvaluation]], classes: Sequence[str], rule: str) -> dict[str, Any]:
+def summarize_rule(results: Sequence[Sequence[dict[str, Any]]], classes: Sequence[str], rule: str) -> dict[str, Any]:
     """Pre, post and the paired gain (post - pre, goal by goal) of one action rule, plus mean returns."""
     pre, post = (score_table(results, classes, rule, phase) for phase in ("pre", "post"))
     return {
@@ -189,13 +200,22 @@ def summarize_rule(results: Sequence[Sequence[GoalEvaluation]], classes: Sequenc
     }
 
 
-def summarize(runs: Sequence[RunToEvaluate], results: Sequence[Sequence[GoalEvaluation]],
+def summarize_scores(results: Sequence[Sequence[dict[str, Any]]]) -> dict[str, Any]:
+    """Overall and per-class estimates per rule of runs' ``goal_scores`` records (one list per seed)."""
+    classes = sorted({goal["task"] for run_results in results for goal in run_results})
+    return {"overall": {rule: summarize_rule(results, classes, rule) for rule in RULES},
+            "per_task": {name: {rule: summarize_rule(results, [name], rule) for rule in RULES} for name in classes}}
+
+
+def summarize(runs: Sequence[RunToEvaluate], evaluations: Sequence[Sequence[GoalEvaluation]],
               official: Sequence[OfficialResult | None], options: EvalOptions, goals_per_class: int) -> dict[str, Any]:
-    """The report ``metarl eval --json`` prints: overall and per-class estimates per rule, and per run."""
-    classes = sorted({goal.env_name for run_results in results for goal in run_results})
+    """The report ``metarl eval --json`` prints: overall and per-class estimates per rule, and per run
+    (with every goal's scores)."""
+    results = [[goal_scores(goal) for goal in run_results] for run_results in evaluations]
+    classes = sorted({goal["task"] for run_results in results for goal in run_results})
     config = runs[0].config
-    overall = {rule: summarize_rule(results, classes, rule) for rule in RULES}
-    per_task = {name: {rule: summarize_rule(results, [name], rule) for rule in RULES} for name in classes}
+    pooled = summarize_scores(results)
+    overall, per_task = pooled["overall"], pooled["per_task"]
     have_official = [o for o in official if o is not None]
     for name, entry in per_task.items():
         values = [o.per_task[name] for o in have_official if name in o.per_task]
@@ -206,6 +226,8 @@ def summarize(runs: Sequence[RunToEvaluate], results: Sequence[Sequence[GoalEval
                                 for phase in ("pre", "post")} for rule in RULES},
         "success_rate_official": None if run_official is None else run_official.success_rate,
         "mean_return_official": None if run_official is None else run_official.mean_return,
+        "per_task_official": None if run_official is None else run_official.per_task,
+        "goals": run_results,
     } for run, run_results, run_official in zip(runs, results, official)]
     headline = overall["mean_action"]
     return {

@@ -63,6 +63,8 @@ def test_invalid_values_name_the_flag_and_the_allowed_range(section, values, fla
     (["--env_name", "ML3"], "--benchmark='ML3'"),
     (["--policy_type", "lstm"], "--policy_type='lstm': expected mlp, ssm or gru"),
     (["--ssm_scan", "fast"], "--ssm_scan='fast': expected adjoint, reference, doubling or chunked"),
+    (["--env_name", "ML10", "--validation_classes", "lever-pull-v3"],
+     "--validation_classes='lever-pull-v3': expected fewer than 10 of ML10's training classes"),
     (["--num_learners", "3", "--num_tasks", "2"], "--num_learners=3: expected at most --num_tasks=2 (each learner needs a task)"),
     (["--num_learners", "0"], "--num_learners=0: expected an integer in [1, 256]"),
     (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps=0: expected an integer in [1, 1000]"),

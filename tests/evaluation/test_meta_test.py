@@ -110,7 +110,9 @@ def test_eval_of_two_seeds_in_process_and_of_mismatched_runs(tmp_path, capsys):
     assert len(error.splitlines()) == 1 and "inner_lr=0.05 differs" in error
     bad_cases = [
         (["--sampled_episodes", "11"], "--sampled_episodes=11: expected an integer in [1, 10]"),
-        (["--goals_per_class", "2", "--official_goals_per_class", "3"], "--official_goals_per_class=3: expected at most --goals_per_class=2"),
+        (["--official_meta_batch_size", "3"], "--official_meta_batch_size=3: expected a multiple of the 1 test classes "
+                                               "whose sub-envs per class divide --official_goals_per_class=2"),
+        (["--split", "validation"], "--split"),
     ]
     foreign = build_config({})
     save_checkpoint(tmp_path / "foreign", 1, {"iteration": 1, "config": foreign.to_dict(), "learner": {"policy": {}}})

@@ -1,0 +1,73 @@
+"""benchmarks/learning.py: a run continues exactly from its committed folder on a fresh clone, the
+committed folder holds only the latest checkpoint, and seeds evaluated apart pool to the figures of
+seeds evaluated together."""
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from metarl_ray.training.checkpoint import load_checkpoint
+from metarl_ray.training.metrics import read_metrics
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import learning  # noqa: E402
+import suite_points  # noqa: E402
+
+TINY = learning.Suite(("--env_name", "ML1", "--task", "reach-v3", "--test_mode", "--max_episode_length", "20"),
+                      {"mlp": learning.maml("mlp", seeds=(0, 1))}, num_epochs=2, checkpoint_every=1, title="tiny")
+COMPARED = ("pre_adapt/return", "post_adapt/return", "pre_adapt/success", "post_adapt/success", "loss/outer", "ppo/kl",
+            "policy/std", "rollout/env_steps_total")
+
+
+def test_a_run_continues_exactly_from_its_committed_folder(tmp_path, in_process):
+    straight = learning.train_command("tiny", TINY, "mlp", 0, runs=tmp_path / "straight")
+    assert in_process(*straight[1:])[0] == 0
+
+    runs, state = tmp_path / "runs", tmp_path / "state"
+    learning.cmd_train("tiny", TINY, ["mlp"], [0], until_iteration=1, runs=runs, state=state)
+    saved = state / "tiny" / "tiny-mlp-s0"
+    assert sorted(p.name for p in (saved / "checkpoints").iterdir()) == [
+        "checkpoint_000001.pt", "checkpoint_000001.pt.sha256", "latest"]
+    assert {"config.yaml", "metrics.jsonl"} <= {p.name for p in saved.iterdir()}
+
+    shutil.rmtree(runs)  # a fresh clone has the committed folder only
+    learning.cmd_train("tiny", TINY, ["mlp"], [0], runs=runs, state=state)
+    assert sorted(p.name for p in (saved / "checkpoints").iterdir()) == [
+        "checkpoint_000002.pt", "checkpoint_000002.pt.sha256", "latest"]
+
+    expected, continued = read_metrics(tmp_path / "straight" / "tiny-mlp-s0"), read_metrics(runs / "tiny-mlp-s0")
+    assert [row["iteration"] for row in continued] == [1, 2]
+    for row, reference in zip(continued, expected):
+        for key in COMPARED:
+            assert row[key] == pytest.approx(reference[key], rel=1e-6, abs=1e-9), key
+    final = load_checkpoint(saved / "checkpoints" / "checkpoint_000002.pt")["learner"]["policy"]
+    reference = load_checkpoint(tmp_path / "straight" / "tiny-mlp-s0" / "checkpoints" / "checkpoint_000002.pt")["learner"]["policy"]
+    assert all(torch.allclose(final[name], reference[name], rtol=1e-6, atol=1e-8) for name in reference)
+
+
+def test_seeds_evaluated_apart_pool_to_the_figures_of_seeds_evaluated_together(tmp_path, in_process):
+    from metarl_ray.evaluation.meta_test import EvalOptions, evaluate_runs
+    from metarl_ray.training.storage import StoragePath
+
+    for seed in (0, 1):
+        assert in_process(*learning.train_command("tiny", TINY, "mlp", seed, runs=tmp_path)[1:])[0] == 0
+    checkpoints = [tmp_path / f"tiny-mlp-s{seed}" / "checkpoints" / "checkpoint_000002.pt" for seed in (0, 1)]
+    options = EvalOptions(goals_per_class=3, num_workers=0, official=False)
+    together = evaluate_runs([StoragePath.parse(c) for c in checkpoints], options)
+    apart = {seed: {"iteration": 2, "env_steps": 0, "request": {}, "protocol": {}, "official": None, "train_classes": None,
+                    "eval_wall_s": 0.0, "goals": evaluate_runs([StoragePath.parse(c)], options)["runs"][0]["goals"]}
+             for seed, c in zip((0, 1), checkpoints)}
+    pooled = suite_points.pool(apart)
+    assert pooled["overall"] == together["overall"] and pooled["per_task"] == together["per_task"]
+    assert pooled["overall"]["sampled"]["post"]["num_seeds"] == 2
+
+
+def test_official_figure_over_seeds_is_a_t_interval():
+    estimate = suite_points._over_seeds([0.2, 0.4, 0.3])
+    # mean 0.3, sd 0.1, t(0.975, 2) = 4.3027: half-width 0.3027 / sqrt(3) = 0.2484
+    assert estimate["mean"] == pytest.approx(0.3)
+    assert estimate["ci95"] == pytest.approx([0.3 - 0.24841, 0.3 + 0.24841], abs=1e-4)
+    assert suite_points._over_seeds([0.5])["ci95"] is None
