@@ -1,22 +1,26 @@
 """Learning curves at benchmark scale: meta-train a suite's runs, then meta-test every checkpoint.
 
     python benchmarks/learning.py train ml10          # trains (or resumes, exactly) each run in turn
-    python benchmarks/learning.py eval ml10           # meta-tests each checkpoint iteration, pooled over seeds
+    python benchmarks/learning.py status ml10         # each run's iteration, env steps, hours, committed state
+    python benchmarks/learning.py save ml10           # copy each run's latest checkpoint to benchmarks/state
+    python benchmarks/learning.py eval ml10           # meta-tests every checkpoint per seed, pooled over seeds
     python benchmarks/learning.py plot ml10           # SUITE.png; `table ml10` prints the Markdown table
+    python benchmarks/learning.py choose ml10-val     # ranks a validation suite's settings (SUITE-choice.json)
     python benchmarks/learning.py compare             # in context vs MAML+PPO at one budget: in_context.json/.png
 
-Suites: smoke (minutes, to check the pipeline), ml1-reach (ML1 reach-v3, 10M steps), ml10 (20M steps, Meta-World+'s budget), mt10 (20M steps).
-Every checkpoint (every 10 iterations) and the initial policy are meta-tested with ``metarl eval``'s
-protocol on all held-out goals (ML) or all training goals (MT), under the mean-action and the
-sampled-action rule, with 95% stratified bootstrap intervals over seeds and goals. Meta-World's
-official figure is added at the last iteration of a group. Results: benchmarks/results/SUITE.json (one
-point per group and iteration, written as each finishes, so an interrupted eval continues where it
-stopped) and SUITE.png. Run directories stay in benchmarks/runs (not in git).
+Suites: smoke (minutes, to check the pipeline), ml1-reach (ML1 reach-v3, 10M steps), ml10 (20M steps,
+Meta-World+'s budget), ml10-val (settings chosen on training classes only), mt10 (20M steps).
+What each point holds is in suite_points.py. Results: benchmarks/results/SUITE.json (one record per
+seed and checkpoint, added as each finishes, so an interrupted eval continues where it stopped, and
+the pooled points) and SUITE.png. Run directories train in benchmarks/runs (not in git); each run's
+latest state is committed in benchmarks/state/SUITE/RUN, from which a fresh clone continues it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -126,7 +130,8 @@ def save_state(run_path: Path, state_path: Path) -> int | None:
     """Copy what continues a run into its committed folder: config, journal, log and the latest
     checkpoint (older checkpoints there are removed). Returns the iteration saved, None if none."""
     done = checkpoint_iterations(run_path)
-    if not done:
+    saved = checkpoint_iterations(state_path)
+    if not done or (saved and saved[-1] > done[-1]):  # never replace committed state with an older run
         return None
     (state_path / "checkpoints").mkdir(parents=True, exist_ok=True)
     for name in STATE_FILES:
@@ -143,8 +148,13 @@ def save_state(run_path: Path, state_path: Path) -> int | None:
 
 
 def restore_state(state_path: Path, run_path: Path) -> bool:
-    """A fresh clone: rebuild the run directory from the committed state (then ``--resume`` continues it)."""
-    if run_path.exists() or not checkpoint_iterations(state_path):
+    """A fresh clone: rebuild the run directory from the committed state (then ``--resume`` continues it).
+    A local run directory behind the committed state is an error: which one to keep is the user's call."""
+    saved, local = checkpoint_iterations(state_path), checkpoint_iterations(run_path)
+    if saved and run_path.exists() and (not local or local[-1] < saved[-1]):
+        raise SystemExit(f"{run_path.name}: {run_path} is at iteration {local[-1] if local else 0}, behind its committed "
+                         f"state in {state_path} (iteration {saved[-1]}); remove {run_path} to continue from the state")
+    if run_path.exists() or not saved:
         return False
     shutil.copytree(state_path, run_path)
     return True
@@ -171,6 +181,7 @@ def cmd_train(suite_name: str, suite: Suite, groups: list[str], seeds: list[int]
             print(f"{name}: {runs / name} has no checkpoint to resume; remove it to train this run afresh", flush=True)
             continue
         if done and done[-1] >= until:
+            save_state(runs / name, state / suite_name / name)
             print(f"{name}: at iteration {done[-1]}", flush=True)
             continue
         command = train_command(suite_name, suite, group, seed, until, runs)
@@ -178,8 +189,10 @@ def cmd_train(suite_name: str, suite: Suite, groups: list[str], seeds: list[int]
             command = ["metarl", "train", "--resume", "--run_name", name, "--output_dir", str(runs),
                        "--num_epochs", str(until)]
         print(" ".join(command), flush=True)
-        subprocess.run([sys.executable, "-m", "metarl_ray", *command[1:]], check=True)
-        save_state(runs / name, state / suite_name / name)
+        try:
+            subprocess.run([sys.executable, "-m", "metarl_ray", *command[1:]], check=True)
+        finally:  # a crash or Ctrl-C still leaves the latest checkpoint in the committed folder
+            save_state(runs / name, state / suite_name / name)
 
 
 def cmd_save(suite_name: str, suite: Suite, groups: list[str], runs: Path = RUNS, state: Path = STATE) -> None:
@@ -187,7 +200,8 @@ def cmd_save(suite_name: str, suite: Suite, groups: list[str], runs: Path = RUNS
     for _, _, name in suite_runs(suite_name, suite, groups):
         if (runs / name).is_dir():
             iteration = save_state(runs / name, state / suite_name / name)
-            print(f"{name}: state at iteration {iteration} in {state / suite_name / name}", flush=True)
+            print(f"{name}: " + (f"state at iteration {iteration} in {state / suite_name / name}" if iteration else
+                                 f"nothing saved (no checkpoint, or {state / suite_name / name} is further on)"), flush=True)
 
 
 def _git_state(path: Path) -> str:
@@ -229,42 +243,76 @@ def eval_request(suite: Suite, iteration: int, goals_per_class: int | None) -> d
             "train_goals_per_class": suite.train_split_goals_per_class}
 
 
+def _checkpoint_sha256(checkpoint: Path) -> str | None:
+    sidecar = checkpoint.with_name(checkpoint.name + ".sha256")
+    return sidecar.read_text().strip() if sidecar.is_file() else None
+
+
+def _is_done(records: list[dict], iteration: int, request: dict, sha256: str | None) -> bool:
+    """Measured already: same iteration and request, and the same checkpoint bytes (a run recreated under
+    the same name is measured again; a record without a checksum predates them and counts)."""
+    return any(r["iteration"] == iteration and r["request"] == request
+               and r.get("checkpoint_sha256", sha256) == sha256 for r in records)
+
+
+@contextlib.contextmanager
+def _locked_results(output: Path):
+    """SUITE.json read, changed and written under an exclusive lock, so evals of one suite running side
+    by side (seeds evaluated apart) never drop each other's records; the write is atomic."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output.with_name(output.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = json.loads(output.read_text()) if output.is_file() else {"suite": output.stem, "groups": {}}
+        yield results
+        temporary = output.with_name(output.name + ".tmp")
+        temporary.write_text(json.dumps(results, indent=1) + "\n")
+        temporary.replace(output)
+
+
+def _add_record(results: dict, suite_name: str, suite: Suite, group_name: str, seed: int, record: dict,
+                run_path: Path) -> None:
+    group = results["groups"].setdefault(group_name, {})
+    if "points" in group and "runs" not in group:  # points of runs evaluated together, before per-seed records
+        group["legacy_points"] = group.pop("points")
+        group["legacy_note"] = "pooled points of earlier runs under this group's name (their settings: train_commands then)"
+    group["flags"] = list(suite.flags) + list(suite.groups[group_name].flags)
+    group["train_commands"] = [" ".join(train_command(suite_name, suite, group_name, s)) for s in suite.groups[group_name].seeds]
+    run = group.setdefault("runs", {}).setdefault(str(seed), {"points": []})
+    run["points"] = sorted([r for r in run["points"] if not (r["iteration"] == record["iteration"] and r["request"] == record["request"])]
+                           + [record], key=lambda r: r["iteration"])
+    run["training"] = suite_points.training_time(run_path)
+    group["points"] = suite_points.pool_group(group["runs"])
+    results["eval_command"] = f"python benchmarks/learning.py eval {suite_name}"
+
+
 def cmd_eval(suite_name: str, suite: Suite, groups: list[str], goals_per_class: int | None,
-             only_iterations: list[int] | None = None, seeds: list[int] | None = None, runs: Path = RUNS) -> None:
-    """Meta-test every checkpoint of every run (one record per seed and iteration, kept in SUITE.json
-    as it is made, so an interrupted eval continues where it stopped), then pool each iteration's seeds."""
+             only_iterations: list[int] | None = None, seeds: list[int] | None = None, runs: Path = RUNS,
+             state: Path = STATE) -> None:
+    """Meta-test every checkpoint of every run (one record per seed and iteration, added to SUITE.json
+    as it is made, so an interrupted eval continues where it stopped), then pool each iteration's seeds.
+    A run without a local directory (a fresh clone) is read from its committed state: its latest checkpoint."""
     from metarl_ray.training.trainer import ray_session
 
     output = RESULTS / f"{suite_name}.json"
-    results = json.loads(output.read_text()) if output.is_file() else {"suite": suite_name, "groups": {}}
-    results["machine"] = suite_points.machine()
+    with _locked_results(output) as results:
+        done = {(g, int(s)): group["runs"][s]["points"] for g, group in results["groups"].items() for s in group.get("runs", {})}
     with ray_session(None):  # one Ray for every point
         for group_name, seed, name in suite_runs(suite_name, suite, groups, seeds):
-            run_path = runs / name
-            iterations = [0, *checkpoint_iterations(run_path)]
-            if len(iterations) == 1:
-                continue
-            group = results["groups"].setdefault(group_name, {})
-            group["flags"] = list(suite.flags) + list(suite.groups[group_name].flags)
-            group["train_commands"] = [" ".join(train_command(suite_name, suite, group_name, s)) for s in suite.groups[group_name].seeds]
-            record_list = group.setdefault("runs", {}).setdefault(str(seed), {"points": []})["points"]
-            for iteration in iterations:
+            run_path = runs / name if checkpoint_iterations(runs / name) else state / suite_name / name
+            for iteration in [0, *checkpoint_iterations(run_path)] if checkpoint_iterations(run_path) else []:
                 request = eval_request(suite, iteration, goals_per_class)
-                if only_iterations is not None and iteration not in only_iterations or any(
-                        r["iteration"] == iteration and r["request"] == request for r in record_list):
-                    continue
                 checkpoint = (suite_points.initial_checkpoint(run_path, runs / "initial") if iteration == 0 else
                               run_path / "checkpoints" / f"checkpoint_{iteration:06d}.pt")
+                sha256 = _checkpoint_sha256(Path(checkpoint))
+                if only_iterations is not None and iteration not in only_iterations or _is_done(
+                        done.get((group_name, seed), []), iteration, request, sha256):
+                    continue
                 record = suite_points.evaluate_seed(checkpoint, request)
-                record["journal"] = suite_points.journal_success(run_path, iteration)
-                record["training"] = suite_points.training_time(run_path, iteration)
-                record_list[:] = sorted([r for r in record_list if not (r["iteration"] == iteration and r["request"] == request)]
-                                        + [record], key=lambda r: r["iteration"])
-                group["runs"][str(seed)]["training"] = suite_points.training_time(run_path)
-                group["points"] = suite_points.pool_group(group["runs"])
-                results["eval_command"] = f"python benchmarks/learning.py eval {suite_name}"
-                RESULTS.mkdir(parents=True, exist_ok=True)
-                output.write_text(json.dumps(results, indent=1) + "\n")
+                record.update(checkpoint_sha256=sha256, machine=suite_points.machine(),
+                              journal=suite_points.journal_success(run_path, iteration),
+                              training=suite_points.training_time(run_path, iteration))
+                with _locked_results(output) as results:
+                    _add_record(results, suite_name, suite, group_name, seed, record, run_path)
                 print(f"{suite_name} {group_name} seed {seed} iteration {iteration}: {summary_line(pool_one(record))} "
                       f"({record['eval_wall_s']:.0f}s)", flush=True)
 
@@ -299,6 +347,13 @@ def draw_curve(ax, group: str, points: list[dict], rule: str, phase: str, style:
     ax.fill_between(steps, [c[0] for c in cis], [c[1] for c in cis], color=GROUP_COLORS.get(group), alpha=0.12)
 
 
+def _read_results(suite_name: str) -> dict:
+    path = RESULTS / f"{suite_name}.json"
+    if not path.is_file():
+        raise SystemExit(f"{path}: missing; run `python benchmarks/learning.py eval {suite_name}` first")
+    return json.loads(path.read_text())
+
+
 def cmd_plot(suite_name: str, suite: Suite) -> None:
     """SUITE.png: held-out success under each rule, and (third panel) Meta-World's official figure and
     the training classes' success, which tell "did not learn" from "did not transfer"."""
@@ -307,7 +362,7 @@ def cmd_plot(suite_name: str, suite: Suite) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = json.loads((RESULTS / f"{suite_name}.json").read_text())
+    results = _read_results(suite_name)
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.4), sharey=True)
     held_out = "training" if suite_name.startswith("mt") else "held-out"
     for ax, rule in zip(axes, ("mean_action", "sampled")):
@@ -352,7 +407,7 @@ def _cell(entry: dict | None, key: str = "mean_ci95") -> str:
 
 def cmd_table(suite_name: str) -> None:
     """The curve as a Markdown table (what README.md shows), straight from SUITE.json."""
-    results = json.loads((RESULTS / f"{suite_name}.json").read_text())
+    results = _read_results(suite_name)
     print("| group | env steps | seeds | goals/class | post (mean action) | pre (mean action) | gain (mean action) "
           "| post (sampled) | gain (sampled) | official | train classes pre → post | journal pre → post | train h |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -494,13 +549,18 @@ VALIDATION_RULE = ("highest post-adaptation success on the validation classes un
 def cmd_choose(suite_name: str, suite: Suite) -> None:
     """Rank a validation suite's settings by VALIDATION_RULE (fixed before any run) from SUITE.json;
     writes benchmarks/results/SUITE-choice.json."""
-    results = json.loads((RESULTS / f"{suite_name}.json").read_text())
+    classes = dict(zip(suite.flags, suite.flags[1:])).get("--validation_classes")
+    if classes is None:
+        raise SystemExit(f"choose: suite {suite_name} has no --validation_classes; only a validation suite chooses settings")
+    results = _read_results(suite_name)
     rows = []
     for name, group in results["groups"].items():
         final = [p for p in group["points"] if p["iteration"] == suite.num_epochs]
         if not final:
             continue
         point = final[0]
+        if not point["protocol"]["split"].startswith("validation classes"):
+            raise SystemExit(f"choose: {suite_name} {name} was meta-tested on {point['protocol']['split']}; expected its validation classes")
         mean_rule, sampled = point["overall"]["mean_action"], point["overall"]["sampled"]
         rows.append({"group": name, "flags": group["flags"], "seeds": point["seeds"], "env_steps": point["env_steps"],
                      "post_mean_action": _estimate(point, "mean_action", "post"),
@@ -516,13 +576,18 @@ def cmd_choose(suite_name: str, suite: Suite) -> None:
                    and r["post_mean_action"]["ci95"][1] >= best["post_mean_action"]["ci95"][0]]
     write_report(f"{suite_name}-choice", {
         "command": f"python benchmarks/learning.py choose {suite_name}", "suite": suite.title, "rule": VALIDATION_RULE,
-        "validation_classes": VALIDATION_CLASSES, "test_classes_used": False, "chosen": best and best["group"],
+        "validation_classes": classes, "test_classes_used": False, "chosen": best and best["group"],
         "intervals_overlapping_the_chosen": overlapping, "ranking": rows,
         "evaluated_with": results.get("eval_command"), "machine": results.get("machine")})
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _Parser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("train", "save", "status", "eval", "plot", "table", "compare", "choose"))
     parser.add_argument("suite", choices=sorted(SUITES), nargs="?", default=None, help="required but by compare (which reads every suite)")
     parser.add_argument("--groups", nargs="+", default=None, help="groups to act on (default: the suite's)")
@@ -552,6 +617,8 @@ def main() -> int:
                      f"in [{suite.checkpoint_every}, {suite.num_epochs}]")
     if any(group not in suite.groups for group in groups):
         parser.error(f"--groups: {' '.join(groups)}; suite {args.suite} has {', '.join(suite.groups)}")
+    if args.goals_per_class is not None and not 1 <= args.goals_per_class <= 50:
+        parser.error(f"--goals_per_class: {args.goals_per_class}; expected an integer in [1, 50]")
     unknown = sorted(set(args.seeds or ()) - {s for g in groups for s in suite.groups[g].seeds})
     if unknown:
         parser.error(f"--seeds: {unknown} not among the seeds of {', '.join(groups)} in suite {args.suite}")
@@ -563,7 +630,8 @@ def main() -> int:
         cmd_status(args.suite, suite, groups, args.runs_dir)
     elif args.command == "eval":
         cmd_eval(args.suite, suite, groups, args.goals_per_class, args.iterations, args.seeds, args.runs_dir)
-        cmd_plot(args.suite, suite)
+        if (RESULTS / f"{args.suite}.json").is_file():
+            cmd_plot(args.suite, suite)
     elif args.command == "plot":
         cmd_plot(args.suite, suite)
     elif args.command == "choose":

@@ -127,6 +127,8 @@ def pool(records: dict[int, dict[str, Any]]) -> dict[str, Any]:
 
     seeds = sorted(records)
     first = records[seeds[0]]
+    if len({records[s]["env_steps"] for s in seeds}) != 1:
+        raise ValueError(f"iteration {first['iteration']}: seeds {seeds} differ in env steps; expected one budget")
     direct = summarize_scores([records[s]["goals"] for s in seeds])
     point: dict[str, Any] = {
         "iteration": first["iteration"], "env_steps": first["env_steps"], "seeds": seeds, "request": first["request"],

@@ -42,7 +42,7 @@ BOOLEAN_FLAGS = {"fast_envs", "first_order", "ray_dashboard", "resume", "test_mo
 # checkpoint, or (the seed) would silently swap the benchmark's train and test goals.
 # fast_envs may change: the fast path's outputs equal stock Meta-World's bit for bit.
 FIXED_ON_RESUME: dict[str, list[str] | None] = {
-    "env": ["benchmark", "task", "max_episode_length", "reward_function_version"], "policy": None,
+    "env": ["benchmark", "task", "max_episode_length", "reward_function_version", "validation_classes"], "policy": None,
     "meta_learner": ["algorithm", "episodes_per_trial"], "run": ["seed"]}
 
 

@@ -109,7 +109,7 @@ class BenchmarkTasks:
     def held_out_goals_of_train_classes(self) -> dict[str, list[Any]]:
         """The training classes (validation classes aside) on goals meta-training never sees: tells
         "did not learn" apart from "did not transfer" to new classes."""
-        other = _benchmark(self.env_config.benchmark, self.env_config.task, self.seed + HELD_OUT_GOALS_SEED_OFFSET)
+        other = _benchmark(self.env_config.benchmark, self.env_config.task, (self.seed + HELD_OUT_GOALS_SEED_OFFSET) % 2**32)
         return {name: tasks for name, tasks in self._group(other.train_tasks).items() if name in self.train_tasks()}
 
     def evaluation_tasks(self, split: str) -> dict[str, list[Any]]:
@@ -177,6 +177,9 @@ def _maybe_fast(env: Any, env_config: EnvConfig) -> Any:
 def make_eval_vector_env(env_config: EnvConfig, seed: int, meta_batch_size: int,
                          total_tasks_per_cls: int | None = None) -> Any:
     """Meta-World's own vector env for its official evaluation functions (ML: test split)."""
+    if env_config.validation_classes:  # Meta-World's ML env would hand a validation run the test classes
+        raise ValueError("a validation run (--validation_classes) has no official evaluation: Meta-World's "
+                         "ML env holds the test classes")
     import gymnasium as gym
     import metaworld  # noqa: F401  (registers the Meta-World/* ids)
 

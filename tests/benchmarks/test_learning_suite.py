@@ -71,3 +71,25 @@ def test_official_figure_over_seeds_is_a_t_interval():
     assert estimate["mean"] == pytest.approx(0.3)
     assert estimate["ci95"] == pytest.approx([0.3 - 0.24841, 0.3 + 0.24841], abs=1e-4)
     assert suite_points._over_seeds([0.5])["ci95"] is None
+
+
+def _fake_run(path, iterations):
+    (path / "checkpoints").mkdir(parents=True)
+    (path / "config.yaml").write_text("run: {}\n")
+    for iteration in iterations:
+        name = f"checkpoint_{iteration:06d}.pt"
+        (path / "checkpoints" / name).write_bytes(b"x")
+        (path / "checkpoints" / (name + ".sha256")).write_text("0")
+    return path
+
+
+def test_committed_state_never_goes_back_and_a_run_behind_it_is_refused(tmp_path):
+    state = _fake_run(tmp_path / "state", [20])
+    assert learning.save_state(_fake_run(tmp_path / "old", [10]), state) is None  # an older run: state kept
+    assert learning.checkpoint_iterations(state) == [20]
+    assert learning.save_state(_fake_run(tmp_path / "new", [20, 30]), state) == 30
+    assert sorted(p.name for p in (state / "checkpoints").iterdir()) == [
+        "checkpoint_000030.pt", "checkpoint_000030.pt.sha256", "latest"]
+    with pytest.raises(SystemExit, match="at iteration 10, behind its committed state"):
+        learning.restore_state(state, tmp_path / "old")
+    assert learning.restore_state(state, tmp_path / "fresh") and learning.checkpoint_iterations(tmp_path / "fresh") == [30]
