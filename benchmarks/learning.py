@@ -266,7 +266,7 @@ def _locked_results(output: Path):
         results = json.loads(output.read_text()) if output.is_file() else {"suite": output.stem, "groups": {}}
         yield results
         temporary = output.with_name(output.name + ".tmp")
-        temporary.write_text(json.dumps(results, indent=1) + "\n")
+        temporary.write_text(suite_points.dumps(results))
         temporary.replace(output)
 
 
@@ -274,8 +274,10 @@ def _add_record(results: dict, suite_name: str, suite: Suite, group_name: str, s
                 run_path: Path) -> None:
     group = results["groups"].setdefault(group_name, {})
     if "points" in group and "runs" not in group:  # points of runs evaluated together, before per-seed records
-        group["legacy_points"] = group.pop("points")
-        group["legacy_note"] = "pooled points of earlier runs under this group's name (their settings: train_commands then)"
+        for key in ("points", "train_commands", "training"):
+            if key in group:
+                group[f"legacy_{key}"] = group.pop(key)
+        group["legacy_note"] = "earlier runs under this group's name, evaluated together (legacy_train_commands)"
     group["flags"] = list(suite.flags) + list(suite.groups[group_name].flags)
     group["train_commands"] = [" ".join(train_command(suite_name, suite, group_name, s)) for s in suite.groups[group_name].seeds]
     run = group.setdefault("runs", {}).setdefault(str(seed), {"points": []})
@@ -428,7 +430,7 @@ def main() -> int:
     elif args.command == "choose":
         cmd_choose(args.suite, suite)
     else:
-        cmd_table(args.suite)
+        cmd_table(args.suite, args.groups)
     return 0
 
 

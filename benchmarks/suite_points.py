@@ -81,6 +81,42 @@ def journal_success(run_path: Path, iteration: int) -> dict[str, Any] | None:
             "iterations": [rows[0]["iteration"], rows[-1]["iteration"]]}
 
 
+def goal_columns(goals: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Goal records as columns (one list per key): the JSON stays a few times smaller than a list of dicts."""
+    return {key: [goal[key] for goal in goals] for key in goals[0]} if goals else {}
+
+
+def goal_rows(goals: dict[str, list[Any]] | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records back from ``goal_columns`` (a list of records is returned as it is)."""
+    if isinstance(goals, list):
+        return goals
+    keys = list(goals)
+    return [dict(zip(keys, values, strict=True)) for values in zip(*goals.values(), strict=True)]
+
+
+def dumps(results: dict[str, Any]) -> str:
+    """SUITE.json's text: indented, but each goal-column table on one line (most of the file's numbers)."""
+    tables: dict[str, str] = {}
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {}
+            for key, value in node.items():
+                if key == "goals" and isinstance(value, dict):
+                    token = f"@goals{len(tables)}@"
+                    tables[token] = json.dumps(value, separators=(",", ":"))
+                    out[key] = token
+                else:
+                    out[key] = strip(value)
+            return out
+        return [strip(value) for value in node] if isinstance(node, list) else node
+
+    text = json.dumps(strip(results), indent=1)
+    for token, table in tables.items():
+        text = text.replace(f'"{token}"', table, 1)
+    return text + "\n"
+
+
 def evaluate_seed(checkpoint: Path, request: dict[str, Any]) -> dict[str, Any]:
     """One seed's record at one checkpoint: its goals' scores on the held-out goals (and on the training
     classes' unseen goals when asked) and Meta-World's official figure when asked."""
@@ -95,7 +131,7 @@ def evaluate_seed(checkpoint: Path, request: dict[str, Any]) -> dict[str, Any]:
     run = report["runs"][0]
     record: dict[str, Any] = {
         "iteration": run["iteration"], "env_steps": run["env_steps"], "request": request, "protocol": report["protocol"],
-        "goals": run["goals"],
+        "goals": goal_columns(run["goals"]),
         "official": None if run["success_rate_official"] is None else {
             "success_rate": run["success_rate_official"], "mean_return": run["mean_return_official"],
             "per_task": run["per_task_official"]},
@@ -105,7 +141,7 @@ def evaluate_seed(checkpoint: Path, request: dict[str, Any]) -> dict[str, Any]:
         train = evaluate_runs([StoragePath.parse(checkpoint)], EvalOptions(
             goals_per_class=request["train_goals_per_class"], num_sampled_episodes=request["sampled_episodes"],
             official=False, split="train"))
-        record["train_classes"] = {"protocol": train["protocol"], "goals": train["runs"][0]["goals"]}
+        record["train_classes"] = {"protocol": train["protocol"], "goals": goal_columns(train["runs"][0]["goals"])}
     record["eval_wall_s"] = round(time.perf_counter() - started, 1)
     return record
 
@@ -129,7 +165,7 @@ def pool(records: dict[int, dict[str, Any]]) -> dict[str, Any]:
     first = records[seeds[0]]
     if len({records[s]["env_steps"] for s in seeds}) != 1:
         raise ValueError(f"iteration {first['iteration']}: seeds {seeds} differ in env steps; expected one budget")
-    direct = summarize_scores([records[s]["goals"] for s in seeds])
+    direct = summarize_scores([goal_rows(records[s]["goals"]) for s in seeds])
     point: dict[str, Any] = {
         "iteration": first["iteration"], "env_steps": first["env_steps"], "seeds": seeds, "request": first["request"],
         "protocol": {**first["protocol"], "seeds": seeds}, **direct, "success_rate_official": None, "official": None,
@@ -147,7 +183,7 @@ def pool(records: dict[int, dict[str, Any]]) -> dict[str, Any]:
         for name, entry in point["per_task"].items():
             entry["success_rate_official"] = float(np.mean([records[s]["official"]["per_task"][name] for s in seeds]))
     if all(records[s]["train_classes"] is not None for s in seeds):
-        train = summarize_scores([records[s]["train_classes"]["goals"] for s in seeds])
+        train = summarize_scores([goal_rows(records[s]["train_classes"]["goals"]) for s in seeds])
         point["train_classes"] = {"protocol": first["train_classes"]["protocol"], **train}
     journals = [records[s].get("journal") for s in seeds]
     if all(j is not None for j in journals):
@@ -167,6 +203,6 @@ def pool_group(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     for iteration in sorted(by_iteration):
         # The most seeds, then the most goals per class (None: every goal).
         best = max(by_iteration[iteration].values(),
-                   key=lambda recs: (len(recs), len(next(iter(recs.values()))["goals"])))
+                   key=lambda recs: (len(recs), len(goal_rows(next(iter(recs.values()))["goals"]))))
         points.append(pool(best))
     return points

@@ -85,13 +85,15 @@ def _cell(entry: dict | None, key: str = "mean_ci95") -> str:
     return f"{entry['mean']:.2f}" + ("" if ci is None else f" [{ci[0]:.2f}, {ci[1]:.2f}]")
 
 
-def cmd_table(suite_name: str) -> None:
-    """The curve as a Markdown table (what README.md shows), straight from SUITE.json."""
+def cmd_table(suite_name: str, groups: list[str] | None = None) -> None:
+    """The curve as a Markdown table (what README.md shows), straight from SUITE.json; ``groups``: only these."""
     results = _read_results(suite_name)
     print("| group | env steps | seeds | goals/class | post (mean action) | pre (mean action) | gain (mean action) "
           "| post (sampled) | gain (sampled) | official | train classes pre → post | journal pre → post | train h |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, group in results["groups"].items():
+        if groups is not None and name not in groups:
+            continue
         for point in group["points"]:
             mean_rule, sampled = point["overall"]["mean_action"], point["overall"]["sampled"]
             goals = mean_rule["post"]["num_samples"] // len(point["seeds"]) // max(1, len(point["per_task"]))

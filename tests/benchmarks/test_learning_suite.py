@@ -62,6 +62,9 @@ def test_seeds_evaluated_apart_pool_to_the_figures_of_seeds_evaluated_together(t
              for seed, c in zip((0, 1), checkpoints)}
     pooled = suite_points.pool(apart)
     assert pooled["overall"] == together["overall"] and pooled["per_task"] == together["per_task"]
+    columns = {seed: {**record, "goals": suite_points.goal_columns(record["goals"])} for seed, record in apart.items()}
+    assert suite_points.goal_rows(columns[0]["goals"]) == apart[0]["goals"]
+    assert suite_points.pool(columns)["overall"] == together["overall"]  # as SUITE.json keeps them
     assert pooled["overall"]["sampled"]["post"]["num_seeds"] == 2
 
 
