@@ -100,6 +100,10 @@ class PolicyConfig:
     """SSM: training scan over whole episodes: adjoint (graph-free passes, the adjoint recurrence as backward), chunked (closed form per chunk), reference (step loop) or doubling."""
     init_log_std: float = 0.0
     """Initial log standard deviation of the Gaussian action distribution."""
+    num_encoder_layers: int = 1
+    """SSM and GRU: tanh layers of width hidden_size before the memory (Meta-World+'s RL² GRU: 2 at hidden 256)."""
+    ssm_max_timescale: int | None = None
+    """SSM: initial memory time scales. 0: S4D-Real (lambda_n = -(n + 1), dt log-uniform in [1e-3, 1e-1]: up to about 1,000 steps); N > 0: time constants 1/(dt |lambda|) log-spaced from 1 to N steps, so the slowest states keep their input across N steps. Default: 0 for maml_ppo, the trial length (episodes_per_trial x max_episode_length) for rl2."""
 
     def __post_init__(self) -> None:
         _check(self.policy_type in ("mlp", "ssm", "gru"), "policy_type", self.policy_type, "expected mlp, ssm or gru")
@@ -109,6 +113,9 @@ class PolicyConfig:
         _check(1 <= self.hidden_size <= 8192, "hidden_size", self.hidden_size, "expected an integer in [1, 8192]")
         _check(1 <= self.num_hidden_layers <= 16, "num_hidden_layers", self.num_hidden_layers, "expected an integer in [1, 16]")
         _check(-10.0 <= self.init_log_std <= 2.0, "init_log_std", self.init_log_std, "expected a number in [-10, 2]")
+        _check(1 <= self.num_encoder_layers <= 8, "num_encoder_layers", self.num_encoder_layers, "expected an integer in [1, 8]")
+        _check(self.ssm_max_timescale is None or 0 <= self.ssm_max_timescale <= 10**7, "ssm_max_timescale",
+               self.ssm_max_timescale, "expected 0 (S4D-Real) or a number of steps in [1, 10000000]")
 
 
 @dataclass(frozen=True)
@@ -142,11 +149,34 @@ class MetaLearnerConfig:
     """rl2: consecutive episodes of one task in a trial; the policy's memory carries across them."""
     trials_per_task: int = 2
     """rl2: trials collected per task per iteration (2 x 10 episodes: the env steps MAML+PPO spends per task)."""
+    rl2_epochs: int = 10
+    """rl2: PPO epochs over the iteration's trials."""
+    rl2_minibatches: int = 8
+    """rl2: optimizer steps per epoch, each on a shuffled share of the trial chunks."""
+    rl2_chunk_length: int = 500
+    """rl2: truncated backpropagation through time: steps per chunk of a trial (it must divide the trial length); each chunk starts from the memory the current policy carries into it, computed without gradient. 0: whole trials."""
+    rl2_gae_lambda: float = 0.95
+    """rl2: GAE lambda over a trial."""
+    rl2_entropy_coef: float = 0.005
+    """rl2: weight of the Gaussian policy's entropy bonus in the loss."""
+    rl2_lr: float = 0.0005
+    """rl2: Adam step size (in place of --meta_lr)."""
+    rl2_normalize_advantages: bool = False
+    """rl2: normalise each task's advantages to zero mean and unit variance."""
 
     def __post_init__(self) -> None:
         _check(self.algorithm in ALGORITHMS, "algorithm", self.algorithm, f"expected one of {', '.join(ALGORITHMS)}")
         _check(1 <= self.episodes_per_trial <= 1000, "episodes_per_trial", self.episodes_per_trial, "expected an integer in [1, 1000]")
         _check(1 <= self.trials_per_task <= 1000, "trials_per_task", self.trials_per_task, "expected an integer in [1, 1000]")
+        _check(1 <= self.rl2_epochs <= 100, "rl2_epochs", self.rl2_epochs, "expected an integer in [1, 100]")
+        _check(1 <= self.rl2_minibatches <= 1000, "rl2_minibatches", self.rl2_minibatches, "expected an integer in [1, 1000]")
+        _check(0 <= self.rl2_chunk_length <= 10**6, "rl2_chunk_length", self.rl2_chunk_length,
+               "expected 0 (whole trials) or a number of steps in [1, 1000000]")
+        _check(0.0 <= self.rl2_gae_lambda <= 1.0, "rl2_gae_lambda", self.rl2_gae_lambda, "expected a number in [0, 1]")
+        _check(0.0 <= self.rl2_entropy_coef <= 1.0, "rl2_entropy_coef", self.rl2_entropy_coef, "expected a number in [0, 1]")
+        _check(0.0 < self.rl2_lr <= 1.0, "rl2_lr", self.rl2_lr, "expected a number in (0, 1]")
+        _check(isinstance(self.rl2_normalize_advantages, bool), "rl2_normalize_advantages", self.rl2_normalize_advantages,
+               "expected true or false")
 
     @property
     def in_context(self) -> bool:
@@ -278,6 +308,13 @@ class TrainConfig:
         # In-context adaptation lives in the policy's memory: a memoryless policy cannot adapt.
         _check(not self.meta_learner.in_context or self.policy.policy_type != "mlp", "policy_type",
                self.policy.policy_type, "--algorithm=rl2 adapts in the policy's memory: expected ssm or gru")
+        trial_length = self.meta_learner.episodes_per_trial * self.env.max_episode_length
+        chunk = self.meta_learner.rl2_chunk_length
+        _check(not self.meta_learner.in_context or chunk == 0 or trial_length % chunk == 0, "rl2_chunk_length", chunk,
+               f"expected 0 or a divisor of the trial length {trial_length} (episodes_per_trial x max_episode_length)")
+        if self.policy.ssm_max_timescale is None:  # resolved once, so the saved config says what ran
+            object.__setattr__(self, "policy", dataclasses.replace(
+                self.policy, ssm_max_timescale=trial_length if self.meta_learner.in_context else 0))
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -291,7 +328,7 @@ SECTIONS: dict[str, type] = {"env": EnvConfig, "policy": PolicyConfig, "maml": M
 TEST_MODE_OVERRIDES: dict[str, dict[str, Any]] = {
     "env": {"max_episode_length": 50},
     "maml": {"num_tasks": 2, "episodes_per_task": 2},
-    "meta_learner": {"episodes_per_trial": 2},
+    "meta_learner": {"episodes_per_trial": 2, "rl2_epochs": 2, "rl2_minibatches": 2, "rl2_chunk_length": 0},
     "ppo": {"num_ppo_epochs": 2},
     "run": {"num_epochs": 2, "checkpoint_every": 1},
 }
@@ -402,7 +439,23 @@ def config_from_dict(data: dict[str, dict[str, Any]]) -> TrainConfig:
     overrides = {section: dict(values) for section, values in data.items() if section in SECTIONS}
     # Where a run resumed from is history, not a setting of the run itself.
     overrides.setdefault("run", {}).update(resume=False, checkpoint_path=None)
-    return build_config(overrides)
+    return build_config(_with_legacy_defaults(overrides))
+
+
+def _with_legacy_defaults(sections: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A config saved before a setting existed ran with the behaviour that setting now names: fill it
+    in, so that an old run resumes and evaluates as it trained."""
+    policy, meta, ppo = (sections.setdefault(name, {}) for name in ("policy", "meta_learner", "ppo"))
+    if policy and "ssm_max_timescale" not in policy:
+        policy["ssm_max_timescale"] = 0  # S4D-Real, the only initialisation then
+    if meta and "rl2_epochs" not in meta:
+        # In-context PPO then: full-batch epochs over whole trials, the PPO section's lambda and step
+        # size, normalised advantages and no entropy bonus.
+        defaults = PPOConfig()
+        meta.update(rl2_epochs=ppo.get("num_ppo_epochs", defaults.num_ppo_epochs), rl2_minibatches=1, rl2_chunk_length=0,
+                    rl2_gae_lambda=ppo.get("gae_lambda", defaults.gae_lambda), rl2_entropy_coef=0.0,
+                    rl2_lr=ppo.get("meta_lr", defaults.meta_lr), rl2_normalize_advantages=True)
+    return sections
 
 
 # Settings that are not part of the method or the benchmark: runs pooled into one estimate may differ

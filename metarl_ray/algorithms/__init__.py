@@ -20,12 +20,12 @@ def policy_input_dim(config: MetaLearnerConfig) -> int:
     return IN_CONTEXT_INPUT_DIM if config.in_context else OBS_DIM
 
 
-def build_rollout_program(config: MetaLearnerConfig, maml: MAMLConfig) -> Any:
+def build_rollout_program(config: MetaLearnerConfig, maml: MAMLConfig, ppo: PPOConfig) -> Any:
     """What a rollout actor runs per task (``base.RolloutProgram``)."""
     from metarl_ray.algorithms.maml_ppo import MAMLRollouts
     from metarl_ray.algorithms.rl2 import InContextRollouts
 
-    return InContextRollouts(config) if config.in_context else MAMLRollouts(maml)
+    return InContextRollouts(config, ppo.gamma) if config.in_context else MAMLRollouts(maml)
 
 
 def build_meta_learner(config: MetaLearnerConfig, policy: nn.Module, maml: MAMLConfig, ppo: PPOConfig) -> Any:
@@ -33,4 +33,4 @@ def build_meta_learner(config: MetaLearnerConfig, policy: nn.Module, maml: MAMLC
     from metarl_ray.algorithms.maml_ppo import MAMLPPO
     from metarl_ray.algorithms.rl2 import RL2PPO
 
-    return RL2PPO(policy, ppo) if config.in_context else MAMLPPO(policy, maml, ppo)
+    return RL2PPO(policy, ppo, config) if config.in_context else MAMLPPO(policy, maml, ppo)

@@ -94,13 +94,14 @@ def trial_baseline_features(observations: np.ndarray, episode_length: int) -> np
 
 
 def trial_advantages(observations: np.ndarray, rewards: np.ndarray, episode_length: int, gamma: float,
-                     gae_lambda: float) -> np.ndarray:
-    """Normalised GAE over whole in-context trials: returns and GAE run across the episode boundaries
-    within a trial (an action may pay off in a later episode, through the memory) and stop at the
-    trial's end. (N, L, D), (N, L) -> (N, L) float32."""
+                     gae_lambda: float, normalize: bool = True) -> np.ndarray:
+    """GAE over whole in-context trials: returns and GAE run across the episode boundaries within a
+    trial (an action may pay off in a later episode, through the memory) and stop at the trial's end;
+    ``normalize``: to zero mean and unit variance over the batch. (N, L, D), (N, L) -> (N, L) float32."""
     returns = discounted_returns(rewards, gamma)
     features = trial_baseline_features(observations, episode_length)
     coeffs = fit_ridge(features.reshape(-1, features.shape[-1]), returns.reshape(-1))
     advantages = compute_gae(rewards.astype(np.float64), features @ coeffs, gamma, gae_lambda)
-    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    if normalize:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     return advantages.astype(np.float32)

@@ -13,7 +13,7 @@ meta-learner they hold; ``metarl_ray.algorithms`` builds the pair a config names
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -78,31 +78,42 @@ class RolloutProgram(Protocol):
 
 class MetaLearner(Protocol):
     """What the learner needs of a meta-learner. The learner owns the optimizer, precision, gradient
-    accumulation and the all-reduce across learners; the meta-learner says how many optimizer steps an
-    iteration takes and gives a differentiable loss for any subset of the iteration's tasks."""
+    accumulation and the all-reduce across learners; the meta-learner says what each optimizer step of
+    an iteration descends and gives a differentiable loss for any subset of that step's items."""
 
     policy: nn.Module
 
     @property
-    def num_updates(self) -> int:
-        """Optimizer steps per iteration (PPO epochs)."""
+    def learning_rate(self) -> float:
+        """The configured Adam step size (the learner scales it after a rolled-back update)."""
         ...
 
     @property
     def per_task_graphs_on_cpu(self) -> bool:
-        """Whether one graph per task beats batched graphs on a CPU (``--meta_batching auto``)."""
+        """Whether one graph per item beats batched graphs on a CPU (``--meta_batching auto``)."""
+        ...
+
+    @property
+    def max_items_per_graph(self) -> int | None:
+        """Items one batched graph may hold at most (None: no limit); more are split (same gradient)."""
         ...
 
     def tensors(self, rollouts: Any, device: torch.device) -> Any:
         """One task's rollouts (as its RolloutProgram sampled them) as tensors on the learner's device."""
         ...
 
-    def loss(self, tasks: Sequence[Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean loss over ``tasks`` (from ``tensors``), differentiable in the policy's parameters, and
-        mean statistics (flat ``section/name`` keys) over the same tasks."""
+    def optimizer_steps(self, tasks: Sequence[Any], rng: np.random.Generator) -> Iterator[Sequence[Any]]:
+        """The iteration's optimizer steps, in order: each the items (tasks, or pieces of them) whose mean
+        loss it descends. Drawn lazily, so a step may depend on the parameters the previous ones left.
+        ``rng``: the iteration's own stream (shuffles), so a resumed run repeats the update exactly."""
+        ...
+
+    def loss(self, items: Sequence[Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean loss over ``items`` (of one optimizer step), differentiable in the policy's parameters,
+        and mean statistics (flat ``section/name`` keys) over the same items."""
         ...
 
     def set_lr_scale(self, lr_scale: float) -> None:
         """Scale the meta-learner's own step sizes (MAML: inner_lr) by ``lr_scale`` of their configured
-        values; the learner scales meta_lr itself (after a rolled-back non-finite update)."""
+        values; the learner scales the Adam step size itself (after a rolled-back non-finite update)."""
         ...

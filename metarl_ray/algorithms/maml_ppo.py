@@ -14,7 +14,7 @@ through the adaptation: (I - alpha * Hess L_in) grad L_out(theta') for one step.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +26,8 @@ from metarl_ray.config import MAMLConfig, PPOConfig
 from metarl_ray.algorithms.ppo import clipped_surrogate
 from metarl_ray.policies.common import Params, log_prob
 
+# Tasks in one batched graph at most; more are split into chunks (the gradient is the same).
+MAX_TASKS_PER_GRAPH = 8
 
 @dataclass(frozen=True)
 class TensorBatch:
@@ -137,8 +139,18 @@ class MAMLPPO:
         self.inner_lr = maml.inner_lr  # scaled down by the learner after a non-finite update
 
     @property
-    def num_updates(self) -> int:
-        return self.ppo.num_ppo_epochs
+    def learning_rate(self) -> float:
+        return self.ppo.meta_lr
+
+    @property
+    def max_items_per_graph(self) -> int | None:
+        # A batched graph holds every task's second-order graph at once.
+        return MAX_TASKS_PER_GRAPH
+
+    def optimizer_steps(self, tasks: Sequence["TaskTensors"], rng: np.random.Generator) -> Iterator[Sequence["TaskTensors"]]:
+        """One full-batch step per PPO epoch, each re-deriving the adaptation."""
+        for _ in range(self.ppo.num_ppo_epochs):
+            yield tasks
 
     @property
     def per_task_graphs_on_cpu(self) -> bool:

@@ -9,25 +9,31 @@ episode e + 1; there is no gradient step at test time. At every step the policy 
 with d_t = 1 at the first step of each episode (the RL² convention: the first step of episode e + 1
 still sees the last action and reward of episode e; the first step of a trial sees zeros).
 
-The outer objective is PPO's clipped surrogate over whole trials, with GAE running across the episode
-boundaries of a trial (``advantages.trial_advantages``). Training recomputes each trial in one call of
-the policy's ``forward``, a sequence scan from a fresh memory (the SSM) or the step loop (the GRU).
+The outer objective is PPO's clipped surrogate plus an entropy bonus, with GAE running across the
+episode boundaries of a trial (``advantages.trial_advantages``). Each epoch cuts every trial into chunks
+(truncated backpropagation through time) and takes several minibatch steps; a chunk starts from the
+memory the current policy carries into it (computed without gradient), so the recompute of a trial
+equals the rollout's step by step. The policy's ``sequence`` runs a chunk: a scan (the SSM) or the step
+loop (the GRU).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from metarl_ray.algorithms.advantages import trial_advantages
 from metarl_ray.algorithms.base import EvalPlan, SamplePlan
 from metarl_ray.algorithms.ppo import clipped_surrogate
 from metarl_ray.config import MetaLearnerConfig, PPOConfig
 from metarl_ray.envs.metaworld import ACTION_DIM, OBS_DIM
-from metarl_ray.policies.common import Params, log_prob
+from metarl_ray.policies.common import LOG_STD_MAX, LOG_STD_MIN, Params, gaussian_log_prob
 from metarl_ray.training.batch import GoalEvaluation, TaskTrials, TrialBatch
 
 # Meta-World's dense rewards are 0..10 per step: a tenth keeps the reward input at the observations' scale.
@@ -89,62 +95,133 @@ class TrialTensors:
         def to(array: np.ndarray) -> torch.Tensor:
             return torch.tensor(array, device=device, dtype=torch.float32)
 
+        if trials.advantages is None:
+            raise ValueError("trials without advantages: the rollout program computes them (InContextRollouts.sample)")
         inputs = in_context_inputs(trials.observations, trials.actions, trials.rewards, trials.episode_length)
         return TrialTensors(to(inputs), to(trials.actions), to(trials.log_probs), to(trials.advantages))
 
 
-class RL2PPO:
-    """The learner's side of in-context meta-RL: PPO's clipped surrogate over whole trials."""
+@dataclass(frozen=True)
+class TrialChunk:
+    """Steps [start, start + C) of one trial and the memory the policy carries into them: what one
+    truncated-backprop sequence of a minibatch holds (C = the whole trial when nothing is cut)."""
 
-    def __init__(self, policy: nn.Module, ppo: PPOConfig) -> None:
+    inputs: torch.Tensor  # (C, D + A + 2)
+    actions: torch.Tensor  # (C, A)
+    log_probs: torch.Tensor  # (C,)
+    advantages: torch.Tensor  # (C,)
+    memory: torch.Tensor  # the policy's state entering the chunk, without gradient
+
+
+def carried_memories(policy: nn.Module, inputs: torch.Tensor, chunk_length: int) -> list[torch.Tensor]:
+    """The memory entering each chunk of whole trials, by the current policy from a fresh memory at the
+    trial's start, without gradient: inputs (N, L, D) -> [state (N, ...)] * (L / chunk_length)."""
+    state = policy.initial_state(inputs.shape[0])
+    memories = []
+    with torch.no_grad():
+        for chunk in inputs.split(chunk_length, dim=1):
+            memories.append(state)
+            _, _, state = policy.sequence(chunk, state)
+    return memories
+
+
+def trial_chunks(policy: nn.Module, tasks: Sequence[TrialTensors], chunk_length: int) -> list[TrialChunk]:
+    """Every task's trials cut into chunks of ``chunk_length`` steps (0: whole trials), each with the
+    memory the current policy carries into it."""
+    chunks = []
+    for task in tasks:
+        length = chunk_length or task.inputs.shape[1]
+        memories = carried_memories(policy, task.inputs, length)
+        for index, memory in enumerate(memories):
+            steps = slice(index * length, (index + 1) * length)
+            chunks.extend(TrialChunk(task.inputs[n, steps], task.actions[n, steps], task.log_probs[n, steps],
+                                     task.advantages[n, steps], memory[n]) for n in range(task.inputs.shape[0]))
+    return chunks
+
+
+class RL2PPO:
+    """The learner's side of in-context meta-RL: PPO's clipped surrogate plus an entropy bonus, over
+    minibatches of trial chunks (truncated backpropagation through time, the memory carried in)."""
+
+    def __init__(self, policy: nn.Module, ppo: PPOConfig, config: MetaLearnerConfig) -> None:
         self.policy = policy
         self.ppo = ppo
+        self.config = config
 
     @property
-    def num_updates(self) -> int:
-        return self.ppo.num_ppo_epochs
+    def learning_rate(self) -> float:
+        return self.config.rl2_lr
 
     @property
     def per_task_graphs_on_cpu(self) -> bool:
         # No per-task parameters: tasks only add sequences to one forward pass, which a batch does best.
         return False
 
+    @property
+    def max_items_per_graph(self) -> int | None:
+        return None  # first-order graphs of a minibatch's chunks: small enough to take at once
+
     def tensors(self, rollouts: TaskTrials, device: torch.device) -> TrialTensors:
         return TrialTensors.from_trials(rollouts.trials, device)
 
     def set_lr_scale(self, lr_scale: float) -> None:
-        """No step size of its own (the learner scales meta_lr)."""
+        """No step size of its own (the learner scales rl2_lr)."""
 
-    def loss(self, tasks: Sequence[TrialTensors]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean over tasks of each task's clipped surrogate; tasks of equal shapes (training batches
-        always are) go through the policy as one batch of sequences."""
-        params = dict(self.policy.named_parameters())
-        if len({task.inputs.shape for task in tasks}) == 1:
-            stacked = TrialTensors(*(torch.stack([getattr(task, f) for task in tasks])
-                                     for f in ("inputs", "actions", "log_probs", "advantages")))
-            num_tasks, num_trials = stacked.inputs.shape[:2]
-            new_log_probs = log_prob(self.policy, params, stacked.inputs.flatten(0, 1), stacked.actions.flatten(0, 1))
-            losses, stats = clipped_surrogate(new_log_probs.view(num_tasks, num_trials, -1), stacked.log_probs,
-                                              stacked.advantages, self.ppo.clip_eps)
-        else:
-            pairs = [clipped_surrogate(log_prob(self.policy, params, task.inputs, task.actions), task.log_probs,
-                                       task.advantages, self.ppo.clip_eps) for task in tasks]
-            losses = torch.stack([loss for loss, _ in pairs])
-            stats = {key: torch.stack([s[key] for _, s in pairs]) for key in pairs[0][1]}
-        return losses.mean(), {key: float(value.double().mean()) for key, value in stats.items()}
+    def optimizer_steps(self, tasks: Sequence[TrialTensors], rng: np.random.Generator) -> Iterator[list[TrialChunk]]:
+        """``rl2_epochs`` epochs of ``rl2_minibatches`` steps over shuffled chunks of every trial. Each
+        epoch recomputes the carried-in memories with the parameters it starts from."""
+        for _ in range(self.config.rl2_epochs):
+            chunks = trial_chunks(self.policy, tasks, self.config.rl2_chunk_length)
+            order = rng.permutation(len(chunks))
+            for indices in np.array_split(order, min(self.config.rl2_minibatches, len(chunks))):
+                yield [chunks[i] for i in indices]
+
+    def loss(self, chunks: Sequence[TrialChunk]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean clipped surrogate over the chunks' steps minus the entropy bonus; chunks of equal length
+        (training batches always are) go through the policy as one batch of sequences."""
+        groups: dict[int, list[TrialChunk]] = {}
+        for chunk in chunks:
+            groups.setdefault(chunk.inputs.shape[0], []).append(chunk)
+        losses, kls, clips, weights = [], [], [], []
+        for group in groups.values():
+            stack = {field: torch.stack([getattr(c, field) for c in group])
+                     for field in ("inputs", "actions", "log_probs", "advantages", "memory")}
+            mean, log_std, _ = self.policy.sequence(stack["inputs"], stack["memory"])
+            new_log_probs = gaussian_log_prob(mean.to(stack["actions"].dtype), log_std.to(stack["actions"].dtype),
+                                              stack["actions"])
+            loss, stats = clipped_surrogate(new_log_probs.unsqueeze(0), stack["log_probs"].unsqueeze(0),
+                                            stack["advantages"].unsqueeze(0), self.ppo.clip_eps)
+            losses.append(loss[0])
+            kls.append(stats["ppo/kl"][0])
+            clips.append(stats["ppo/clip_fraction"][0])
+            weights.append(len(group) * group[0].inputs.shape[0])
+        share = torch.tensor(weights, dtype=torch.float64) / sum(weights)
+        surrogate = sum(w.float() * loss for w, loss in zip(share, losses))
+        # A state-independent diagonal Gaussian's entropy: sum(log_std) + A/2 (1 + log 2 pi).
+        log_std = self.policy.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        entropy = log_std.sum() + 0.5 * log_std.numel() * (1.0 + math.log(2 * math.pi))
+        stats = {"ppo/kl": float(sum(w * kl.double() for w, kl in zip(share, kls))),
+                 "ppo/clip_fraction": float(sum(w * c.double() for w, c in zip(share, clips))),
+                 "rl2/entropy": float(entropy.detach()), "rl2/surrogate": float(surrogate.detach())}
+        return surrogate - self.config.rl2_entropy_coef * entropy, stats
 
 
 class InContextRollouts:
-    """The rollout side: ``trials_per_task`` trials of ``episodes_per_trial`` sampled episodes per task."""
+    """The rollout side: ``trials_per_task`` trials of ``episodes_per_trial`` sampled episodes per task,
+    with their advantages (``advantages.trial_advantages``, the meta-learner's lambda and normalisation)."""
 
-    def __init__(self, config: MetaLearnerConfig) -> None:
+    def __init__(self, config: MetaLearnerConfig, gamma: float) -> None:
         self.config = config
+        self.gamma = gamma
 
     def sample(self, collector: Any, envs: Sequence[Any], tasks: Sequence[Any], params: Params,
                rngs: Sequence[np.random.Generator], plan: SamplePlan | None, inner_lr: float | None) -> list[TaskTrials]:
         trials, _ = collector.collect_trials(envs, [params] * len(tasks), rngs, self.config.trials_per_task,
                                              [True] * self.config.episodes_per_trial)
-        return [TaskTrials(spec.slot, spec.env_name, spec.goal_index, batch) for spec, batch in zip(tasks, trials)]
+        return [TaskTrials(spec.slot, spec.env_name, spec.goal_index, dataclasses.replace(batch, advantages=trial_advantages(
+                    batch.observations, batch.rewards, batch.episode_length, self.gamma, self.config.rl2_gae_lambda,
+                    self.config.rl2_normalize_advantages)))
+                for spec, batch in zip(tasks, trials)]
 
     def evaluate(self, collector: Any, envs: Sequence[Any], tasks: Sequence[Any], params: Params,
                  rngs: Sequence[np.random.Generator], plan: EvalPlan, inner_lr: float | None) -> list[GoalEvaluation]:

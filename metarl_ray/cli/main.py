@@ -37,7 +37,7 @@ GOALS_PER_CLASS = 50  # Meta-World generates 50 goals per task class and split
 
 # Seed-project spellings that map onto a field of another name.
 ALIASES = {"env_name": "benchmark", "batch_size": "episodes_per_task"}
-BOOLEAN_FLAGS = {"fast_envs", "first_order", "ray_dashboard", "resume", "test_mode", "use_amp"}
+BOOLEAN_FLAGS = {"fast_envs", "first_order", "ray_dashboard", "resume", "rl2_normalize_advantages", "test_mode", "use_amp"}
 # Settings a resumed run must keep (None: the whole section): changing them would not match the
 # checkpoint, or (the seed) would silently swap the benchmark's train and test goals.
 # fast_envs may change: the fast path's outputs equal stock Meta-World's bit for bit.

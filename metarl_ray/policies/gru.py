@@ -32,6 +32,8 @@ class GaussianGRUPolicy(nn.Module):
     def __init__(self, obs_dim: int, action_dim: int, config) -> None:
         super().__init__()
         self.encoder = nn.Linear(obs_dim, config.hidden_size)
+        self.encoder_layers = nn.ModuleList(nn.Linear(config.hidden_size, config.hidden_size)
+                                            for _ in range(config.num_encoder_layers - 1))
         self.cell = nn.GRUCell(config.hidden_size, config.hidden_size)  # PyTorch's initialisation
         self.head = nn.Linear(config.hidden_size, action_dim)
         nn.init.uniform_(self.head.weight, -3e-3, 3e-3)  # start near the zero action, as the MLP does
@@ -46,11 +48,23 @@ class GaussianGRUPolicy(nn.Module):
     def initial_state(self, batch: int) -> State:
         return self.log_std.new_zeros(batch, self.hidden_size)
 
+    def encode(self, observations: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.encoder(observations))
+        for layer in self.encoder_layers:
+            h = torch.tanh(layer(h))
+        return h
+
     def forward(self, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Whole sequences from a zero state: observations (N, T, D) -> mean (N, T, A), log_std (A,)."""
-        features = torch.tanh(self.encoder(observations))  # (N, T, H)
+        mean, log_std, _ = self.sequence(observations, self.initial_state(observations.shape[0]))
+        return mean, log_std
+
+    def sequence(self, observations: torch.Tensor, state: State) -> tuple[torch.Tensor, torch.Tensor, State]:
+        """Sequences that continue ``state`` with no reset inside (chunks of an in-context trial):
+        observations (N, L, D), state (N, H) -> mean (N, L, A), log_std (A,), last state."""
+        features = self.encode(observations)  # (N, T, H)
         input_gates = features @ self.cell.weight_ih.T + self.cell.bias_ih  # (N, T, 3H), all steps at once
-        hidden = self.initial_state(observations.shape[0])
+        hidden = state
         weight_hh_t = self.cell.weight_hh.T
         outputs = []
         # unbind, not input_gates[:, t]: each indexed step's backward writes a zero tensor of the whole
@@ -58,7 +72,7 @@ class GaussianGRUPolicy(nn.Module):
         for gates_t in input_gates.unbind(1):
             hidden = gru_cell(gates_t, hidden, weight_hh_t, self.cell.bias_hh)
             outputs.append(hidden)
-        return self.head(torch.stack(outputs, dim=1)), self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        return self.head(torch.stack(outputs, dim=1)), self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX), hidden
 
     def step(self, observations: torch.Tensor, state: State, episode_start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, State]:
         """One step for K envs: observations (K, D), state (K, H), episode_start (K,) bool (restarts memory)."""
@@ -68,7 +82,8 @@ class GaussianGRUPolicy(nn.Module):
         """``step`` with the parameters fixed: the module's own (shared by every env), or one set per
         env stacked on a leading K dim (batched matmuls)."""
         p = stacked if stacked is not None else {name: v.detach() for name, v in self.named_parameters()}
-        encoder = (p["encoder.weight"].transpose(-1, -2), p["encoder.bias"])
+        encoders = [(p[f"{name}weight"].transpose(-1, -2), p[f"{name}bias"])
+                    for name in ["encoder.", *(f"encoder_layers.{i}." for i in range(len(self.encoder_layers)))]]
         weight_ih_t, bias_ih = p["cell.weight_ih"].transpose(-1, -2), p["cell.bias_ih"]
         weight_hh_t, bias_hh = p["cell.weight_hh"].transpose(-1, -2), p["cell.bias_hh"]
         head = (p["head.weight"].transpose(-1, -2), p["head.bias"])
@@ -77,7 +92,9 @@ class GaussianGRUPolicy(nn.Module):
         def step(observations: torch.Tensor, state: State, episode_start: torch.Tensor):
             if episode_start.any():
                 state = state * (~episode_start).to(state.dtype).unsqueeze(-1)
-            features = torch.tanh(batched_affine(observations, *encoder))  # (K, H)
+            features = observations
+            for encoder in encoders:
+                features = torch.tanh(batched_affine(features, *encoder))  # (K, H)
             hidden = gru_cell(batched_affine(features, weight_ih_t, bias_ih), state, weight_hh_t, bias_hh)
             return batched_affine(hidden, *head), log_std, hidden
 

@@ -270,7 +270,7 @@ SCANS: dict[str, Scan] = {
 
 class DiagonalSSM(nn.Module):
     def __init__(self, hidden_size: int, state_size: int, scan: str = "adjoint",
-                 dt_min: float = 1e-3, dt_max: float = 1e-1) -> None:
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, max_timescale: int = 0) -> None:
         super().__init__()
         if scan not in SCANS:
             raise ValueError(f"unknown scan {scan!r}; expected one of {sorted(SCANS)}")
@@ -278,14 +278,25 @@ class DiagonalSSM(nn.Module):
         # S4D-Real initialisation: lambda_n = -(n + 1), the real parts of the HiPPO-LegS eigenvalues
         # (Gu et al. 2022), a spread of decay rates from slow to fast memory.
         self.log_neg_lambda = nn.Parameter(torch.log(torch.arange(1, state_size + 1, dtype=torch.float32)))
-        # Step sizes log-uniform in [dt_min, dt_max] (S4/S5): with lambda in [-P, -1] the per-step decays
-        # exp(dt * lambda) cover time scales from ~1 to ~1000 steps, an episode's length.
-        log_dt = torch.rand(state_size) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        if max_timescale:
+            # Time constants 1 / (dt |lambda|) log-spaced from 1 step to max_timescale (a whole in-context
+            # trial): S4D-Real's random step sizes make the decay rate dt |lambda| span [1e-3, 6.4], so at
+            # most one or two of 64 states remember past ~1,000 steps, too short for a 10-episode trial.
+            rates = torch.logspace(-math.log10(max_timescale), 0.0, state_size)  # dt |lambda| per state
+            log_dt = torch.log(rates) - self.log_neg_lambda.detach()
+        else:
+            # Step sizes log-uniform in [dt_min, dt_max] (S4/S5): with lambda in [-P, -1] the per-step decays
+            # exp(dt * lambda) cover time scales from ~1 to ~1000 steps, an episode's length.
+            log_dt = torch.rand(state_size) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
         self.log_dt = nn.Parameter(log_dt)
         # B and C scaled so the output variance neither grows nor vanishes with the sizes.
         self.B = nn.Parameter(torch.randn(state_size, hidden_size) / math.sqrt(hidden_size))
         self.C = nn.Parameter(torch.randn(hidden_size, state_size) / math.sqrt(state_size))
         self.D = nn.Parameter(torch.ones(hidden_size))
+
+    def timescales(self) -> torch.Tensor:
+        """Each state's memory time constant in steps, 1 / (dt |lambda|): (P,)."""
+        return 1.0 / (torch.exp(self.log_dt) * torch.exp(self.log_neg_lambda))
 
     def discretise(self) -> tuple[torch.Tensor, torch.Tensor]:
         """A_bar (P,), B_bar (P, H) by zero-order hold."""
@@ -320,10 +331,10 @@ class DiagonalSSM(nn.Module):
 class SSMBlock(nn.Module):
     """Pre-norm residual block: h + GELU(SSM(LayerNorm(h)))."""
 
-    def __init__(self, hidden_size: int, state_size: int, scan: str) -> None:
+    def __init__(self, hidden_size: int, state_size: int, scan: str, max_timescale: int = 0) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(hidden_size)
-        self.ssm = DiagonalSSM(hidden_size, state_size, scan)
+        self.ssm = DiagonalSSM(hidden_size, state_size, scan, max_timescale=max_timescale)
 
     def forward_sequence(self, h: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y, last = self.ssm.forward_sequence(self.norm(h), state, episode_start)  # (B, L, H), (B, P)
@@ -356,7 +367,10 @@ class GaussianSSMPolicy(nn.Module):
         super().__init__()
         self.log_std_range = (LOG_STD_MIN, LOG_STD_MAX)
         self.encoder = nn.Linear(obs_dim, config.hidden_size)
-        self.blocks = nn.ModuleList(SSMBlock(config.hidden_size, config.state_size, config.ssm_scan)
+        self.encoder_layers = nn.ModuleList(nn.Linear(config.hidden_size, config.hidden_size)
+                                            for _ in range(config.num_encoder_layers - 1))
+        self.blocks = nn.ModuleList(SSMBlock(config.hidden_size, config.state_size, config.ssm_scan,
+                                             config.ssm_max_timescale or 0)
                                     for _ in range(config.num_ssm_layers))
         # A final norm keeps the head's input at unit scale: the residual stream grows with depth, and
         # without it the inner step's gradient on the head is ~10x the MLP's, so adaptation overshoots.
@@ -374,9 +388,15 @@ class GaussianSSMPolicy(nn.Module):
     def initial_state(self, batch: int) -> torch.Tensor:
         return self.log_std.new_zeros(batch, len(self.blocks), self.state_size)  # (K, layers, P)
 
+    def encode(self, observations: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.encoder(observations))
+        for layer in self.encoder_layers:
+            h = torch.tanh(layer(h))
+        return h
+
     def forward(self, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Whole episodes: observations (N, T, D) -> mean (N, T, A), log_std (A,)."""
-        h = torch.tanh(self.encoder(observations))  # (N, T, H)
+        h = self.encode(observations)  # (N, T, H)
         starts = torch.zeros(h.shape[:2], dtype=torch.bool, device=h.device)
         starts[:, 0] = True
         state = self.initial_state(h.shape[0])
@@ -384,9 +404,20 @@ class GaussianSSMPolicy(nn.Module):
             h, _ = block.forward_sequence(h, state[:, index], starts)
         return self.head(self.final_norm(h)), self.log_std.clamp(*self.log_std_range)
 
+    def sequence(self, observations: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sequences that continue ``state`` with no reset inside (chunks of an in-context trial):
+        observations (N, L, D), state (N, layers, P) -> mean (N, L, A), log_std (A,), last state."""
+        h = self.encode(observations)
+        no_starts = torch.zeros(h.shape[:2], dtype=torch.bool, device=h.device)
+        last_states = []
+        for index, block in enumerate(self.blocks):
+            h, last = block.forward_sequence(h, state[:, index], no_starts)
+            last_states.append(last)
+        return self.head(self.final_norm(h)), self.log_std.clamp(*self.log_std_range), torch.stack(last_states, dim=1)
+
     def step(self, observations: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One step for K envs: observations (K, D), state (K, layers, P), episode_start (K,)."""
-        h = torch.tanh(self.encoder(observations))  # (K, H)
+        h = self.encode(observations)  # (K, H)
         new_states = []
         for index, block in enumerate(self.blocks):
             h, layer_state = block.step(h, state[:, index], episode_start)
@@ -399,7 +430,8 @@ class GaussianSSMPolicy(nn.Module):
         (batched matmuls); None: this module's own parameters, shared by every env."""
         with torch.no_grad():
             p = stacked if stacked is not None else {k: v.detach() for k, v in self.named_parameters()}
-            encoder = (p["encoder.weight"].transpose(-1, -2), p["encoder.bias"])
+            encoders = [(p[f"{name}weight"].transpose(-1, -2), p[f"{name}bias"])
+                        for name in ["encoder.", *(f"encoder_layers.{i}." for i in range(len(self.encoder_layers)))]]
             head = (p["head.weight"].transpose(-1, -2), p["head.bias"])
             final_norm = (p["final_norm.weight"], p["final_norm.bias"])
             layers = []
@@ -413,7 +445,9 @@ class GaussianSSMPolicy(nn.Module):
             log_std = p["log_std"].clamp(*self.log_std_range)
 
         def step(observations: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor):
-            h = torch.tanh(batched_affine(observations, *encoder))  # (K, H)
+            h = observations
+            for encoder in encoders:
+                h = torch.tanh(batched_affine(h, *encoder))  # (K, H)
             if episode_start.any():
                 state = state * (~episode_start).to(state.dtype)[:, None, None]
             new_states = []

@@ -64,7 +64,7 @@ class TrialBatch:
     actions: np.ndarray  # (N, L, act_dim) float32, as sampled
     rewards: np.ndarray  # (N, L) float32
     log_probs: np.ndarray  # (N, L) float32, log pi(a | history) of the sampling policy
-    advantages: np.ndarray  # (N, L) float32, GAE over a whole trial, normalised per batch
+    advantages: np.ndarray | None  # (N, L) float32, GAE over a whole trial (the rollout program's); None: not computed
     successes: np.ndarray  # (N, E) bool, episode e of the trial reached success at some step
     episode_length: int  # T
     num_env_faults: int = 0  # trials sampled again after their env raised or went non-finite
@@ -80,8 +80,9 @@ class TrialBatch:
     def episode(self, index: int) -> EpisodeBatch:
         """Episode ``index`` of every trial, as an EpisodeBatch (for metrics)."""
         steps = slice(index * self.episode_length, (index + 1) * self.episode_length)
+        advantages = np.zeros_like(self.rewards) if self.advantages is None else self.advantages
         return EpisodeBatch(self.observations[:, steps], self.actions[:, steps], self.rewards[:, steps],
-                            self.log_probs[:, steps], self.advantages[:, steps], self.successes[:, index])
+                            self.log_probs[:, steps], advantages[:, steps], self.successes[:, index])
 
 
 @dataclass(frozen=True)

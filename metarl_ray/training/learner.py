@@ -1,8 +1,9 @@
 """The learner: meta-parameters, optimizer and the meta-update. Plain PyTorch; ``actors.py`` wraps it.
 
-The update loop is the same for every meta-learner behind the ``MetaLearner`` protocol: per optimizer
-step, the learner's tasks are processed in ``gradient_accumulation_steps`` chunks (one batched graph
-each, or one graph per task on the ``per_task`` reference path), optionally under bfloat16 autocast;
+The update loop is the same for every meta-learner behind the ``MetaLearner`` protocol. The meta-learner
+names each optimizer step's items (whole tasks for MAML+PPO, chunks of trials for RL²); the learner
+processes them in ``gradient_accumulation_steps`` groups (one batched graph each, or one graph per
+item on the ``per_task`` reference path), optionally under bfloat16 autocast;
 with several learners the gradients are averaged across them (``torch.distributed`` all-reduce) before
 clipping and the Adam step, so every learner applies the same update to the same parameters.
 """
@@ -50,9 +51,6 @@ def task_chunks(tasks: Sequence[Any], num_chunks: int) -> list[list[Any]]:
     return [list(tasks[bounds[i]:bounds[i + 1]]) for i in range(num_chunks)]
 
 
-# Tasks in one batched graph at most; more are split into chunks (the gradient is the same).
-MAX_TASKS_PER_GRAPH = 8
-
 # Fault injection for tests: comma-separated iterations (1-based) whose meta-update loss is made NaN
 # ("N@R": on learner rank R only);
 # and a simulated memory limit: a graph of more than this many tasks raises an out-of-memory error.
@@ -65,22 +63,32 @@ class NonFiniteUpdateError(ArithmeticError):
     """A NaN or Inf in a loss or gradient, caught before the optimizer step applied it."""
 
 
+def num_graph_groups(num_items: int, accumulation_steps: int, max_items_per_graph: int | None) -> int:
+    """Graphs one optimizer step's items are split into: the accumulation steps asked for, and at least
+    one per ``max_items_per_graph`` items."""
+    least = 1 if max_items_per_graph is None else -(-num_items // max_items_per_graph)
+    return max(accumulation_steps, least)
+
+
 def meta_update(algorithm: MetaLearner, optimizer: torch.optim.Optimizer, tasks: Sequence[Any],
                 config: LearnerConfig, grad_clip: float, num_tasks_total: int | None = None,
-                poison_loss: bool = False, max_tasks_per_graph_injected: int | None = None) -> dict[str, float]:
-    """``algorithm.num_updates`` optimizer steps on the mean loss over every learner's tasks.
-    ``num_tasks_total``: tasks over all learners (default: these). Raises NonFiniteUpdateError, before
-    that optimizer step, if a loss or the gradient is not finite (``poison_loss`` injects a NaN loss)."""
+                poison_loss: bool = False, max_tasks_per_graph_injected: int | None = None,
+                rng: np.random.Generator | None = None) -> dict[str, float]:
+    """The meta-learner's optimizer steps (``algorithm.optimizer_steps``), each on the mean loss of its
+    items over every learner. ``num_tasks_total``: tasks over all learners (default: these); each
+    learner's items weigh by its share of them. Raises NonFiniteUpdateError, before that optimizer
+    step, if a loss or the gradient is not finite (``poison_loss`` injects a NaN loss)."""
     num_tasks_total = num_tasks_total or len(tasks)
     parameters = list(algorithm.policy.parameters())
-    if resolve_meta_batching(config.meta_batching, parameters[0].device, algorithm.per_task_graphs_on_cpu) == "per_task":
-        groups = [[task] for task in tasks]  # one second-order graph at a time: the least memory
-    else:
-        # A batched graph holds every task's second-order graph at once: at most MAX_TASKS_PER_GRAPH.
-        num_chunks = max(config.gradient_accumulation_steps, -(-len(tasks) // MAX_TASKS_PER_GRAPH))
-        groups = task_chunks(tasks, num_chunks)
+    per_item = resolve_meta_batching(config.meta_batching, parameters[0].device, algorithm.per_task_graphs_on_cpu) == "per_task"
     metrics: dict[str, float] = {}
-    for update in range(algorithm.num_updates):
+    step = 0
+    for step, items in enumerate(algorithm.optimizer_steps(tasks, rng or np.random.default_rng(0)), start=1):
+        if per_item:
+            groups = [[item] for item in items]  # one second-order graph at a time: the least memory
+        else:
+            groups = task_chunks(items, num_graph_groups(len(items), config.gradient_accumulation_steps,
+                                                         algorithm.max_items_per_graph))
         optimizer.zero_grad(set_to_none=True)
         loss_sum, stats_sum = 0.0, {}
         for group in groups:
@@ -90,8 +98,9 @@ def meta_update(algorithm: MetaLearner, optimizer: torch.optim.Optimizer, tasks:
                 loss, stats = algorithm.loss(group)
             if poison_loss:
                 loss = loss * float("nan")
-            # Each group's share of the mean over all tasks of all learners.
-            (loss * (len(group) / num_tasks_total)).backward()
+            # Each group's share of the step's mean over the items of all learners (integers multiplied
+            # first, so with whole tasks as items this is exactly len(group) / num_tasks_total).
+            (loss * (len(group) * len(tasks) / (len(items) * num_tasks_total))).backward()
             loss_sum += float(loss.detach()) * len(group)
             for key, value in stats.items():
                 stats_sum[key] = stats_sum.get(key, 0.0) + value * len(group)
@@ -103,13 +112,14 @@ def meta_update(algorithm: MetaLearner, optimizer: torch.optim.Optimizer, tasks:
         grad_norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
         if not torch.isfinite(grad_norm):
             raise NonFiniteUpdateError(f"non-finite {'loss' if not np.isfinite(loss_sum) else 'gradient'} "
-                                       f"in PPO epoch {update + 1} of {algorithm.num_updates}")
+                                       f"in optimizer step {step} of the iteration")
         optimizer.step()
-        if update == 0:
-            metrics["loss/outer"] = loss_sum / len(tasks)
+        if step == 1:
+            metrics["loss/outer"] = loss_sum / len(items)
             metrics["ppo/grad_norm"] = float(grad_norm)
-    metrics["loss/outer_last_epoch"] = loss_sum / len(tasks)
-    metrics.update({key: value / len(tasks) for key, value in stats_sum.items()})
+    metrics["loss/outer_last_epoch"] = loss_sum / len(items)
+    metrics.update({key: value / len(items) for key, value in stats_sum.items()})
+    metrics["learner/optimizer_steps"] = float(step)
     return metrics
 
 
@@ -156,10 +166,11 @@ class Learner:
         self.config = learner_config or LearnerConfig()
         # The same seed gives the same initial meta-parameters on every machine and every learner.
         torch.manual_seed(seed)
+        self.seed = seed
         meta_learner_config = meta_learner_config or MetaLearnerConfig()
         self.policy = build_policy(policy_input_dim(meta_learner_config), ACTION_DIM, policy_config).to(self.device)
         self.algorithm: MetaLearner = build_meta_learner(meta_learner_config, self.policy, maml_config, ppo_config)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=ppo_config.meta_lr)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.algorithm.learning_rate)
         # Product of the nonfinite_lr_factor of every rollback so far: scales meta_lr and inner_lr.
         self.lr_scale = 1.0
         # "N" poisons iteration N on every learner, "N@R" only on learner rank R.
@@ -188,9 +199,11 @@ class Learner:
         while True:
             try:
                 config = dataclasses.replace(self.config, gradient_accumulation_steps=self.accumulation_steps)
+                # The iteration's own stream for the meta-learner's shuffles: a resumed run repeats them.
+                rng = np.random.default_rng(np.random.SeedSequence([self.seed, iteration or 0]))
                 metrics = meta_update(self.algorithm, self.optimizer, tasks, config, self.ppo_config.grad_clip,
                                       num_tasks_total or len(tasks), poison_loss=self._is_poisoned(iteration),
-                                      max_tasks_per_graph_injected=self._oom_above_tasks)
+                                      max_tasks_per_graph_injected=self._oom_above_tasks, rng=rng)
                 metrics["fault/nonfinite_update"] = 0.0
                 break
             except NonFiniteUpdateError as error:
@@ -226,8 +239,8 @@ class Learner:
             raise error
         per_task = resolve_meta_batching(self.config.meta_batching, self.device,
                                          self.algorithm.per_task_graphs_on_cpu) == "per_task"
-        # The chunks meta_update used: at least one per MAX_TASKS_PER_GRAPH tasks.
-        chunks = max(self.accumulation_steps, -(-num_tasks // MAX_TASKS_PER_GRAPH))
+        # The graphs meta_update split a step of whole tasks into.
+        chunks = num_graph_groups(num_tasks, self.accumulation_steps, self.algorithm.max_items_per_graph)
         more = min(num_tasks, 2 * chunks)
         if per_task or more == chunks:
             raise error
@@ -243,7 +256,7 @@ class Learner:
         self.lr_scale = lr_scale
         self.algorithm.set_lr_scale(lr_scale)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.ppo_config.meta_lr * lr_scale
+            group["lr"] = self.algorithm.learning_rate * lr_scale
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from metarl_ray.algorithms import build_rollout_program, policy_input_dim
-from metarl_ray.algorithms.advantages import compute_advantages, trial_advantages
+from metarl_ray.algorithms.advantages import compute_advantages
 from metarl_ray.algorithms.base import EvalPlan, SamplePlan  # noqa: F401  (re-exported: callers import them here)
 from metarl_ray.algorithms.rl2 import InContextMemory, in_context_step_inputs
 from metarl_ray.training.batch import EpisodeBatch, GoalEvaluation, TaskRollouts, TaskTrials, TrialBatch
@@ -65,7 +65,7 @@ class RolloutWorker:
         self.ppo_config = ppo_config
         self.meta_learner_config = meta_learner_config or MetaLearnerConfig()
         self.seed = seed
-        self.program = build_rollout_program(self.meta_learner_config, maml_config)
+        self.program = build_rollout_program(self.meta_learner_config, maml_config, ppo_config)
         self.input_dim = policy_input_dim(self.meta_learner_config)
         self.policy = build_policy(self.input_dim, ACTION_DIM, policy_config)
         self.actor = BatchedPolicy(self.policy)
@@ -194,9 +194,7 @@ class RolloutWorker:
             observations[:, trial], actions[:, trial], rewards[:, trial], successes[:, trial] = arrays
             log_probs[:, trial] = (-0.5 * noise**2 - log_std[:, None, :] - 0.5 * np.log(2 * np.pi)).sum(-1)
         batches = [
-            TrialBatch(observations[k], actions[k], rewards[k], log_probs[k],
-                       trial_advantages(observations[k], rewards[k], self.episode_length,
-                                        self.ppo_config.gamma, self.ppo_config.gae_lambda),
+            TrialBatch(observations[k], actions[k], rewards[k], log_probs[k], None,  # the program's advantages
                        successes[k], self.episode_length, int(num_faults[k]))
             for k in range(num_envs)
         ]

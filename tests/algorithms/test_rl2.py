@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from metarl_ray.algorithms.advantages import trial_advantages
-from metarl_ray.algorithms.rl2 import IN_CONTEXT_INPUT_DIM, RL2PPO, InContextMemory, in_context_inputs, in_context_step_inputs
+from metarl_ray.algorithms.rl2 import (IN_CONTEXT_INPUT_DIM, RL2PPO, InContextMemory, TrialTensors, in_context_inputs,
+                                      in_context_step_inputs, trial_chunks)
 from metarl_ray.config import EnvConfig, MAMLConfig, MetaLearnerConfig, PolicyConfig, PPOConfig
 from metarl_ray.envs.metaworld import ACTION_DIM, OBS_DIM, BenchmarkTasks, TaskSampler
-from metarl_ray.policies.common import log_prob
+from metarl_ray.policies import build_policy
+from metarl_ray.policies.common import gaussian_log_prob, log_prob
 from metarl_ray.training.batch import TaskTrials
 from metarl_ray.training.metrics import read_metrics
 from metarl_ray.training.rollout import RolloutWorker
@@ -65,7 +67,7 @@ def test_training_recomputes_the_log_probs_recorded_at_sampling(policy_type):
     assert all(isinstance(task, TaskTrials) for task in rollouts)
     trials = rollouts[0].trials
     assert trials.observations.shape == (2, 120, OBS_DIM) and trials.successes.shape == (2, 3)
-    learner_side = RL2PPO(worker.policy, PPOConfig()).tensors(rollouts[0], torch.device("cpu"))
+    learner_side = RL2PPO(worker.policy, PPOConfig(), meta).tensors(rollouts[0], torch.device("cpu"))
     with torch.no_grad():
         recomputed = log_prob(worker.policy, dict(worker.policy.named_parameters()), learner_side.inputs, learner_side.actions)
     np.testing.assert_allclose(recomputed.numpy(), trials.log_probs, atol=2e-4)
@@ -76,6 +78,88 @@ def test_training_recomputes_the_log_probs_recorded_at_sampling(policy_type):
         fresh = log_prob(worker.policy, dict(worker.policy.named_parameters()), per_episode,
                          learner_side.actions.reshape(6, 40, -1)).reshape(2, 120)
     assert not np.allclose(fresh.numpy(), trials.log_probs, atol=1e-3)
+    # Truncated backprop: chunks of 40 steps, each from the memory the policy carries into it, give the
+    # same log-probs as the whole-trial pass (the forward pass cuts nothing; only the gradient is cut).
+    chunks = trial_chunks(worker.policy, [learner_side], chunk_length=40)
+    assert len(chunks) == 2 * 3 and chunks[0].inputs.shape == (40, IN_CONTEXT_INPUT_DIM)
+    with torch.no_grad():
+        by_chunk = torch.zeros(2, 120)
+        for index, chunk in enumerate(chunks):  # ordered chunk by chunk, trial by trial within a chunk
+            mean, log_std, _ = worker.policy.sequence(chunk.inputs[None], chunk.memory[None])
+            trial, part = index % 2, index // 2
+            by_chunk[trial, 40 * part:40 * (part + 1)] = gaussian_log_prob(mean[0], log_std, chunk.actions)
+    np.testing.assert_allclose(by_chunk.numpy(), recomputed.numpy(), atol=2e-5)
+
+
+@pytest.mark.parametrize("policy_type", ["ssm", "gru"])
+def test_one_whole_trial_chunk_gives_the_whole_trial_loss_and_gradient(policy_type):
+    """rl2_chunk_length 0: a minibatch of whole trials from a fresh memory is the full-trial PPO loss
+    (no gradient cut), value and gradient, and its entropy bonus is the Gaussian's entropy."""
+    torch.manual_seed(0)
+    policy = build_policy(IN_CONTEXT_INPUT_DIM, ACTION_DIM, PolicyConfig(policy_type=policy_type, hidden_size=16,
+                                                                          state_size=8, init_log_std=-0.3))
+    for p in policy.parameters():
+        p.data.add_(0.2 * torch.randn_like(p))
+    meta = MetaLearnerConfig(algorithm="rl2", rl2_chunk_length=0, rl2_entropy_coef=0.01)
+    algo = RL2PPO(policy, PPOConfig(), meta)
+    rng = torch.Generator().manual_seed(1)
+    task = TrialTensors(torch.randn(3, 30, IN_CONTEXT_INPUT_DIM, generator=rng), torch.randn(3, 30, ACTION_DIM, generator=rng),
+                        -torch.rand(3, 30, generator=rng) * 4, torch.randn(3, 30, generator=rng))
+    loss, stats = algo.loss(trial_chunks(policy, [task], 0))
+    new_log_probs = log_prob(policy, dict(policy.named_parameters()), task.inputs, task.actions)
+    ratio = torch.exp(new_log_probs - task.log_probs)
+    surrogate = -torch.min(ratio * task.advantages, ratio.clamp(0.8, 1.2) * task.advantages).mean()
+    entropy = policy.log_std.sum() + 0.5 * ACTION_DIM * (1 + math.log(2 * math.pi))
+    expected = surrogate - 0.01 * entropy
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+    assert stats["rl2/entropy"] == pytest.approx(float(entropy), rel=1e-6)
+    got = torch.autograd.grad(loss, list(policy.parameters()))
+    want = torch.autograd.grad(expected, list(policy.parameters()))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_an_iteration_takes_epochs_times_minibatches_steps_over_every_chunk_once_per_epoch():
+    torch.manual_seed(0)
+    policy = build_policy(IN_CONTEXT_INPUT_DIM, ACTION_DIM, PolicyConfig(policy_type="ssm", hidden_size=16, state_size=8))
+    algo = RL2PPO(policy, PPOConfig(), MetaLearnerConfig(algorithm="rl2", rl2_epochs=3, rl2_minibatches=4,
+                                                         rl2_chunk_length=10))
+    tasks = [TrialTensors(torch.randn(2, 40, IN_CONTEXT_INPUT_DIM), torch.randn(2, 40, ACTION_DIM), torch.zeros(2, 40),
+                          torch.randn(2, 40)) for _ in range(2)]
+    steps = list(algo.optimizer_steps(tasks, np.random.default_rng(0)))
+    assert [len(step) for step in steps] == [4] * 12  # 2 tasks x 2 trials x 4 chunks = 16 per epoch
+    for epoch in range(3):
+        seen = [chunk.inputs.data_ptr() for step in steps[4 * epoch:4 * epoch + 4] for chunk in step]
+        assert len(set(seen)) == 16
+    again = list(algo.optimizer_steps(tasks, np.random.default_rng(0)))  # the same stream: the same shuffles
+    assert [[c.inputs.data_ptr() for c in step] for step in again] == [[c.inputs.data_ptr() for c in step] for step in steps]
+
+
+def test_the_ssm_memory_of_an_in_context_policy_spans_its_trial():
+    """The initial decay spectrum. S4D-Real (MAML's): the decay rates dt |lambda| start at 1e-3, so no state
+    keeps a tenth of its input over a 5,000-step trial. In context (a time scale per trial): time constants
+    log-spaced from 1 step to the trial, so the slowest states keep their input across the whole trial."""
+    from metarl_ray.config import TrainConfig
+
+    config = TrainConfig(policy=PolicyConfig(policy_type="ssm"), meta_learner=MetaLearnerConfig(algorithm="rl2"))
+    assert config.policy.ssm_max_timescale == 10 * 500  # resolved to the trial length
+    assert TrainConfig(policy=PolicyConfig(policy_type="ssm")).policy.ssm_max_timescale == 0  # MAML keeps S4D-Real
+    trial = 5000
+    for seed in range(3):
+        torch.manual_seed(seed)
+        in_context = build_policy(IN_CONTEXT_INPUT_DIM, ACTION_DIM, config.policy)
+        s4d = build_policy(IN_CONTEXT_INPUT_DIM, ACTION_DIM, PolicyConfig(policy_type="ssm", ssm_max_timescale=0))
+        for block, s4d_block in zip(in_context.blocks, s4d.blocks):
+            timescales = block.ssm.timescales().detach()
+            kept_over_trial = torch.exp(-trial / timescales)  # fraction of an input left after a whole trial
+            assert float(timescales.max()) == pytest.approx(trial, rel=1e-4)
+            assert float(timescales.min()) == pytest.approx(1.0, rel=1e-4)
+            assert int((kept_over_trial > 0.1).sum()) >= 6  # of 64 states
+            assert int((torch.exp(-500 / timescales) > 1 / math.e).sum()) >= 17  # past one episode
+            assert int((torch.exp(-trial / s4d_block.ssm.timescales().detach()) > 0.1).sum()) == 0
+            # The decays the rollout steps with are the same spectrum.
+            log_a_bar, _ = block.ssm.discretise_log()
+            torch.testing.assert_close(-1.0 / log_a_bar, timescales)
 
 
 def test_a_continued_memory_plays_the_trials_next_episode():
@@ -174,7 +258,7 @@ def test_rl2_needs_a_policy_with_memory(in_process):
 def test_in_context_trains_resumes_exactly_and_evaluates(policy_type, tmp_path, in_process):
     runs = str(tmp_path / "runs")
     common = ["--algorithm", "rl2", "--policy_type", policy_type, "--env_name", "ML1", "--task", "reach-v3", "--test_mode",
-              "--max_episode_length", "20", "--output_dir", runs]
+              "--max_episode_length", "20", "--rl2_chunk_length", "10", "--output_dir", runs]
     assert in_process("train", *common, "--num_epochs", "3", "--run_name", "straight")[0] == 0
     assert in_process("train", *common, "--num_epochs", "2", "--run_name", "interrupted")[0] == 0
     assert in_process("train", "--resume", "--run_name", "interrupted", "--output_dir", runs, "--num_epochs", "3")[0] == 0
@@ -183,6 +267,8 @@ def test_in_context_trains_resumes_exactly_and_evaluates(policy_type, tmp_path, 
     assert [row["iteration"] for row in resumed] == [1, 2, 3]
     # tasks x trials x episodes x steps
     assert all(row["rollout/env_steps"] == 2 * 2 * 2 * 20 for row in resumed)
+    # Test mode's 2 epochs x 2 minibatches of 10-step chunks (2 tasks x 2 trials x 4 chunks each).
+    assert all(row["learner/optimizer_steps"] == 4 for row in resumed)
     for key in ("pre_adapt/return", "post_adapt/return", "loss/outer", "ppo/kl", "policy/std", "rollout/env_steps_total"):
         assert resumed[2][key] == pytest.approx(straight[2][key], rel=1e-6, abs=1e-9), key
     status, out, _ = in_process("eval", "--checkpoint", tmp_path / "runs" / "interrupted", "--json", "--num_workers", "0")

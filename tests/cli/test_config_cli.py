@@ -8,7 +8,7 @@ import yaml
 
 from metarl_ray.cli.main import main, resolve_train
 from metarl_ray.envs.metaworld import check_env_config
-from metarl_ray.config import ConfigError, EnvConfig, MAMLConfig, build_config, load_yaml_overrides
+from metarl_ray.config import ConfigError, EnvConfig, MAMLConfig, MetaLearnerConfig, PolicyConfig, build_config, load_yaml_overrides
 
 SEED_COMMAND = ("--env metaworld --env_name MT10 --num_tasks 10 --num_epochs 100 --inner_lr 0.01 --meta_lr 0.001 "
                 "--batch_size 20 --policy_type mlp --grad_clip 0.3 --num_inner_steps 3 --hidden_size 128 "
@@ -69,6 +69,12 @@ def test_invalid_values_name_the_flag_and_the_allowed_range(section, values, fla
     (["--num_learners", "0"], "--num_learners=0: expected an integer in [1, 256]"),
     (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps=0: expected an integer in [1, 1000]"),
     (["--meta_batching", "vmap"], "--meta_batching='vmap': expected auto, batched or per_task"),
+    (["--algorithm", "rl2", "--policy_type", "ssm", "--rl2_chunk_length", "300"],
+     "--rl2_chunk_length=300: expected 0 or a divisor of the trial length 5000"),
+    (["--rl2_lr", "0"], "--rl2_lr=0.0: expected a number in (0, 1]"),
+    (["--rl2_minibatches", "0"], "--rl2_minibatches=0: expected an integer in [1, 1000]"),
+    (["--rl2_normalize_advantages", "maybe"], "unrecognized arguments: maybe"),
+    (["--ssm_max_timescale", "-1"], "--ssm_max_timescale=-1: expected 0 (S4D-Real) or a number of steps"),
     (["--device", "tpu"], "--device='tpu': expected auto, cpu or cuda"),
     (["--env", "mujoco"], "--env='mujoco': expected metaworld"),
     (["--bogus", "1"], "unrecognized arguments: --bogus"),
@@ -89,6 +95,25 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, frag
     assert len(lines) == 1 and fragment in lines[0], stderr
     assert "Traceback" not in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_config_saved_before_the_in_context_settings_resumes_with_the_behaviour_it_trained_with():
+    """Old run directories and checkpoints lack the rl2_* and ssm_max_timescale settings: they get the
+    full-batch whole-trial update and S4D-Real initialisation those runs had, not today's defaults."""
+    from metarl_ray.config import TrainConfig, config_from_dict
+
+    saved = TrainConfig(meta_learner=MetaLearnerConfig(algorithm="rl2"), policy=PolicyConfig(policy_type="ssm")).to_dict()
+    for key in [k for k in saved["meta_learner"] if k.startswith("rl2_")]:
+        del saved["meta_learner"][key]
+    del saved["policy"]["ssm_max_timescale"]
+    saved["ppo"].update(num_ppo_epochs=7, gae_lambda=0.9, meta_lr=0.002)
+    old = config_from_dict(saved)
+    assert (old.meta_learner.rl2_epochs, old.meta_learner.rl2_minibatches, old.meta_learner.rl2_chunk_length) == (7, 1, 0)
+    assert (old.meta_learner.rl2_gae_lambda, old.meta_learner.rl2_lr, old.meta_learner.rl2_entropy_coef) == (0.9, 0.002, 0.0)
+    assert old.meta_learner.rl2_normalize_advantages is True and old.policy.ssm_max_timescale == 0
+    # A config saved with the settings keeps them.
+    new = TrainConfig(meta_learner=MetaLearnerConfig(algorithm="rl2"), policy=PolicyConfig(policy_type="ssm"))
+    assert config_from_dict(new.to_dict()) == new and new.policy.ssm_max_timescale == 5000
 
 
 def test_existing_run_directory_is_never_overwritten(tmp_path):
