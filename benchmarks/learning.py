@@ -61,6 +61,9 @@ class Suite:
     train_split_goals_per_class: int | None = None  # held-out goals of the training classes; None: not evaluated
     official: dict | None = field(default_factory=dict)  # Meta-World's own evaluation (EvalOptions fields); None: never
     official_at_every_point: bool = False  # else at the last iteration only
+    # The direct figure's goals: test (held-out classes; ML1: held-out goals) or train (the training
+    # classes' goals never trained on: a validation that never sees the test goals).
+    split: str = "test"
 
     @property
     def seeds(self) -> dict[str, tuple[int, ...]]:
@@ -81,6 +84,11 @@ METAWORLD_PLUS_ML10 = {"official_meta_batch_size": 20, "official_goals_per_class
 # Chosen on ml10-val (benchmarks/results/ml10-val-choice.json): training classes only, never the test classes.
 ML10_MLP = ("--hidden_size", "128", "--inner_lr", "0.001")
 VALIDATION_CLASSES = "drawer-close-v3,window-open-v3"
+# The in-context update over whole trials (no truncated backprop), minibatched as the defaults are.
+RL2_WHOLE_TRIALS = ("--rl2_chunk_length", "0")
+# The in-context update before the minibatched one (what configs saved without the rl2_* settings run).
+RL2_EARLIER = ("--rl2_epochs", "5", "--rl2_minibatches", "1", "--rl2_chunk_length", "0", "--rl2_gae_lambda", "1.0",
+               "--rl2_entropy_coef", "0", "--rl2_lr", "0.001", "--rl2_normalize_advantages", "--ssm_max_timescale", "0")
 
 SUITES = {
     # The whole pipeline in a few minutes (test-mode budgets), to check it before hours-long runs.
@@ -92,9 +100,17 @@ SUITES = {
                        {"mlp": maml("mlp", seeds=(0, 1, 2)), "ssm": maml("ssm", seeds=(0, 1, 2)),
                         "rl2-ssm": in_context("ssm", seeds=(0, 1, 2)), "rl2-gru": in_context("gru", seeds=(0, 1, 2))},
                        title="ML1 reach-v3 (10 tasks x 10 episodes x 500 steps x 2 per iteration)"),
+    # In-context settings chosen on ML1 reach-v3's training goals never trained on (never its test goals):
+    # the minibatched truncated-backprop update (defaults), the same over whole trials, the earlier
+    # full-batch whole-trial update with S4D-Real time scales, and the GRU at the defaults; 3M env steps.
+    "ml1-reach-val": Suite(("--env_name", "ML1", "--task", "reach-v3"),
+                           {"rl2-ssm": in_context("ssm"), "rl2-ssm-whole-trials": in_context("ssm", *RL2_WHOLE_TRIALS),
+                            "rl2-ssm-earlier": in_context("ssm", *RL2_EARLIER), "rl2-gru": in_context("gru")},
+                           num_epochs=30, official=None, split="train",
+                           title="RL² validation on ML1 reach-v3 (training goals never trained on)"),
     "ml10": Suite(("--env_name", "ML10", "--num_tasks", "20"),
                   {"mlp": maml("mlp", *ML10_MLP, seeds=(0, 1, 2)), "ssm": maml("ssm"),
-                   "rl2-ssm": in_context("ssm"), "rl2-gru": in_context("gru")},
+                   "rl2-ssm": in_context("ssm", seeds=(0, 1, 2)), "rl2-gru": in_context("gru")},
                   eval_goals_per_class=10, final_goals_per_class=50, train_split_goals_per_class=3,
                   official=METAWORLD_PLUS_ML10, official_at_every_point=True,
                   title="ML10 (20 tasks x 10 episodes x 500 steps x 2 per iteration)"),
@@ -222,7 +238,8 @@ def cmd_status(suite_name: str, suite: Suite, groups: list[str], runs: Path = RU
     from metarl_ray.training.metrics import read_metrics
 
     print(f"{suite_name}: {suite.num_epochs} iterations per run; committed state in {state / suite_name}")
-    print(f"{'run':28} {'iteration':>9} {'env steps':>12} {'train h':>8}  state")
+    width = max(28, *(len(name) for _, _, name in suite_runs(suite_name, suite, groups, None)))
+    print(f"{'run':{width}} {'iteration':>9} {'env steps':>12} {'train h':>8}  state")
     for _, _, name in suite_runs(suite_name, suite, groups):
         local, saved = runs / name, state / suite_name / name
         source = local if checkpoint_iterations(local) else saved
@@ -232,7 +249,7 @@ def cmd_status(suite_name: str, suite: Suite, groups: list[str], runs: Path = RU
         hours = sum(r["time/iteration_s"] for r in rows) / 3600
         saved_at = checkpoint_iterations(saved)
         where = "none" if not saved_at else f"iteration {saved_at[-1]}, {_git_state(saved)}"
-        print(f"{name:28} {done[-1] if done else 0:>5}/{suite.num_epochs:<3} {steps:>12,} {hours:>8.2f}  {where}")
+        print(f"{name:{width}} {done[-1] if done else 0:>5}/{suite.num_epochs:<3} {steps:>12,} {hours:>8.2f}  {where}")
 
 
 def eval_request(suite: Suite, iteration: int, goals_per_class: int | None) -> dict:
@@ -240,8 +257,11 @@ def eval_request(suite: Suite, iteration: int, goals_per_class: int | None) -> d
     final = iteration == suite.num_epochs
     official = suite.official is not None and (final or suite.official_at_every_point)
     goals = goals_per_class or (suite.final_goals_per_class if final and suite.final_goals_per_class else suite.eval_goals_per_class)
-    return {"goals_per_class": goals, "sampled_episodes": 3, "official": dict(suite.official) if official else None,
-            "train_goals_per_class": suite.train_split_goals_per_class}
+    request = {"goals_per_class": goals, "sampled_episodes": 3, "official": dict(suite.official) if official else None,
+               "train_goals_per_class": suite.train_split_goals_per_class}
+    if suite.split != "test":  # absent for test: earlier records' requests stay equal
+        request["split"] = suite.split
+    return request
 
 
 def _checkpoint_sha256(checkpoint: Path) -> str | None:
@@ -334,7 +354,7 @@ def summary_line(point: dict) -> str:
     return text
 
 
-VALIDATION_RULE = ("highest post-adaptation success on the validation classes under the mean-action rule (the "
+VALIDATION_RULE = ("highest post-adaptation success on the validation classes (or goals) under the mean-action rule (the "
                    "official metric's rule); ties broken by the sampled rule, then by the mean-action post-adaptation "
                    "return; read at the suite's last iteration")
 
@@ -343,8 +363,10 @@ def cmd_choose(suite_name: str, suite: Suite) -> None:
     """Rank a validation suite's settings by VALIDATION_RULE (fixed before any run) from SUITE.json;
     writes benchmarks/results/SUITE-choice.json."""
     classes = dict(zip(suite.flags, suite.flags[1:])).get("--validation_classes")
-    if classes is None:
-        raise SystemExit(f"choose: suite {suite_name} has no --validation_classes; only a validation suite chooses settings")
+    if classes is None and suite.split != "train":
+        raise SystemExit(f"choose: suite {suite_name} has no --validation_classes and meta-tests the test split; "
+                         "only a validation suite chooses settings")
+    expected_split = "validation classes" if classes else "train"
     results = _read_results(suite_name)
     rows = []
     for name, group in results["groups"].items():
@@ -352,8 +374,9 @@ def cmd_choose(suite_name: str, suite: Suite) -> None:
         if not final:
             continue
         point = final[0]
-        if not point["protocol"]["split"].startswith("validation classes"):
-            raise SystemExit(f"choose: {suite_name} {name} was meta-tested on {point['protocol']['split']}; expected its validation classes")
+        if not point["protocol"]["split"].startswith(expected_split):
+            raise SystemExit(f"choose: {suite_name} {name} was meta-tested on {point['protocol']['split']}; "
+                             f"expected {'its validation classes' if classes else 'the training goals never trained on'}")
         mean_rule = point["overall"]["mean_action"]
         rows.append({"group": name, "flags": group["flags"], "seeds": point["seeds"], "env_steps": point["env_steps"],
                      "post_mean_action": _estimate(point, "mean_action", "post"),
@@ -369,7 +392,7 @@ def cmd_choose(suite_name: str, suite: Suite) -> None:
                    and r["post_mean_action"]["ci95"][1] >= best["post_mean_action"]["ci95"][0]]
     write_report(f"{suite_name}-choice", {
         "command": f"python benchmarks/learning.py choose {suite_name}", "suite": suite.title, "rule": VALIDATION_RULE,
-        "validation_classes": classes, "test_classes_used": False, "chosen": best and best["group"],
+        "validation_classes": classes, "validation_split": suite.split, "test_classes_used": False, "chosen": best and best["group"],
         "intervals_overlapping_the_chosen": overlapping, "ranking": rows,
         "evaluated_with": results.get("eval_command"), "machine": results.get("machine")})
 

@@ -127,7 +127,7 @@ def evaluate_seed(checkpoint: Path, request: dict[str, Any]) -> dict[str, Any]:
     official = request["official"]
     report = evaluate_runs([StoragePath.parse(checkpoint)], EvalOptions(
         goals_per_class=request["goals_per_class"], num_sampled_episodes=request["sampled_episodes"],
-        official=official is not None, **(official or {})))
+        official=official is not None, split=request.get("split", "test"), **(official or {})))
     run = report["runs"][0]
     record: dict[str, Any] = {
         "iteration": run["iteration"], "env_steps": run["env_steps"], "request": request, "protocol": report["protocol"],
