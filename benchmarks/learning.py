@@ -326,7 +326,9 @@ def cmd_eval(suite_name: str, suite: Suite, groups: list[str], goals_per_class: 
                 request = eval_request(suite, iteration, goals_per_class)
                 checkpoint = (suite_points.initial_checkpoint(run_path, runs / "initial") if iteration == 0 else
                               run_path / "checkpoints" / f"checkpoint_{iteration:06d}.pt")
-                sha256 = _checkpoint_sha256(Path(checkpoint))
+                # Iteration 0's checkpoint is rewritten with the run's current config: its weights identify it.
+                sha256 = (suite_points.weights_sha256(Path(checkpoint)) if iteration == 0
+                          else _checkpoint_sha256(Path(checkpoint)))
                 if only_iterations is not None and iteration not in only_iterations or _is_done(
                         done.get((group_name, seed), []), iteration, request, sha256):
                     continue

@@ -52,6 +52,23 @@ def initial_checkpoint(run_path: Path, out_root: Path) -> Path:
         "task_sampler": {}})))
 
 
+def weights_sha256(checkpoint: Path) -> str:
+    """A checksum of a checkpoint's policy weights alone (names and bytes, in name order). The initial
+    checkpoint is written afresh and carries the run's config, whose run length changes as a run is
+    extended; its weights (seed and policy settings) do not, so they say whether it was measured."""
+    import hashlib
+
+    from metarl_ray.training.checkpoint import load_checkpoint
+    from metarl_ray.training.storage import StoragePath
+
+    digest = hashlib.sha256()
+    policy = load_checkpoint(StoragePath.parse(checkpoint))["learner"]["policy"]
+    for name in sorted(policy):
+        digest.update(name.encode())
+        digest.update(policy[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def training_time(run_path: Path, until_iteration: int | None = None) -> dict[str, float]:
     """Wall time and end-to-end env steps/s from the run's own per-iteration timings (so the gaps
     between sessions of a resumed run do not count), up to ``until_iteration``."""

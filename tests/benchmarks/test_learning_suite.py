@@ -96,3 +96,22 @@ def test_committed_state_never_goes_back_and_a_run_behind_it_is_refused(tmp_path
     with pytest.raises(SystemExit, match="at iteration 10, behind its committed state"):
         learning.restore_state(state, tmp_path / "old")
     assert learning.restore_state(state, tmp_path / "fresh") and learning.checkpoint_iterations(tmp_path / "fresh") == [30]
+
+
+def test_an_extended_runs_initial_point_is_recognised_as_measured(tmp_path):
+    """The initial checkpoint is rewritten with the run's config, whose num_epochs grows as a run is
+    extended: its file checksum changes, the checksum of its weights (what iteration 0 measures) does not."""
+    from metarl_ray.config import build_config
+    from metarl_ray.training.run_dir import write_config
+    from metarl_ray.training.storage import StoragePath
+
+    run = tmp_path / "runs" / "tiny-mlp-s0"
+    run.mkdir(parents=True)
+    digests = []
+    for num_epochs in (50, 60):
+        write_config(StoragePath.parse(run), build_config({"run": {"num_epochs": num_epochs, "seed": 3}}))
+        checkpoint = suite_points.initial_checkpoint(run, tmp_path / "runs" / "initial")
+        digests.append((learning._checkpoint_sha256(checkpoint), suite_points.weights_sha256(checkpoint)))
+    assert digests[0][0] != digests[1][0] and digests[0][1] == digests[1][1]
+    write_config(StoragePath.parse(run), build_config({"run": {"num_epochs": 60, "seed": 4}}))  # other weights
+    assert suite_points.weights_sha256(suite_points.initial_checkpoint(run, tmp_path / "runs" / "initial")) != digests[0][1]
