@@ -215,7 +215,7 @@ def cmd_compare() -> None:
         "adaptation on 10 sampled episodes; MAML adapts by one inner step, rl2 in its memory.",
         "Intervals pool seeds, then goals: a group with fewer seeds (see seeds) has an interval over goals of fewer "
         "seeds, blind to seed-to-seed spread; a difference inside the overlap of two intervals is not a finding.",
-        "At the defaults rl2 trains on trials of 10 episodes and is scored on an 11th (README, known gaps).",
+        "At the defaults rl2 trains on trials of 10 episodes and is scored on an 11th (docs/usage.md, known gaps).",
         "ML1 reach-v3 is one task class with 50 held-out goals; it says little about ML10's held-out task classes.",
     ]
     fig.tight_layout()
