@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install run test test-slow eval clean
+.PHONY: install run lint test test-slow eval clean
 
 $(BIN)/metarl: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,12 @@ install: $(BIN)/metarl
 run: install
 	$(BIN)/metarl train --env_name ML1 --task reach-v3 --test_mode --num_epochs 3 --run_name quickstart-$$(date +%Y%m%d-%H%M%S)
 
-test: install
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 test-slow: install

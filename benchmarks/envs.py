@@ -27,7 +27,6 @@ from pathlib import Path
 
 import mujoco
 import numpy as np
-
 from report import RESULTS, write_report  # benchmarks/report.py
 
 from metarl_ray.config import EnvConfig
@@ -103,11 +102,14 @@ def measure_class(env_name: str, task: object, repeats: int, steps: int, seed: i
     ratios = [s / f for s, f in zip(stock_times, fast_times)]
     ceiling_seconds = mj_step_seconds(fast, states)
     fast_seconds = statistics.median(fast_times) / steps
-    return {"stock_steps_per_s": round(steps / statistics.median(stock_times), 1),
-            "fast_steps_per_s": round(steps / statistics.median(fast_times), 1),
-            "speedup": round(statistics.median(ratios), 3), "speedup_min": round(min(ratios), 3),
-            "mj_step_ceiling_steps_per_s": round(1.0 / ceiling_seconds, 1),
-            "fast_fraction_of_ceiling": round(ceiling_seconds / fast_seconds, 3)}
+    return {
+        "stock_steps_per_s": round(steps / statistics.median(stock_times), 1),
+        "fast_steps_per_s": round(steps / statistics.median(fast_times), 1),
+        "speedup": round(statistics.median(ratios), 3),
+        "speedup_min": round(min(ratios), 3),
+        "mj_step_ceiling_steps_per_s": round(1.0 / ceiling_seconds, 1),
+        "fast_fraction_of_ceiling": round(ceiling_seconds / fast_seconds, 3),
+    }
 
 
 def mix_summary(per_class: dict[str, dict[str, float]], names: list[str]) -> dict[str, float]:
@@ -116,10 +118,16 @@ def mix_summary(per_class: dict[str, dict[str, float]], names: list[str]) -> dic
         return len(names) / sum(1.0 / per_class[name][key] for name in names)
 
     stock, fast, ceiling = rate("stock_steps_per_s"), rate("fast_steps_per_s"), rate("mj_step_ceiling_steps_per_s")
-    return {"num_classes": len(names), "stock_steps_per_s": round(stock, 1), "fast_steps_per_s": round(fast, 1),
-            "speedup": round(fast / stock, 3), "mj_step_ceiling_steps_per_s": round(ceiling, 1),
-            "fast_fraction_of_ceiling": round(fast / ceiling, 3), "stock_fraction_of_ceiling": round(stock / ceiling, 3),
-            "slowest_class_speedup": round(min(per_class[name]["speedup"] for name in names), 3)}
+    return {
+        "num_classes": len(names),
+        "stock_steps_per_s": round(stock, 1),
+        "fast_steps_per_s": round(fast, 1),
+        "speedup": round(fast / stock, 3),
+        "mj_step_ceiling_steps_per_s": round(ceiling, 1),
+        "fast_fraction_of_ceiling": round(fast / ceiling, 3),
+        "stock_fraction_of_ceiling": round(stock / ceiling, 3),
+        "slowest_class_speedup": round(min(per_class[name]["speedup"] for name in names), 3),
+    }
 
 
 def profile(tasks: dict[str, object], steps: int, top: int) -> None:
@@ -160,28 +168,42 @@ def main() -> int:
     for index, (name, task) in enumerate(sorted(tasks.items())):
         per_class[name] = measure_class(name, task, args.repeats, args.steps, seed=index)
         row = per_class[name]
-        print(f"{name:28s} stock {row['stock_steps_per_s']:7.0f}  fast {row['fast_steps_per_s']:7.0f}  "
-              f"x{row['speedup']:.2f} (min x{row['speedup_min']:.2f})  ceiling {row['mj_step_ceiling_steps_per_s']:7.0f}", flush=True)
-    summaries = {mix: mix_summary(per_class, names) for mix, names in mixes().items()
-                 if all(name in per_class for name in names)}
-    import metaworld  # noqa: F401
+        print(
+            f"{name:28s} stock {row['stock_steps_per_s']:7.0f}  fast {row['fast_steps_per_s']:7.0f}  "
+            f"x{row['speedup']:.2f} (min x{row['speedup_min']:.2f})  ceiling {row['mj_step_ceiling_steps_per_s']:7.0f}",
+            flush=True,
+        )
+    summaries = {
+        mix: mix_summary(per_class, names) for mix, names in mixes().items() if all(name in per_class for name in names)
+    }
     from importlib.metadata import version
+
+    import metaworld  # noqa: F401
 
     report = {
         "command": "python benchmarks/envs.py " + " ".join(sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.machine()},
         "versions": {p: version(p) for p in ("metaworld", "mujoco", "gymnasium", "numpy", "scipy")},
-        "setup": {"repeats": args.repeats, "steps_per_episode": args.steps, "actions": "uniform random in [-1, 1]",
-                  "goal": "the first MT50 (seed 0) goal of each class", "resets": "one per episode, timed"},
+        "setup": {
+            "repeats": args.repeats,
+            "steps_per_episode": args.steps,
+            "actions": "uniform random in [-1, 1]",
+            "goal": "the first MT50 (seed 0) goal of each class",
+            "resets": "one per episode, timed",
+        },
         "mixes": summaries,
-        "goals": {"mix_speedup_at_least": MIX_GOAL,
-                  "ML10_and_MT10_met": all(summaries[m]["speedup"] >= MIX_GOAL for m in ("ML10", "MT10") if m in summaries),
-                  "no_class_slower": all(row["speedup"] >= 1.0 for row in per_class.values())},
+        "goals": {
+            "mix_speedup_at_least": MIX_GOAL,
+            "ML10_and_MT10_met": all(summaries[m]["speedup"] >= MIX_GOAL for m in ("ML10", "MT10") if m in summaries),
+            "no_class_slower": all(row["speedup"] >= 1.0 for row in per_class.values()),
+        },
         "per_class": per_class,
-        "notes": ["Speed-ups are medians of paired stock/fast episode times; speedup_min is the worst pair.",
-                  "The ceiling times mj_step alone from states of the fast episode; it excludes mj_forward, "
-                  "mj_rnePostConstraint and resets, which both paths also run.",
-                  "Random actions rarely grasp; a policy that grasps more contacts can shift the balance."],
+        "notes": [
+            "Speed-ups are medians of paired stock/fast episode times; speedup_min is the worst pair.",
+            "The ceiling times mj_step alone from states of the fast episode; it excludes mj_forward, "
+            "mj_rnePostConstraint and resets, which both paths also run.",
+            "Random actions rarely grasp; a policy that grasps more contacts can shift the balance.",
+        ],
     }
     write_report("envs", report, Path(args.output))
     return 0

@@ -38,20 +38,22 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from report import write_report  # benchmarks/report.py
 from torch.utils._pytree import tree_leaves, tree_map_only
 
-from report import write_report  # benchmarks/report.py
-
-from metarl_ray.training.batch import EpisodeBatch, TaskRollouts
 from metarl_ray.config import build_config
+from metarl_ray.training.batch import EpisodeBatch, TaskRollouts
 
 CACHE = Path(__file__).parent / "runs" / "learner_rollouts.pkl"
 PROJECTED_CORES = (8, 32, 128)
 
 
 def ml10_config(policy_type: str = "mlp", **learner):
-    overrides = {"env": {"benchmark": "ML10", "task": None}, "maml": {"num_tasks": 20},
-                 "policy": {"policy_type": policy_type}}
+    overrides = {
+        "env": {"benchmark": "ML10", "task": None},
+        "maml": {"num_tasks": 20},
+        "policy": {"policy_type": policy_type},
+    }
     scan = learner.pop("ssm_scan", None)
     if scan:
         overrides["policy"]["ssm_scan"] = scan
@@ -85,10 +87,14 @@ def relabel_for(rollouts: list[TaskRollouts], policy) -> list[TaskRollouts]:
 
     def relabel(batch: EpisodeBatch) -> EpisodeBatch:
         with torch.no_grad():
-            lp = log_prob(policy, dict(policy.named_parameters()), torch.tensor(batch.observations), torch.tensor(batch.actions))
+            lp = log_prob(
+                policy, dict(policy.named_parameters()), torch.tensor(batch.observations), torch.tensor(batch.actions)
+            )
         return replace(batch, log_probs=lp.numpy())
 
-    return [replace(task, support=tuple(relabel(b) for b in task.support), query=relabel(task.query)) for task in rollouts]
+    return [
+        replace(task, support=tuple(relabel(b) for b in task.support), query=relabel(task.query)) for task in rollouts
+    ]
 
 
 def load_rollouts(policy_type: str, config) -> list[TaskRollouts]:
@@ -118,8 +124,11 @@ def measure(spec: dict) -> dict:
         started = time.perf_counter()
         learner.update(rollouts)
         times.append(time.perf_counter() - started)
-    return {"learn_s": [round(t, 3) for t in times], "learn_s_min": round(min(times), 3),
-            "peak_memory_mb": round(_peak_rss_mb() - base_rss_mb, 1)}
+    return {
+        "learn_s": [round(t, 3) for t in times],
+        "learn_s_min": round(min(times), 3),
+        "peak_memory_mb": round(_peak_rss_mb() - base_rss_mb, 1),
+    }
 
 
 def measure_group(config, rollouts, repeats: int) -> dict:
@@ -176,8 +185,13 @@ def child_env(allocator: bool) -> dict[str, str]:
 
 
 def run_child(spec: dict) -> dict:
-    result = subprocess.run([sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True, text=True,
-                            cwd=Path(__file__).parent, env=child_env(spec.get("allocator", True)))
+    result = subprocess.run(
+        [sys.executable, __file__, "--measure", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent,
+        env=child_env(spec.get("allocator", True)),
+    )
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-3000:])
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -224,8 +238,8 @@ def per_task_meta_gradient_ms(rounds: int = 7) -> dict:
     machine's speed drifts): the figure is each one's fastest round."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from metarl_ray.training.learner import Learner
     from metarl_ray.algorithms.maml_ppo import TaskTensors
+    from metarl_ray.training.learner import Learner
 
     torch.set_num_threads(2)
     steps = {}
@@ -253,8 +267,11 @@ def per_task_meta_gradient_ms(rounds: int = 7) -> dict:
         with FlopCounterMode(display=False) as counter:
             step()
         ms = best[name] * 1e3
-        results[name] = {"ms": round(ms, 1), "matmul_gflop": round(counter.get_total_flops() / 1e9, 3),
-                         "achieved_gflop_per_s": round(counter.get_total_flops() / ms / 1e6, 1)}
+        results[name] = {
+            "ms": round(ms, 1),
+            "matmul_gflop": round(counter.get_total_flops() / 1e9, 3),
+            "achieved_gflop_per_s": round(counter.get_total_flops() / ms / 1e6, 1),
+        }
     for name in ("mlp", "ssm_adjoint_scan"):
         results[name]["time_by_op"] = time_by_op(steps[name], best[name] * 1e3)
     for name in steps:
@@ -301,21 +318,28 @@ def time_by_op(step, step_ms: float, rounds: int = 5) -> dict:
     matmul_ms = sum(per_op_ms.get(op, 0.0) for op in MATMUL_OPS)
     with FlopCounterMode(display=False) as counter:
         step()
-    matmul_flops = sum(n for op, n in counter.get_flop_counts()["Global"].items()
-                       if getattr(op, "__name__", str(op)) in MATMUL_OPS)
+    matmul_flops = sum(
+        n for op, n in counter.get_flop_counts()["Global"].items() if getattr(op, "__name__", str(op)) in MATMUL_OPS
+    )
     others = sorted(((op, ms) for op, ms in per_op_ms.items() if op not in MATMUL_OPS), key=lambda item: -item[1])
     replay_ms = replay_matmuls(timers[0].matmul_calls)
     # Two timings of the same matmuls: inside the step under the mode, and replayed alone. Neither is
     # exact (the mode adds per-op overhead; the replay loses whatever the step left in cache), so the
     # faster one stands for what these matmuls cost here.
     alone_ms = min(replay_ms, matmul_ms)
-    return {"step_ms": round(step_ms, 1), "ops_sum_ms": round(ops_ms, 1), "matmul_ms": round(matmul_ms, 1),
-            "matmul_gflop_per_s_inside_the_step": round(matmul_flops / matmul_ms / 1e6, 1),
-            "matmul_calls": len(timers[0].matmul_calls), "matmul_replay_ms": round(replay_ms, 1),
-            "matmul_replay_gflop_per_s": round(matmul_flops / replay_ms / 1e6, 1),
-            "matmul_alone_ms": round(alone_ms, 1), "matmul_alone_share_of_step": round(alone_ms / step_ms, 3),
-            "other_ops_ms": round(ops_ms - matmul_ms, 1),
-            "largest_other_ops_ms": {op: round(ms, 2) for op, ms in others[:8]}}
+    return {
+        "step_ms": round(step_ms, 1),
+        "ops_sum_ms": round(ops_ms, 1),
+        "matmul_ms": round(matmul_ms, 1),
+        "matmul_gflop_per_s_inside_the_step": round(matmul_flops / matmul_ms / 1e6, 1),
+        "matmul_calls": len(timers[0].matmul_calls),
+        "matmul_replay_ms": round(replay_ms, 1),
+        "matmul_replay_gflop_per_s": round(matmul_flops / replay_ms / 1e6, 1),
+        "matmul_alone_ms": round(alone_ms, 1),
+        "matmul_alone_share_of_step": round(alone_ms / step_ms, 3),
+        "other_ops_ms": round(ops_ms - matmul_ms, 1),
+        "largest_other_ops_ms": {op: round(ms, 2) for op, ms in others[:8]},
+    }
 
 
 class _Layout:
@@ -337,7 +361,9 @@ def replay_matmuls(calls: list, rounds: int = 15) -> float:
     buffers where the step's operands shared storage, no autograd and no other op between them: the best
     of ``rounds`` wall times, ms. What these calls cost on this CPU without the rest of the step."""
     extents: dict[tuple, int] = {}
-    for layout in (leaf for _, args, kwargs in calls for leaf in tree_leaves((args, kwargs)) if isinstance(leaf, _Layout)):
+    for layout in (
+        leaf for _, args, kwargs in calls for leaf in tree_leaves((args, kwargs)) if isinstance(leaf, _Layout)
+    ):
         key = (layout.storage, layout.dtype)
         extents[key] = max(extents.get(key, 0), layout.extent())
     buffers = {key: torch.randn(n, dtype=key[1]) for key, n in extents.items()}
@@ -359,7 +385,10 @@ def replay_matmuls(calls: list, rounds: int = 15) -> float:
 def matmul_peak_gflop_per_s() -> dict:
     torch.set_num_threads(2)
     out = {}
-    for name, (m, k, n) in {"5000x128x128 (the MLP's hidden layer)": (5000, 128, 128), "2048x2048x2048": (2048, 2048, 2048)}.items():
+    for name, (m, k, n) in {
+        "5000x128x128 (the MLP's hidden layer)": (5000, 128, 128),
+        "2048x2048x2048": (2048, 2048, 2048),
+    }.items():
         a, b = torch.randn(m, k), torch.randn(k, n)
         a @ b
         repeats, best = max(3, int(2e9 / (2 * m * k * n))), float("inf")
@@ -379,23 +408,32 @@ def where_the_time_goes(per_task: dict, peak: dict) -> dict:
     out = {}
     for name in ("mlp", "ssm_adjoint_scan"):
         by_op = per_task[name]["time_by_op"]
-        out[name] = {**by_op,
-                     "matmul_share_of_ops": round(by_op["matmul_ms"] / by_op["ops_sum_ms"], 3),
-                     "matmul_share_of_step_upper": round(min(1.0, by_op["matmul_ms"] / by_op["step_ms"]), 3),
-                     "matmul_gflop_per_s_over_5000x128x128_peak": round(
-                         by_op["matmul_gflop_per_s_inside_the_step"] / hidden_peak, 3),
-                     "matmul_replay_gflop_per_s_over_5000x128x128_peak": round(
-                         by_op["matmul_replay_gflop_per_s"] / hidden_peak, 3)}
+        out[name] = {
+            **by_op,
+            "matmul_share_of_ops": round(by_op["matmul_ms"] / by_op["ops_sum_ms"], 3),
+            "matmul_share_of_step_upper": round(min(1.0, by_op["matmul_ms"] / by_op["step_ms"]), 3),
+            "matmul_gflop_per_s_over_5000x128x128_peak": round(
+                by_op["matmul_gflop_per_s_inside_the_step"] / hidden_peak, 3
+            ),
+            "matmul_replay_gflop_per_s_over_5000x128x128_peak": round(
+                by_op["matmul_replay_gflop_per_s"] / hidden_peak, 3
+            ),
+        }
     out["ssm_matmul_alone_over_mlp_step"] = round(
-        per_task["ssm_adjoint_scan"]["time_by_op"]["matmul_alone_ms"] / per_task["mlp"]["ms"], 2)
+        per_task["ssm_adjoint_scan"]["time_by_op"]["matmul_alone_ms"] / per_task["mlp"]["ms"], 2
+    )
     out["reading"] = (
-        "Timed under the dispatch mode every op runs slower (ops_sum_ms > step_ms: cache and per-op overhead), so the "
-        "matmuls' share of the plain step is estimated as matmul_share_of_ops (every op slowed alike) and bounded above "
-        "by matmul_share_of_step_upper (the matmuls alone slowed by nothing). The matmuls' FLOP/s inside the step are from the mode's timings, so low. "
-        "matmul_replay_ms is measured without the mode: the step's matmuls alone (same sizes, strides, order and shared "
-        "buffers; no autograd, no other op). matmul_alone_ms is the faster of matmul_ms and matmul_replay_ms, so "
+        "Timed under the dispatch mode every op runs slower (ops_sum_ms > step_ms: cache and per-op overhead), so "
+        "the matmuls' share of the plain step is estimated as matmul_share_of_ops (every op slowed alike) and bounded "
+        "above "
+        "by matmul_share_of_step_upper (the matmuls alone slowed by nothing). The matmuls' FLOP/s inside the step "
+        "are from the mode's timings, so low. "
+        "matmul_replay_ms is measured without the mode: the step's matmuls alone (same sizes, strides, order and "
+        "shared buffers; no autograd, no other op). matmul_alone_ms is the faster of matmul_ms and matmul_replay_ms, "
+        "so "
         "matmul_alone_share_of_step estimates the floor of any speed-up that keeps these matmuls on this CPU, and "
-        "ssm_matmul_alone_over_mlp_step the floor of the SSM's per-task ratio to the MLP at these sizes.")
+        "ssm_matmul_alone_over_mlp_step the floor of the SSM's per-task ratio to the MLP at these sizes."
+    )
     return out
 
 
@@ -407,9 +445,13 @@ def projection(env_steps: int, steps_per_s_per_core: float, learn_s: dict[str, f
     out = {}
     for cores in PROJECTED_CORES:
         sample_s = env_steps / (cores * steps_per_s_per_core * 0.83)
-        out[str(cores)] = {"sample_s": round(sample_s, 2), **{
-            name: {"iteration_s": round(sample_s + s, 2), "learner_share": round(s / (sample_s + s), 3)}
-            for name, s in learn_s.items()}}
+        out[str(cores)] = {
+            "sample_s": round(sample_s, 2),
+            **{
+                name: {"iteration_s": round(sample_s + s, 2), "learner_share": round(s / (sample_s + s), 3)}
+                for name, s in learn_s.items()
+            },
+        }
     return out
 
 
@@ -417,9 +459,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--per_task_only", action="store_true",
-                        help="print only the per-task meta-gradient figures and the matmul peak (writes no report; "
-                             "collects the rollout cache first if it is missing)")
+    parser.add_argument(
+        "--per_task_only",
+        action="store_true",
+        help="print only the per-task meta-gradient figures and the matmul peak (writes no report; "
+        "collects the rollout cache first if it is missing)",
+    )
     args = parser.parse_args()
     if args.measure:
         spec = json.loads(args.measure)
@@ -429,12 +474,21 @@ def main() -> None:
             print(json.dumps(measure(spec)))
         return
     if not CACHE.is_file():
-        print("collecting real ML10 rollouts (20 tasks x 10 episodes x 500 steps x 2 phases) ...", file=sys.stderr, flush=True)
+        print(
+            "collecting real ML10 rollouts (20 tasks x 10 episodes x 500 steps x 2 phases) ...",
+            file=sys.stderr,
+            flush=True,
+        )
         CACHE.parent.mkdir(parents=True, exist_ok=True)
         CACHE.write_bytes(pickle.dumps(collect_rollouts()))
     if args.per_task_only:
         child = run_child({"name": "per_task_meta_gradient", "per_task": True})
-        print(json.dumps({**child, "where_the_per_task_time_goes": where_the_time_goes(child["per_task"], child["peak"])}, indent=2))
+        print(
+            json.dumps(
+                {**child, "where_the_per_task_time_goes": where_the_time_goes(child["per_task"], child["peak"])},
+                indent=2,
+            )
+        )
         return
     cached = pickle.loads(CACHE.read_bytes())
     repeats = args.repeats
@@ -457,8 +511,13 @@ def main() -> None:
     ]
     learner_time: dict[str, dict[str, dict]] = {"mlp": {}, "ssm": {}}
     for policy_type, name, learner, allocator in specs:
-        spec = {"name": f"{policy_type}/{name}", "policy_type": policy_type, "learner": learner, "repeats": repeats,
-                "allocator": allocator}
+        spec = {
+            "name": f"{policy_type}/{name}",
+            "policy_type": policy_type,
+            "learner": learner,
+            "repeats": repeats,
+            "allocator": allocator,
+        }
         learner_time[policy_type][name] = run_child(spec)
     ratios = {}
     for policy_type, results in learner_time.items():
@@ -467,37 +526,57 @@ def main() -> None:
     child = run_child({"name": "per_task_meta_gradient", "per_task": True})
     per_task, peak = child["per_task"], child["peak"]
     where = where_the_time_goes(per_task, peak)
-    learn_s = {f"{p}_{n}": learner_time[p][n]["learn_s_min"] for p in ("mlp", "ssm") for n in ("reference", "new_default", "two_learners")}
+    learn_s = {
+        f"{p}_{n}": learner_time[p][n]["learn_s_min"]
+        for p in ("mlp", "ssm")
+        for n in ("reference", "new_default", "two_learners")
+    }
     report = {
         "command": "python benchmarks/learner.py " + " ".join(sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
-        "setup": {"benchmark": "ML10", "num_tasks": 20, "episodes_per_task": 10, "max_episode_length": 500,
-                  "num_ppo_epochs": 5, "num_inner_steps": 1, "second_order": True, "repeats": repeats,
-                  "data": "real ML10 rollouts, sampled once with the initial MLP (log-probs relabelled for the SSM)",
-                  "env_steps_per_iteration": cached["env_steps"]},
+        "setup": {
+            "benchmark": "ML10",
+            "num_tasks": 20,
+            "episodes_per_task": 10,
+            "max_episode_length": 500,
+            "num_ppo_epochs": 5,
+            "num_inner_steps": 1,
+            "second_order": True,
+            "repeats": repeats,
+            "data": "real ML10 rollouts, sampled once with the initial MLP (log-probs relabelled for the SSM)",
+            "env_steps_per_iteration": cached["env_steps"],
+        },
         "learner_time_per_iteration_s": learner_time,
         "ratio_to_reference": ratios,
         "per_task_second_order_meta_gradient": per_task,
         "matmul_peak_gflop_per_s_same_run": peak,
         "mlp_reference_fraction_of_matmul_peak": round(
-            per_task["mlp"]["achieved_gflop_per_s"] / peak["5000x128x128 (the MLP's hidden layer)"], 3),
+            per_task["mlp"]["achieved_gflop_per_s"] / peak["5000x128x128 (the MLP's hidden layer)"], 3
+        ),
         "where_the_per_task_time_goes": where,
         "collection_steps_per_s_one_core": round(cached["steps_per_s_one_core"], 1),
-        "projection": {"model": projection.__doc__.strip().replace("\n    ", " "),
-                       "by_rollout_cores": projection(cached["env_steps"], cached["steps_per_s_one_core"], learn_s)},
-        "goals": {"ssm_new_default_le_0.4x_reference": ratios["ssm"]["new_default"] <= 0.4,
-                  "ssm_new_default_le_0.4x_reference_same_allocator": ratios["ssm"]["new_default"] <= 0.4 * ratios["ssm"]["reference_same_allocator"],
-                  "mlp_new_default_le_0.7x_reference": ratios["mlp"]["new_default"] <= 0.7,
-                  "mlp_new_default_le_0.7x_reference_same_allocator": ratios["mlp"]["new_default"] <= 0.7 * ratios["mlp"]["reference_same_allocator"],
-                  "ssm_per_task_le_2x_mlp": per_task["ssm_over_mlp"] <= 2.0},
+        "projection": {
+            "model": projection.__doc__.strip().replace("\n    ", " "),
+            "by_rollout_cores": projection(cached["env_steps"], cached["steps_per_s_one_core"], learn_s),
+        },
+        "goals": {
+            "ssm_new_default_le_0.4x_reference": ratios["ssm"]["new_default"] <= 0.4,
+            "ssm_new_default_le_0.4x_reference_same_allocator": ratios["ssm"]["new_default"]
+            <= 0.4 * ratios["ssm"]["reference_same_allocator"],
+            "mlp_new_default_le_0.7x_reference": ratios["mlp"]["new_default"] <= 0.7,
+            "mlp_new_default_le_0.7x_reference_same_allocator": ratios["mlp"]["new_default"]
+            <= 0.7 * ratios["mlp"]["reference_same_allocator"],
+            "ssm_per_task_le_2x_mlp": per_task["ssm_over_mlp"] <= 2.0,
+        },
         "floors": {
             "mlp_per_task_matmuls_alone_over_its_step": where["mlp"]["matmul_alone_share_of_step"],
             "ssm_per_task_matmuls_alone_over_mlp_step": where["ssm_matmul_alone_over_mlp_step"],
             "ssm_norm_gelu_scan_free_over_mlp_step": per_task[f"{FREE_VARIANT}_over_mlp"],
-            "reading": "Estimates, not bounds. The MLP's new default runs the reference's matmuls (per task on a CPU), so its "
-                       "ratio to the reference can fall to about the first figure on this CPU at best (if the reference's step "
-                       "equals the new default's). The SSM's per-task ratio to the MLP can fall to about the second at these "
-                       "sizes at best, and with its norms, GELUs and scans nearly free it is the third.",
+            "reading": "Estimates, not bounds. The MLP's new default runs the reference's matmuls (per task on a CPU), "
+            "so its ratio to the reference can fall to about the first figure on this CPU at best (if the reference's "
+            "step "
+            "equals the new default's). The SSM's per-task ratio to the MLP can fall to about the second at these "
+            "sizes at best, and with its norms, GELUs and scans nearly free it is the third.",
         },
     }
     write_report("learner", report)

@@ -26,7 +26,6 @@ import time
 
 import numpy as np
 import torch
-
 from report import write_report  # benchmarks/report.py
 
 from metarl_ray.config import LearnerConfig, MAMLConfig, MetaLearnerConfig, PolicyConfig, PPOConfig, TrainConfig
@@ -44,20 +43,32 @@ def synthetic_tasks(num_tasks: int, seed: int = 0) -> list[TaskTrials]:
     tasks = []
     for slot in range(num_tasks):
         shape = (TRIALS_PER_TASK, length)
-        batch = TrialBatch(rng.standard_normal((*shape, OBS_DIM), dtype=np.float32),
-                           rng.standard_normal((*shape, ACTION_DIM), dtype=np.float32),
-                           rng.uniform(0, 10, shape).astype(np.float32), -rng.uniform(0, 4, shape).astype(np.float32),
-                           rng.standard_normal(shape, dtype=np.float32),
-                           np.zeros((TRIALS_PER_TASK, EPISODES_PER_TRIAL), bool), EPISODE)
+        batch = TrialBatch(
+            rng.standard_normal((*shape, OBS_DIM), dtype=np.float32),
+            rng.standard_normal((*shape, ACTION_DIM), dtype=np.float32),
+            rng.uniform(0, 10, shape).astype(np.float32),
+            -rng.uniform(0, 4, shape).astype(np.float32),
+            rng.standard_normal(shape, dtype=np.float32),
+            np.zeros((TRIALS_PER_TASK, EPISODES_PER_TRIAL), bool),
+            EPISODE,
+        )
         tasks.append(TaskTrials(slot, "reach-v3", slot, batch))
     return tasks
 
 
 def learner_for(memory: str, settings: dict) -> Learner:
-    config = TrainConfig(policy=PolicyConfig(policy_type=memory),
-                         meta_learner=MetaLearnerConfig(algorithm="rl2", **settings))
-    return Learner(config.policy, MAMLConfig(), PPOConfig(), seed=0, device="cpu", learner_config=LearnerConfig(),
-                   meta_learner_config=config.meta_learner)
+    config = TrainConfig(
+        policy=PolicyConfig(policy_type=memory), meta_learner=MetaLearnerConfig(algorithm="rl2", **settings)
+    )
+    return Learner(
+        config.policy,
+        MAMLConfig(),
+        PPOConfig(),
+        seed=0,
+        device="cpu",
+        learner_config=LearnerConfig(),
+        meta_learner_config=config.meta_learner,
+    )
 
 
 def main() -> int:
@@ -79,20 +90,36 @@ def main() -> int:
                     times[memory].append(time.perf_counter() - started)
                     steps[memory] = int(metrics["learner/optimizer_steps"])
             ssm_s, gru_s = (statistics.median(times[m]) for m in ("ssm", "gru"))
-            row = {"benchmark": benchmark, "settings": label, "env_steps_per_iteration": len(tasks) * TRIALS_PER_TASK
-                   * EPISODES_PER_TRIAL * EPISODE, "optimizer_steps": steps["ssm"], "ssm_s": round(ssm_s, 2),
-                   "gru_s": round(gru_s, 2), "gru_over_ssm": round(gru_s / ssm_s, 2),
-                   "samples_s": {m: [round(t, 2) for t in ts] for m, ts in times.items()}}
+            row = {
+                "benchmark": benchmark,
+                "settings": label,
+                "env_steps_per_iteration": len(tasks) * TRIALS_PER_TASK * EPISODES_PER_TRIAL * EPISODE,
+                "optimizer_steps": steps["ssm"],
+                "ssm_s": round(ssm_s, 2),
+                "gru_s": round(gru_s, 2),
+                "gru_over_ssm": round(gru_s / ssm_s, 2),
+                "samples_s": {m: [round(t, 2) for t in ts] for m, ts in times.items()},
+            }
             rows.append(row)
-            print(f"{benchmark:5s} {label:21s} {row['optimizer_steps']:3d} steps | SSM {ssm_s:6.2f} s | GRU {gru_s:6.2f} s"
-                  f" | GRU/SSM {row['gru_over_ssm']:.2f}", flush=True)
+            print(
+                f"{benchmark:5s} {label:21s} {row['optimizer_steps']:3d} steps | SSM {ssm_s:6.2f} s "
+                f"| GRU {gru_s:6.2f} s | GRU/SSM {row['gru_over_ssm']:.2f}",
+                flush=True,
+            )
     report = {
-        "what": "RL² learner time per iteration (Learner.update), SSM vs GRU memory, defaults vs the whole-trial update",
+        "what": "RL² learner time per iteration (Learner.update), SSM vs GRU memory, "
+        "defaults vs the whole-trial update",
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        },
         "rows": rows,
-        "does_not_show": "rollout time (simulation dominates an iteration's wall-clock), GPU timings, or learning quality",
+        "does_not_show": "rollout time (simulation dominates an iteration's wall-clock), GPU timings, "
+        "or learning quality",
     }
     write_report("rl2_learner", report)
     return 0

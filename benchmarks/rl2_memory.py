@@ -23,7 +23,6 @@ import sys
 
 import numpy as np
 import torch
-
 from report import write_report  # benchmarks/report.py
 
 from metarl_ray.algorithms.rl2 import InContextMemory
@@ -45,14 +44,17 @@ def probe_run(location: str, split: str, goals_per_class: int) -> dict:
     run = load_run(checkpoints[0])
     config = run.config
     if not config.meta_learner.in_context:
-        raise ConfigError(f"--checkpoint={location!r}: a {config.meta_learner.algorithm} run; the probe is for rl2 runs")
-    worker = RolloutWorker(config.env, config.policy, config.maml, config.ppo, seed=run.seed,
-                           meta_learner_config=config.meta_learner)
+        raise ConfigError(
+            f"--checkpoint={location!r}: a {config.meta_learner.algorithm} run; the probe is for rl2 runs"
+        )
+    worker = RolloutWorker(
+        config.env, config.policy, config.maml, config.ppo, seed=run.seed, meta_learner_config=config.meta_learner
+    )
     params = params_from_numpy(run.meta_params)
     specs = goal_specs(run, goals_per_class, split)
     scores = {"before": [], "reset": [], "carried": []}
     for start in range(0, len(specs), GOALS_PER_BATCH):
-        batch = specs[start:start + GOALS_PER_BATCH]
+        batch = specs[start : start + GOALS_PER_BATCH]
         envs = worker._envs_for(batch)
         per_env = [params] * len(batch)
         rngs = _eval_rngs(batch, run.seed)
@@ -65,17 +67,32 @@ def probe_run(location: str, split: str, goals_per_class: int) -> dict:
         for name, trials in (("before", before), ("carried", carried), ("reset", reset)):
             scores[name].extend(float(t.successes[0, 0]) for t in trials)
     classes = sorted({spec.env_name for spec in specs})
-    by_class = {name: np.array([[s for spec, s in zip(specs, values) if spec.env_name == c] for c in classes])
-                for name, values in scores.items()}  # (classes, goals)
-    return {"checkpoint": str(checkpoints[0]), "seed": run.seed, "iteration": run.iteration, "env_steps": run.env_steps,
-            "policy_type": config.policy.policy_type, "classes": classes, "scores": by_class}
+    by_class = {
+        name: np.array([[s for spec, s in zip(specs, values) if spec.env_name == c] for c in classes])
+        for name, values in scores.items()
+    }  # (classes, goals)
+    return {
+        "checkpoint": str(checkpoints[0]),
+        "seed": run.seed,
+        "iteration": run.iteration,
+        "env_steps": run.env_steps,
+        "policy_type": config.policy.policy_type,
+        "classes": classes,
+        "scores": by_class,
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", nargs="+", required=True, help="runs (seeds of one setting) or checkpoint files")
-    parser.add_argument("--split", default="train", choices=EVAL_SPLITS,
-                        help="train: the training classes' unseen goals (for choosing settings); test: held-out classes")
+    parser.add_argument(
+        "--checkpoint", nargs="+", required=True, help="runs (seeds of one setting) or checkpoint files"
+    )
+    parser.add_argument(
+        "--split",
+        default="train",
+        choices=EVAL_SPLITS,
+        help="train: the training classes' unseen goals (for choosing settings); test: held-out classes",
+    )
     parser.add_argument("--goals_per_class", type=int, default=50)
     parser.add_argument("--output", default="rl2_memory")
     args = parser.parse_args()
@@ -95,7 +112,9 @@ def main() -> int:
     report = {
         "what": "post-adaptation success (mean action) with the memory carried from the adaptation trial vs reset",
         "command": " ".join(["python", *sys.argv]),
-        "split": args.split, "goals_per_class": args.goals_per_class, "adaptation_episodes": ADAPTATION_EPISODES,
+        "split": args.split,
+        "goals_per_class": args.goals_per_class,
+        "adaptation_episodes": ADAPTATION_EPISODES,
         "runs": [{key: value for key, value in run.items() if key != "scores"} for run in runs],
         "figures": figures,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},

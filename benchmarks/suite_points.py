@@ -31,10 +31,25 @@ JOURNAL_WINDOW = 5  # training iterations averaged for a checkpoint's journal fi
 def machine() -> dict[str, Any]:
     import torch
 
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else platform.processor()
-    return {"cpu": model, "cpus": os.cpu_count(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "python": platform.python_version(), "torch": torch.__version__}
+    model = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").is_file()
+        else platform.processor()
+    )
+    return {
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
 
 
 def initial_checkpoint(run_path: Path, out_root: Path) -> Path:
@@ -45,11 +60,25 @@ def initial_checkpoint(run_path: Path, out_root: Path) -> Path:
     from metarl_ray.training.run_dir import read_config_dict
 
     config = config_from_dict(read_config_dict(run_path))
-    learner = Learner(config.policy, config.maml, config.ppo, config.run.seed, "cpu", meta_learner_config=config.meta_learner)
+    learner = Learner(
+        config.policy, config.maml, config.ppo, config.run.seed, "cpu", meta_learner_config=config.meta_learner
+    )
     # Written afresh every time (milliseconds): a run recreated under the same name has new settings.
-    return Path(str(save_checkpoint(out_root / run_path.name, 0, {
-        "iteration": 0, "env_steps_total": 0, "config": config.to_dict(), "learner": learner.state_dict(),
-        "task_sampler": {}})))
+    return Path(
+        str(
+            save_checkpoint(
+                out_root / run_path.name,
+                0,
+                {
+                    "iteration": 0,
+                    "env_steps_total": 0,
+                    "config": config.to_dict(),
+                    "learner": learner.state_dict(),
+                    "task_sampler": {},
+                },
+            )
+        )
+    )
 
 
 def weights_sha256(checkpoint: Path) -> str:
@@ -79,10 +108,14 @@ def training_time(run_path: Path, until_iteration: int | None = None) -> dict[st
         return {"iterations": 0, "env_steps": 0, "wall_h": 0.0}
     seconds = sum(row["time/iteration_s"] for row in rows)
     steps = rows[-1]["rollout/env_steps_total"]
-    return {"iterations": rows[-1]["iteration"], "env_steps": steps, "wall_h": round(seconds / 3600, 3),
-            "env_steps_per_s": round(steps / seconds, 1),
-            "sample_s_per_iteration": round(sum(r["time/sample_s"] for r in rows) / len(rows), 1),
-            "learn_s_per_iteration": round(sum(r["time/learn_s"] for r in rows) / len(rows), 1)}
+    return {
+        "iterations": rows[-1]["iteration"],
+        "env_steps": steps,
+        "wall_h": round(seconds / 3600, 3),
+        "env_steps_per_s": round(steps / seconds, 1),
+        "sample_s_per_iteration": round(sum(r["time/sample_s"] for r in rows) / len(rows), 1),
+        "learn_s_per_iteration": round(sum(r["time/learn_s"] for r in rows) / len(rows), 1),
+    }
 
 
 def journal_success(run_path: Path, iteration: int) -> dict[str, Any] | None:
@@ -93,9 +126,11 @@ def journal_success(run_path: Path, iteration: int) -> dict[str, Any] | None:
     rows = [r for r in read_metrics(run_path) if iteration - JOURNAL_WINDOW < r["iteration"] <= iteration]
     if not rows:
         return None
-    return {"pre": round(float(np.mean([r["pre_adapt/success"] for r in rows])), 4),
-            "post": round(float(np.mean([r["post_adapt/success"] for r in rows])), 4),
-            "iterations": [rows[0]["iteration"], rows[-1]["iteration"]]}
+    return {
+        "pre": round(float(np.mean([r["pre_adapt/success"] for r in rows])), 4),
+        "post": round(float(np.mean([r["post_adapt/success"] for r in rows])), 4),
+        "iterations": [rows[0]["iteration"], rows[-1]["iteration"]],
+    }
 
 
 def goal_columns(goals: list[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -142,22 +177,42 @@ def evaluate_seed(checkpoint: Path, request: dict[str, Any]) -> dict[str, Any]:
 
     started = time.perf_counter()
     official = request["official"]
-    report = evaluate_runs([StoragePath.parse(checkpoint)], EvalOptions(
-        goals_per_class=request["goals_per_class"], num_sampled_episodes=request["sampled_episodes"],
-        official=official is not None, split=request.get("split", "test"), **(official or {})))
+    report = evaluate_runs(
+        [StoragePath.parse(checkpoint)],
+        EvalOptions(
+            goals_per_class=request["goals_per_class"],
+            num_sampled_episodes=request["sampled_episodes"],
+            official=official is not None,
+            split=request.get("split", "test"),
+            **(official or {}),
+        ),
+    )
     run = report["runs"][0]
     record: dict[str, Any] = {
-        "iteration": run["iteration"], "env_steps": run["env_steps"], "request": request, "protocol": report["protocol"],
+        "iteration": run["iteration"],
+        "env_steps": run["env_steps"],
+        "request": request,
+        "protocol": report["protocol"],
         "goals": goal_columns(run["goals"]),
-        "official": None if run["success_rate_official"] is None else {
-            "success_rate": run["success_rate_official"], "mean_return": run["mean_return_official"],
-            "per_task": run["per_task_official"]},
+        "official": None
+        if run["success_rate_official"] is None
+        else {
+            "success_rate": run["success_rate_official"],
+            "mean_return": run["mean_return_official"],
+            "per_task": run["per_task_official"],
+        },
         "train_classes": None,
     }
     if request.get("train_goals_per_class"):
-        train = evaluate_runs([StoragePath.parse(checkpoint)], EvalOptions(
-            goals_per_class=request["train_goals_per_class"], num_sampled_episodes=request["sampled_episodes"],
-            official=False, split="train"))
+        train = evaluate_runs(
+            [StoragePath.parse(checkpoint)],
+            EvalOptions(
+                goals_per_class=request["train_goals_per_class"],
+                num_sampled_episodes=request["sampled_episodes"],
+                official=False,
+                split="train",
+            ),
+        )
         record["train_classes"] = {"protocol": train["protocol"], "goals": goal_columns(train["runs"][0]["goals"])}
     record["eval_wall_s"] = round(time.perf_counter() - started, 1)
     return record
@@ -184,9 +239,16 @@ def pool(records: dict[int, dict[str, Any]]) -> dict[str, Any]:
         raise ValueError(f"iteration {first['iteration']}: seeds {seeds} differ in env steps; expected one budget")
     direct = summarize_scores([goal_rows(records[s]["goals"]) for s in seeds])
     point: dict[str, Any] = {
-        "iteration": first["iteration"], "env_steps": first["env_steps"], "seeds": seeds, "request": first["request"],
-        "protocol": {**first["protocol"], "seeds": seeds}, **direct, "success_rate_official": None, "official": None,
-        "train_classes": None, "journal": None,
+        "iteration": first["iteration"],
+        "env_steps": first["env_steps"],
+        "seeds": seeds,
+        "request": first["request"],
+        "protocol": {**first["protocol"], "seeds": seeds},
+        **direct,
+        "success_rate_official": None,
+        "official": None,
+        "train_classes": None,
+        "journal": None,
         "wall_h": {str(s): records[s].get("training", {}).get("wall_h") for s in seeds},
         "eval_wall_s": round(sum(records[s]["eval_wall_s"] for s in seeds), 1),
     }
@@ -194,8 +256,12 @@ def pool(records: dict[int, dict[str, Any]]) -> dict[str, Any]:
         entry["success_rate_official"] = None
     if all(records[s]["official"] is not None for s in seeds):
         rates = [records[s]["official"]["success_rate"] for s in seeds]
-        point["official"] = {"per_seed": {str(s): r for s, r in zip(seeds, rates)}, **_over_seeds(rates),
-                             "interval": "Student t over seeds", "protocol": first["protocol"]["official"]}
+        point["official"] = {
+            "per_seed": {str(s): r for s, r in zip(seeds, rates)},
+            **_over_seeds(rates),
+            "interval": "Student t over seeds",
+            "protocol": first["protocol"]["official"],
+        }
         point["success_rate_official"] = point["official"]["mean"]
         for name, entry in point["per_task"].items():
             entry["success_rate_official"] = float(np.mean([records[s]["official"]["per_task"][name] for s in seeds]))
@@ -219,7 +285,9 @@ def pool_group(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     points = []
     for iteration in sorted(by_iteration):
         # The most seeds, then the most goals per class (None: every goal).
-        best = max(by_iteration[iteration].values(),
-                   key=lambda recs: (len(recs), len(goal_rows(next(iter(recs.values()))["goals"]))))
+        best = max(
+            by_iteration[iteration].values(),
+            key=lambda recs: (len(recs), len(goal_rows(next(iter(recs.values()))["goals"]))),
+        )
         points.append(pool(best))
     return points

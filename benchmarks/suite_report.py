@@ -50,16 +50,30 @@ def cmd_plot(suite_name: str, title: str) -> None:
             points = group["points"]
             seeds = max(len(p["seeds"]) for p in points)
             for phase, style in (("post", "-o"), ("pre", ":^")):
-                draw_curve(ax, name, points, rule, phase, style,
-                           f"{name}{'' if is_in_context(name) else ' MAML'} {phase}-adapt ({seeds} seed(s))")
+                draw_curve(
+                    ax,
+                    name,
+                    points,
+                    rule,
+                    phase,
+                    style,
+                    f"{name}{'' if is_in_context(name) else ' MAML'} {phase}-adapt ({seeds} seed(s))",
+                )
         ax.set_title(f"{held_out} goals, {rule.replace('_', ' ')} rule")
     for name, group in results["groups"].items():
         color = GROUP_COLORS.get(name)
-        official = [(p["env_steps"] / 1e6, p["success_rate_official"]) for p in group["points"] if p.get("success_rate_official") is not None]
+        official = [
+            (p["env_steps"] / 1e6, p["success_rate_official"])
+            for p in group["points"]
+            if p.get("success_rate_official") is not None
+        ]
         if official:
             axes[2].plot(*zip(*official), "-s", color=color, label=f"{name}: official (Meta-World's function)")
-        train = [(p["env_steps"] / 1e6, p["train_classes"]["overall"]["mean_action"]["post"]["mean"])
-                 for p in group["points"] if p.get("train_classes")]
+        train = [
+            (p["env_steps"] / 1e6, p["train_classes"]["overall"]["mean_action"]["post"]["mean"])
+            for p in group["points"]
+            if p.get("train_classes")
+        ]
         if train:
             axes[2].plot(*zip(*train), "--o", color=color, label=f"{name}: training classes, unseen goals, post")
         journal = [(p["env_steps"] / 1e6, p["journal"]["post"]) for p in group["points"] if p.get("journal")]
@@ -88,8 +102,10 @@ def _cell(entry: dict | None, key: str = "mean_ci95") -> str:
 def cmd_table(suite_name: str, groups: list[str] | None = None) -> None:
     """The curve as a Markdown table (what README.md shows), straight from SUITE.json; ``groups``: only these."""
     results = _read_results(suite_name)
-    print("| group | env steps | seeds | goals/class | post (mean action) | pre (mean action) | gain (mean action) "
-          "| post (sampled) | gain (sampled) | official | train classes pre → post | journal pre → post | train h |")
+    print(
+        "| group | env steps | seeds | goals/class | post (mean action) | pre (mean action) | gain (mean action) "
+        "| post (sampled) | gain (sampled) | official | train classes pre → post | journal pre → post | train h |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, group in results["groups"].items():
         if groups is not None and name not in groups:
@@ -97,18 +113,28 @@ def cmd_table(suite_name: str, groups: list[str] | None = None) -> None:
         for point in group["points"]:
             mean_rule, sampled = point["overall"]["mean_action"], point["overall"]["sampled"]
             goals = mean_rule["post"]["num_samples"] // len(point["seeds"]) // max(1, len(point["per_task"]))
-            official = point.get("official") or (None if point["success_rate_official"] is None else
-                                                 {"mean": point["success_rate_official"]})
+            official = point.get("official") or (
+                None if point["success_rate_official"] is None else {"mean": point["success_rate_official"]}
+            )
             train = point.get("train_classes")
-            train_cell = "" if not train else (f"{train['overall']['mean_action']['pre']['mean']:.2f} → "
-                                               f"{_cell(train['overall']['mean_action']['post'])}")
+            train_cell = (
+                ""
+                if not train
+                else (
+                    f"{train['overall']['mean_action']['pre']['mean']:.2f} → "
+                    f"{_cell(train['overall']['mean_action']['post'])}"
+                )
+            )
             journal = point.get("journal")
             journal_cell = "" if not journal else f"{journal['pre']:.2f} → {journal['post']:.2f}"
             hours = [h for h in (point.get("wall_h") or {}).values() if h is not None]
-            print(f"| {name} | {point['env_steps'] / 1e6:g}M | {len(point['seeds'])} | {goals} | {_cell(mean_rule['post'])} "
-                  f"| {_cell(mean_rule['pre'])} | {_cell(mean_rule['gain'])} | {_cell(sampled['post'])} "
-                  f"| {_cell(sampled['gain'])} | {_cell(official, 'ci95')} | {train_cell} | {journal_cell} "
-                  f"| {'' if not hours else f'{max(hours):.2f}'} |")
+            print(
+                f"| {name} | {point['env_steps'] / 1e6:g}M | {len(point['seeds'])} | {goals} "
+                f"| {_cell(mean_rule['post'])} "
+                f"| {_cell(mean_rule['pre'])} | {_cell(mean_rule['gain'])} | {_cell(sampled['post'])} "
+                f"| {_cell(sampled['gain'])} | {_cell(official, 'ci95')} | {train_cell} | {journal_cell} "
+                f"| {'' if not hours else f'{max(hours):.2f}'} |"
+            )
 
 
 IN_CONTEXT_GROUPS = ("rl2-ssm", "rl2-gru")
@@ -117,16 +143,27 @@ MAML_GROUPS = ("mlp", "ssm")
 
 def _estimate(point: dict, rule: str, phase: str) -> dict:
     entry = point["overall"][rule][phase]
-    return {"mean": round(entry["mean"], 4), "ci95": [round(c, 4) for c in entry["mean_ci95"] or []],
-            "num_seeds": entry["num_seeds"], "num_samples": entry["num_samples"]}
+    return {
+        "mean": round(entry["mean"], 4),
+        "ci95": [round(c, 4) for c in entry["mean_ci95"] or []],
+        "num_seeds": entry["num_seeds"],
+        "num_samples": entry["num_samples"],
+    }
 
 
 def _group_row(group: str, point: dict) -> dict:
-    return {"algorithm": "rl2 (in context)" if is_in_context(group) else "maml_ppo",
-            "policy": group.removeprefix("rl2-"), "iteration": point["iteration"], "env_steps": point["env_steps"],
-            "seeds": point["seeds"], "post_mean_action": _estimate(point, "mean_action", "post"),
-            "pre_mean_action": _estimate(point, "mean_action", "pre"), "gain_mean_action": _estimate(point, "mean_action", "gain"),
-            "post_sampled": _estimate(point, "sampled", "post"), "official": point["success_rate_official"]}
+    return {
+        "algorithm": "rl2 (in context)" if is_in_context(group) else "maml_ppo",
+        "policy": group.removeprefix("rl2-"),
+        "iteration": point["iteration"],
+        "env_steps": point["env_steps"],
+        "seeds": point["seeds"],
+        "post_mean_action": _estimate(point, "mean_action", "post"),
+        "pre_mean_action": _estimate(point, "mean_action", "pre"),
+        "gain_mean_action": _estimate(point, "mean_action", "gain"),
+        "post_sampled": _estimate(point, "sampled", "post"),
+        "official": point["success_rate_official"],
+    }
 
 
 def _largest_shared_budget(groups: dict, names: list[str]) -> int | None:
@@ -144,12 +181,16 @@ def _rl2_ssm_against_maml_mlp(groups: dict) -> dict | None:
         return None
     points = [next(p for p in groups[g]["points"] if p["env_steps"] == budget) for g in ("rl2-ssm", "mlp")]
     a, b = (_group_row(g, p)["post_mean_action"] for g, p in zip(("rl2-ssm", "mlp"), points))
-    return {"budget_env_steps": budget, "rl2_ssm": {**a, "seeds": points[0]["seeds"]},
-            "maml_mlp": {**b, "seeds": points[1]["seeds"]},
-            "same_eval_request": points[0].get("request") == points[1].get("request"),
-            "difference": round(a["mean"] - b["mean"], 4),
-            "intervals_overlap": None if not (a["ci95"] and b["ci95"]) else
-            bool(a["ci95"][0] <= b["ci95"][1] and b["ci95"][0] <= a["ci95"][1])}
+    return {
+        "budget_env_steps": budget,
+        "rl2_ssm": {**a, "seeds": points[0]["seeds"]},
+        "maml_mlp": {**b, "seeds": points[1]["seeds"]},
+        "same_eval_request": points[0].get("request") == points[1].get("request"),
+        "difference": round(a["mean"] - b["mean"], 4),
+        "intervals_overlap": None
+        if not (a["ci95"] and b["ci95"])
+        else bool(a["ci95"][0] <= b["ci95"][1] and b["ci95"][0] <= a["ci95"][1]),
+    }
 
 
 def cmd_compare() -> None:
@@ -161,9 +202,12 @@ def cmd_compare() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    report = {"command": "python benchmarks/learning.py compare", "question":
-              "held-out post-adaptation success (Meta-World ML1/ML10 test goals) of the in-context learner with SSM "
-              "memory against the GRU in-context baseline and MAML+PPO, at the same env-step budget", "suites": {}}
+    report = {
+        "command": "python benchmarks/learning.py compare",
+        "question": "held-out post-adaptation success (Meta-World ML1/ML10 test goals) of the in-context learner "
+        "with SSM memory against the GRU in-context baseline and MAML+PPO, at the same env-step budget",
+        "suites": {},
+    }
     suites = [name for name in ("ml1-reach", "ml10") if (RESULTS / f"{name}.json").is_file()]
     fig, axes = plt.subplots(1, max(1, len(suites)), figsize=(6 * max(1, len(suites)), 4.2), squeeze=False)
     for ax, suite_name in zip(axes[0], suites):
@@ -182,13 +226,21 @@ def cmd_compare() -> None:
                 entry["at_budget"][group] = _group_row(group, next(p for p in points if p["env_steps"] == budget))
             entry["latest"][group] = _group_row(group, points[-1])
             entry["latest"][group]["train_commands"] = groups[group].get("train_commands")
-            draw_curve(ax, group, points, "mean_action", "post", "-o",
-                       f"{group} ({'in context' if is_in_context(group) else 'MAML+PPO'}, {len(points[-1]['seeds'])} seed(s))")
+            draw_curve(
+                ax,
+                group,
+                points,
+                "mean_action",
+                "post",
+                "-o",
+                f"{group} ({'in context' if is_in_context(group) else 'MAML+PPO'}, {len(points[-1]['seeds'])} seed(s))",
+            )
         if budget is not None:
             ax.axvline(budget / 1e6, color="grey", lw=0.8, ls="--")
             ranked = sorted(entry["at_budget"].items(), key=lambda item: -item[1]["post_mean_action"]["mean"])
             entry["ranking_at_budget"] = [
-                f"{g}: {row['post_mean_action']['mean']:.3f} {row['post_mean_action']['ci95']}" for g, row in ranked]
+                f"{g}: {row['post_mean_action']['mean']:.3f} {row['post_mean_action']['ci95']}" for g, row in ranked
+            ]
         else:
             entry["budget_note"] = "no env-step count at which every group has an evaluated point"
         pair = _rl2_ssm_against_maml_mlp(groups)
@@ -196,8 +248,13 @@ def cmd_compare() -> None:
             entry["rl2_ssm_above_maml_mlp"] = pair
         at = entry["at_budget"] or entry["latest"]
         entry["seeds"] = {group: row["seeds"] for group, row in at.items()}
-        requests = {json.dumps(next(p for p in groups[g]["points"] if p["iteration"] == row["iteration"]).get("request"), sort_keys=True)
-                    for g, row in at.items()}
+        requests = {
+            json.dumps(
+                next(p for p in groups[g]["points"] if p["iteration"] == row["iteration"]).get("request"),
+                sort_keys=True,
+            )
+            for g, row in at.items()
+        }
         entry["same_eval_request"] = len(requests) == 1
         report["suites"][suite_name] = entry
         ax.set_title(f"{suite_name}: post-adaptation success, mean-action rule")
@@ -207,8 +264,13 @@ def cmd_compare() -> None:
         ax.legend(fontsize=8, loc="lower right")
     axes[0][0].set_ylabel("held-out success (95% CI over seeds and goals)")
     for name in ("ml1-reach", "ml10"):
-        report["suites"].setdefault(name, {"status": f"no results: benchmarks/results/{name}.json is missing "
-                                                    f"(python benchmarks/learning.py train {name}, then eval {name})"})
+        report["suites"].setdefault(
+            name,
+            {
+                "status": f"no results: benchmarks/results/{name}.json is missing "
+                f"(python benchmarks/learning.py train {name}, then eval {name})"
+            },
+        )
     report["caveats"] = [
         "Protocol (metarl eval's, the same for every group; same_eval_request says whether the points asked for the "
         "same goals): every held-out goal, one mean-action episode and 3 sampled ones per goal before and after "

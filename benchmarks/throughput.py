@@ -20,14 +20,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from report import RESULTS, write_report  # benchmarks/report.py
 
 from metarl_ray.config import build_config
 from metarl_ray.envs.metaworld import ACTION_DIM, OBS_DIM, BenchmarkTasks, TaskSampler, make_task_env
 from metarl_ray.policies import build_policy
 from metarl_ray.policies.common import detached_params, params_to_numpy
-
 
 
 def raw_rate(config, specs, num_episodes: int) -> float:
@@ -55,12 +53,17 @@ def collection_rate(config, specs_per_iteration, num_workers: int) -> float:
     from metarl_ray.distributed.actors import RolloutActor
     from metarl_ray.training.trainer import split_tasks
 
-    workers = [RolloutActor.options(num_cpus=1).remote(config.env, config.policy, config.maml, config.ppo, 0)
-               for _ in range(num_workers)]
+    workers = [
+        RolloutActor.options(num_cpus=1).remote(config.env, config.policy, config.maml, config.ppo, 0)
+        for _ in range(num_workers)
+    ]
     params_ref = ray.put(params_to_numpy(detached_params(build_policy(OBS_DIM, ACTION_DIM, config.policy))))
 
     def one_iteration(iteration: int, specs) -> int:
-        steps_refs = [w.sample.remote(params_ref, chunk, iteration)[0] for w, chunk in zip(workers, split_tasks(specs, num_workers))]
+        steps_refs = [
+            w.sample.remote(params_ref, chunk, iteration)[0]
+            for w, chunk in zip(workers, split_tasks(specs, num_workers))
+        ]
         return sum(info.env_steps for info in ray.get(steps_refs))
 
     one_iteration(0, specs_per_iteration[0])  # warm-up: env creation and imports are not throughput
@@ -88,8 +91,12 @@ def main() -> int:
 
     import ray
 
-    config = build_config({"env": {"benchmark": args.benchmark, "task": args.task, "max_episode_length": args.max_episode_length},
-                           "maml": {"num_tasks": args.num_tasks, "episodes_per_task": args.episodes_per_task}})
+    config = build_config(
+        {
+            "env": {"benchmark": args.benchmark, "task": args.task, "max_episode_length": args.max_episode_length},
+            "maml": {"num_tasks": args.num_tasks, "episodes_per_task": args.episodes_per_task},
+        }
+    )
     sampler = TaskSampler(BenchmarkTasks(config.env, 0).train_tasks(), 0)
     specs_per_iteration = [sampler.sample(args.num_tasks) for _ in range(args.iterations + 1)]
     # Support + query passes of one iteration: (num_inner_steps + 1) x episodes_per_task episodes per task.
@@ -108,8 +115,11 @@ def main() -> int:
                 raw = raw_rate(config, specs_per_iteration[1], episodes_per_pass)
                 rate = collection_rate(config, specs_per_iteration, num_workers)
                 samples[num_workers].append((rate, raw, raw_stock))
-                print(f"repeat {repeat}, {num_workers} worker(s): collection {rate:.0f} steps/s; raw fast {raw:.0f}, "
-                      f"stock {raw_stock:.0f} -> {rate / (num_workers * raw):.2f} x ({num_workers} x fast raw)", flush=True)
+                print(
+                    f"repeat {repeat}, {num_workers} worker(s): collection {rate:.0f} steps/s; raw fast {raw:.0f}, "
+                    f"stock {raw_stock:.0f} -> {rate / (num_workers * raw):.2f} x ({num_workers} x fast raw)",
+                    flush=True,
+                )
     finally:
         ray.shutdown()
 
@@ -121,9 +131,12 @@ def main() -> int:
             "raw_fast_steps_per_s": round(statistics.median(raw for _, raw, _ in runs), 1),
             "raw_stock_steps_per_s": round(statistics.median(stock for _, _, stock in runs), 1),
             "ratio_to_n_x_raw": round(ratio, 3),
-            "ratio_to_n_x_stock_raw": round(statistics.median(rate / (num_workers * stock) for rate, _, stock in runs), 3),
+            "ratio_to_n_x_stock_raw": round(
+                statistics.median(rate / (num_workers * stock) for rate, _, stock in runs), 3
+            ),
             "ratios_per_repeat": [round(rate / (num_workers * raw), 3) for rate, raw, _ in runs],
-            "goal_met": ratio >= 0.8}
+            "goal_met": ratio >= 0.8,
+        }
     raw_all = [raw for runs in samples.values() for _, raw, _ in runs]
     stock_all = [stock for runs in samples.values() for _, _, stock in runs]
     raw, raw_stock = statistics.median(raw_all), statistics.median(stock_all)
@@ -131,10 +144,17 @@ def main() -> int:
     report = {
         "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.machine()},
-        "setup": {"benchmark": args.benchmark, "task": args.task, "num_tasks": args.num_tasks,
-                  "episodes_per_task": args.episodes_per_task, "max_episode_length": args.max_episode_length,
-                  "num_inner_steps": config.maml.num_inner_steps, "timed_iterations": args.iterations,
-                  "repeats": args.repeats, "raw_measured": "with Ray up and idle, right before each collection"},
+        "setup": {
+            "benchmark": args.benchmark,
+            "task": args.task,
+            "num_tasks": args.num_tasks,
+            "episodes_per_task": args.episodes_per_task,
+            "max_episode_length": args.max_episode_length,
+            "num_inner_steps": config.maml.num_inner_steps,
+            "timed_iterations": args.iterations,
+            "repeats": args.repeats,
+            "raw_measured": "with Ray up and idle, right before each collection",
+        },
         "raw_steps_per_s": round(raw, 1),
         "raw_stock_steps_per_s": round(raw_stock, 1),
         "raw_fast_over_stock": round(raw / raw_stock, 3),

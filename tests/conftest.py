@@ -19,9 +19,11 @@ def in_process(local_ray, capsys):
     """``metarl ARGS`` through the same ``main`` as the installed command, in this process and on the
     module's Ray: (exit status, stdout, stderr). It saves each call an interpreter start and a Ray start
     (~13 s on 2 cores); a few tests per area still run the real command in a subprocess."""
+
     def run(*args):
         capsys.readouterr()
         status = main([str(arg) for arg in args])
         out, err = capsys.readouterr()
         return status, out, err
+
     return run

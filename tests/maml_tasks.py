@@ -13,15 +13,24 @@ OBS, ACT = 5, 2
 
 def make_setup(first_order=False, num_inner_steps=1, seed=0, policy_type="mlp", ssm_scan="adjoint"):
     torch.manual_seed(seed)
-    config = PolicyConfig(policy_type=policy_type, hidden_size=4 if policy_type == "ssm" else 6, num_hidden_layers=1,
-                          state_size=3, num_ssm_layers=1, ssm_scan=ssm_scan)
+    config = PolicyConfig(
+        policy_type=policy_type,
+        hidden_size=4 if policy_type == "ssm" else 6,
+        num_hidden_layers=1,
+        state_size=3,
+        num_ssm_layers=1,
+        ssm_scan=ssm_scan,
+    )
     policy = build_policy(OBS, ACT, config).double()
     with torch.no_grad():  # a non-trivial mean head, so every parameter matters
         head = policy.mean_net[-1] if policy_type == "mlp" else policy.head
         head.weight.normal_(0, 0.5)
         policy.log_std.fill_(-0.3)
-    algo = MAMLPPO(policy, MAMLConfig(inner_lr=0.3, num_inner_steps=num_inner_steps, first_order=first_order),
-                   PPOConfig(meta_lr=1e-2, num_ppo_epochs=1, clip_eps=0.2))
+    algo = MAMLPPO(
+        policy,
+        MAMLConfig(inner_lr=0.3, num_inner_steps=num_inner_steps, first_order=first_order),
+        PPOConfig(meta_lr=1e-2, num_ppo_epochs=1, clip_eps=0.2),
+    )
     return policy, algo
 
 

@@ -48,9 +48,11 @@ def fit_ridge(features: np.ndarray, targets: np.ndarray, reg_coef: float = 1e-5)
     for _ in range(5):
         coeffs = np.linalg.lstsq(gram + reg_coef * identity, rhs, rcond=None)[0]
         if np.all(np.isfinite(coeffs)):
-            return coeffs
+            return np.asarray(coeffs)
         reg_coef *= 10.0
-    logger.warning("linear baseline: no finite fit even with ridge %.0e; using a zero baseline for this batch", reg_coef)
+    logger.warning(
+        "linear baseline: no finite fit even with ridge %.0e; using a zero baseline for this batch", reg_coef
+    )
     return np.zeros(gram.shape[0])
 
 
@@ -78,7 +80,7 @@ def compute_advantages(observations: np.ndarray, rewards: np.ndarray, gamma: flo
     advantages = compute_gae(rewards.astype(np.float64), values, gamma, gae_lambda)
     # Per-batch normalisation keeps the inner step size meaningful across tasks of different reward scale.
     advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-    return advantages.astype(np.float32)
+    return np.asarray(advantages, dtype=np.float32)
 
 
 def trial_baseline_features(observations: np.ndarray, episode_length: int) -> np.ndarray:
@@ -93,8 +95,14 @@ def trial_baseline_features(observations: np.ndarray, episode_length: int) -> np
     return np.concatenate([per_episode.reshape(num_trials, length, -1), place, place**2], axis=-1)
 
 
-def trial_advantages(observations: np.ndarray, rewards: np.ndarray, episode_length: int, gamma: float,
-                     gae_lambda: float, normalize: bool = True) -> np.ndarray:
+def trial_advantages(
+    observations: np.ndarray,
+    rewards: np.ndarray,
+    episode_length: int,
+    gamma: float,
+    gae_lambda: float,
+    normalize: bool = True,
+) -> np.ndarray:
     """GAE over whole in-context trials: returns and GAE run across the episode boundaries within a
     trial (an action may pay off in a later episode, through the memory) and stop at the trial's end;
     ``normalize``: to zero mean and unit variance over the batch. (N, L, D), (N, L) -> (N, L) float32."""
@@ -104,4 +112,4 @@ def trial_advantages(observations: np.ndarray, rewards: np.ndarray, episode_leng
     advantages = compute_gae(rewards.astype(np.float64), features @ coeffs, gamma, gae_lambda)
     if normalize:
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-    return advantages.astype(np.float32)
+    return np.asarray(advantages, dtype=np.float32)

@@ -12,8 +12,9 @@ meta-learner they hold; ``metarl_ray.algorithms`` builds the pair a config names
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -46,13 +47,26 @@ class Collector(Protocol):
     policy: nn.Module
     episode_length: int
 
-    def collect(self, envs: Sequence[Any], params: Sequence[Params], rngs: Sequence[np.random.Generator],
-                num_episodes: int, deterministic: bool = False) -> list[EpisodeBatch]:
+    def collect(
+        self,
+        envs: Sequence[Any],
+        params: Sequence[Params],
+        rngs: Sequence[np.random.Generator],
+        num_episodes: int,
+        deterministic: bool = False,
+    ) -> list[EpisodeBatch]:
         """``num_episodes`` episodes per env, each from a fresh memory (one batch per env)."""
         ...
 
-    def collect_trials(self, envs: Sequence[Any], params: Sequence[Params], rngs: Sequence[np.random.Generator],
-                       num_trials: int, sampled: Sequence[bool], initial_memory: Any = None) -> tuple[list[TrialBatch], Any]:
+    def collect_trials(
+        self,
+        envs: Sequence[Any],
+        params: Sequence[Params],
+        rngs: Sequence[np.random.Generator],
+        num_trials: int,
+        sampled: Sequence[bool],
+        initial_memory: Any = None,
+    ) -> tuple[list[TrialBatch], Any]:
         """``num_trials`` trials per env of ``len(sampled)`` episodes each, the memory carried across a
         trial's episodes; episode e samples its actions if ``sampled[e]``, else takes the mean. Each trial
         continues ``initial_memory`` (default: a fresh one); also returns where the last trial stopped
@@ -65,13 +79,29 @@ class RolloutProgram(Protocol):
     task (keyed by the caller, so results do not depend on how tasks are split across actors);
     ``step_size_scale`` scales the meta-learner's own step sizes (after a rolled-back update)."""
 
-    def sample(self, collector: Collector, envs: Sequence[Any], tasks: Sequence[TaskSpec], params: Params,
-               rngs: Sequence[np.random.Generator], plan: SamplePlan | None, inner_lr: float | None) -> list[Any]:
+    def sample(
+        self,
+        collector: Collector,
+        envs: Sequence[Any],
+        tasks: Sequence[TaskSpec],
+        params: Params,
+        rngs: Sequence[np.random.Generator],
+        plan: SamplePlan | None,
+        inner_lr: float | None,
+    ) -> list[Any]:
         """One iteration's training data per task (``TaskRollouts`` or ``TaskTrials``)."""
         ...
 
-    def evaluate(self, collector: Collector, envs: Sequence[Any], tasks: Sequence[TaskSpec], params: Params,
-                 rngs: Sequence[np.random.Generator], plan: EvalPlan, inner_lr: float | None) -> list[GoalEvaluation]:
+    def evaluate(
+        self,
+        collector: Collector,
+        envs: Sequence[Any],
+        tasks: Sequence[TaskSpec],
+        params: Params,
+        rngs: Sequence[np.random.Generator],
+        plan: EvalPlan,
+        inner_lr: float | None,
+    ) -> list[GoalEvaluation]:
         """Meta-test every task: before adaptation, adaptation, after adaptation, both action rules."""
         ...
 

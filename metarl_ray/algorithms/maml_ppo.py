@@ -6,28 +6,31 @@ evaluated at theta = theta_o. Its value and gradient equal the vanilla policy gr
 the one the meta-gradient needs.
 
 Outer step: PPO's clipped surrogate on query episodes D'_i collected by the adapted policy theta'_o,i,
-    L_out(theta) = -mean_i mean_t min(r_t A'_t, clip(r_t, 1-eps, 1+eps) A'_t),  r_t = pi_{theta'_i(theta)} / pi_{theta'_o,i},
+    L_out(theta) = -mean_i mean_t min(r_t A'_t, clip(r_t, 1-eps, 1+eps) A'_t),
+    r_t = pi_{theta'_i(theta)} / pi_{theta'_o,i},
 with theta'_i(theta) re-derived from the fixed support data in every epoch, so the meta-gradient flows
 through the adaptation: (I - alpha * Hess L_in) grad L_out(theta') for one step. ``first_order`` drops the Hessian.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from metarl_ray.algorithms.base import EvalPlan, SamplePlan
-from metarl_ray.training.batch import EpisodeBatch, GoalEvaluation, TaskRollouts
-from metarl_ray.config import MAMLConfig, PPOConfig
 from metarl_ray.algorithms.ppo import clipped_surrogate
-from metarl_ray.policies.common import Params, log_prob
+from metarl_ray.config import MAMLConfig, PPOConfig
+from metarl_ray.policies.common import Params, as_policy, log_prob
+from metarl_ray.training.batch import EpisodeBatch, GoalEvaluation, TaskRollouts
 
 # Tasks in one batched graph at most; more are split into chunks (the gradient is the same).
 MAX_TASKS_PER_GRAPH = 8
+
 
 @dataclass(frozen=True)
 class TensorBatch:
@@ -39,7 +42,9 @@ class TensorBatch:
     advantages: torch.Tensor  # (N, T)
 
     @staticmethod
-    def from_numpy(batch: EpisodeBatch, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> "TensorBatch":
+    def from_numpy(
+        batch: EpisodeBatch, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> TensorBatch:
         def to(array: np.ndarray) -> torch.Tensor:
             return torch.tensor(array, device=device, dtype=dtype)  # copies: Ray hands out read-only arrays
 
@@ -52,7 +57,9 @@ class TaskTensors:
     query: TensorBatch
 
     @staticmethod
-    def from_rollouts(rollouts: TaskRollouts, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> "TaskTensors":
+    def from_rollouts(
+        rollouts: TaskRollouts, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> TaskTensors:
         return TaskTensors(
             tuple(TensorBatch.from_numpy(b, device, dtype) for b in rollouts.support),
             TensorBatch.from_numpy(rollouts.query, device, dtype),
@@ -76,11 +83,13 @@ def lvc_loss(new_log_probs: torch.Tensor, batch: TensorBatch) -> torch.Tensor:
     return -(torch.exp(new_log_probs - batch.log_probs) * batch.advantages).flatten(-2).mean(-1)
 
 
-def adapt(policy: nn.Module, params: Params, support: Sequence[TensorBatch], inner_lr: float, create_graph: bool) -> Params:
+def adapt(
+    policy: nn.Module, params: Params, support: Sequence[TensorBatch], inner_lr: float, create_graph: bool
+) -> Params:
     """One inner SGD step per support batch. With create_graph the result is differentiable in
     ``params`` (second order); without it the steps are constants and d theta'/d theta = I (first order).
     Parameters the policy marks ``fixed_in_inner_loop`` pass through unchanged (still meta-learned)."""
-    names = [name for name in params if not policy.fixed_in_inner_loop(name)]
+    names = [name for name in params if not as_policy(policy).fixed_in_inner_loop(name)]
     for batch in support:
         loss = inner_loss(policy, params, batch)
         grads = torch.autograd.grad(loss, [params[name] for name in names], create_graph=create_graph)
@@ -107,8 +116,11 @@ def stack_tasks(tasks: Sequence[TaskTensors]) -> TaskTensors | None:
     return TaskTensors(support, query)  # type: ignore[arg-type]
 
 
-def batched_log_prob(policy: nn.Module, params: Params, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """log pi for K tasks at once, each with its own parameters: params (K, ...), (K, N, T, D), (K, N, T, A) -> (K, N, T).
+def batched_log_prob(
+    policy: nn.Module, params: Params, observations: torch.Tensor, actions: torch.Tensor
+) -> torch.Tensor:
+    """log pi for K tasks at once, each with its own parameters:
+    params (K, ...), (K, N, T, D), (K, N, T, A) -> (K, N, T).
 
     ``vmap`` over ``functional_call`` works for any policy module (the batched matmuls it emits are what a
     hand-stacked version would run); the per-call overhead that made it slow for one env step is
@@ -117,12 +129,13 @@ def batched_log_prob(policy: nn.Module, params: Params, observations: torch.Tens
     return torch.func.vmap(lambda p, o, a: log_prob(policy, p, o, a))(params, observations, actions)
 
 
-def adapt_batched(policy: nn.Module, params: Params, support: Sequence[TensorBatch], inner_lr: float,
-                  create_graph: bool) -> Params:
+def adapt_batched(
+    policy: nn.Module, params: Params, support: Sequence[TensorBatch], inner_lr: float, create_graph: bool
+) -> Params:
     """``adapt`` for K tasks at once: params and support batches carry a leading task dim K. The K inner
     losses are independent, so the gradient of their sum with respect to the stacked parameters is
     every task's own gradient, in one backward pass."""
-    names = [name for name in params if not policy.fixed_in_inner_loop(name)]
+    names = [name for name in params if not as_policy(policy).fixed_in_inner_loop(name)]
     for batch in support:
         new_log_probs = batched_log_prob(policy, params, batch.observations, batch.actions)  # (K, N, T)
         losses = lvc_loss(new_log_probs, batch)  # (K,)
@@ -147,7 +160,9 @@ class MAMLPPO:
         # A batched graph holds every task's second-order graph at once.
         return MAX_TASKS_PER_GRAPH
 
-    def optimizer_steps(self, tasks: Sequence["TaskTensors"], rng: np.random.Generator) -> Iterator[Sequence["TaskTensors"]]:
+    def optimizer_steps(
+        self, tasks: Sequence[TaskTensors], rng: np.random.Generator
+    ) -> Iterator[Sequence[TaskTensors]]:
         """One full-batch step per PPO epoch, each re-deriving the adaptation."""
         for _ in range(self.ppo.num_ppo_epochs):
             yield tasks
@@ -158,7 +173,7 @@ class MAMLPPO:
         # graph's activations are memory-bound, and it needs a tenth of the memory.
         return True
 
-    def tensors(self, rollouts: TaskRollouts, device: torch.device) -> "TaskTensors":
+    def tensors(self, rollouts: TaskRollouts, device: torch.device) -> TaskTensors:
         return TaskTensors.from_rollouts(rollouts, device)
 
     def set_lr_scale(self, lr_scale: float) -> None:
@@ -170,7 +185,9 @@ class MAMLPPO:
     def adapt(self, params: Params, support: Sequence[TensorBatch], create_graph: bool) -> Params:
         return adapt(self.policy, params, support, self.inner_lr, create_graph)
 
-    def _clipped_surrogate(self, new_log_probs: torch.Tensor, query: TensorBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _clipped_surrogate(
+        self, new_log_probs: torch.Tensor, query: TensorBatch
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return clipped_surrogate(new_log_probs, query.log_probs, query.advantages, self.ppo.clip_eps)
 
     def task_outer_loss(self, meta_params: Params, task: TaskTensors) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -179,12 +196,15 @@ class MAMLPPO:
         new_log_probs = log_prob(self.policy, adapted, task.query.observations, task.query.actions)
         return self._clipped_surrogate(new_log_probs, task.query)
 
-    def batched_outer_loss(self, meta_params: Params, stacked: TaskTensors) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def batched_outer_loss(
+        self, meta_params: Params, stacked: TaskTensors
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """K tasks stacked on a leading dim, adapted and scored in one graph: per-task losses (K,)."""
         num_tasks = stacked.query.observations.shape[0]
         per_task = {name: p.unsqueeze(0).expand(num_tasks, *p.shape) for name, p in meta_params.items()}
-        adapted = adapt_batched(self.policy, per_task, stacked.support, self.inner_lr,
-                                create_graph=not self.maml.first_order)
+        adapted = adapt_batched(
+            self.policy, per_task, stacked.support, self.inner_lr, create_graph=not self.maml.first_order
+        )
         new_log_probs = batched_log_prob(self.policy, adapted, stacked.query.observations, stacked.query.actions)
         return self._clipped_surrogate(new_log_probs, stacked.query)
 
@@ -215,8 +235,16 @@ class MAMLRollouts:
     def __init__(self, maml: MAMLConfig) -> None:
         self.maml = maml
 
-    def sample(self, collector: Any, envs: Sequence[Any], tasks: Sequence[Any], params: Params,
-               rngs: Sequence[np.random.Generator], plan: SamplePlan | None, inner_lr: float | None) -> list[TaskRollouts]:
+    def sample(
+        self,
+        collector: Any,
+        envs: Sequence[Any],
+        tasks: Sequence[Any],
+        params: Params,
+        rngs: Sequence[np.random.Generator],
+        plan: SamplePlan | None,
+        inner_lr: float | None,
+    ) -> list[TaskRollouts]:
         plan = plan or SamplePlan(self.maml.episodes_per_task, self.maml.episodes_per_task)
         per_task: list[Params] = [params] * len(tasks)
         supports: list[list[EpisodeBatch]] = [[] for _ in tasks]
@@ -226,11 +254,21 @@ class MAMLRollouts:
                 supports[index].append(batch)
                 per_task[index] = self.adapt_one(collector.policy, per_task[index], batch, inner_lr)
         queries = collector.collect(envs, per_task, rngs, plan.num_query_episodes)
-        return [TaskRollouts(spec.slot, spec.env_name, spec.goal_index, tuple(support), query)
-                for spec, support, query in zip(tasks, supports, queries)]
+        return [
+            TaskRollouts(spec.slot, spec.env_name, spec.goal_index, tuple(support), query)
+            for spec, support, query in zip(tasks, supports, queries)
+        ]
 
-    def evaluate(self, collector: Any, envs: Sequence[Any], tasks: Sequence[Any], params: Params,
-                 rngs: Sequence[np.random.Generator], plan: EvalPlan, inner_lr: float | None) -> list[GoalEvaluation]:
+    def evaluate(
+        self,
+        collector: Any,
+        envs: Sequence[Any],
+        tasks: Sequence[Any],
+        params: Params,
+        rngs: Sequence[np.random.Generator],
+        plan: EvalPlan,
+        inner_lr: float | None,
+    ) -> list[GoalEvaluation]:
         """A mean-action episode, adaptation on sampled episodes (the first K of which are the
         pre-adaptation sampled figure), then a mean-action and K sampled episodes."""
         per_task: list[Params] = [params] * len(tasks)
@@ -246,17 +284,31 @@ class MAMLRollouts:
         steps_per_task = (2 + k + plan.num_adaptation_episodes * self.maml.num_inner_steps) * collector.episode_length
         return [
             GoalEvaluation(
-                slot=spec.slot, env_name=spec.env_name, goal_index=spec.goal_index,
-                pre_mean_success=bool(pre.successes[0]), post_mean_success=bool(post.successes[0]),
-                pre_mean_return=float(pre.episode_returns[0]), post_mean_return=float(post.episode_returns[0]),
-                pre_sampled_successes=support.successes[:k].copy(), post_sampled_successes=sampled.successes.copy(),
-                pre_sampled_returns=support.episode_returns[:k].copy(), post_sampled_returns=sampled.episode_returns.copy(),
-                num_steps=steps_per_task)
+                slot=spec.slot,
+                env_name=spec.env_name,
+                goal_index=spec.goal_index,
+                pre_mean_success=bool(pre.successes[0]),
+                post_mean_success=bool(post.successes[0]),
+                pre_mean_return=float(pre.episode_returns[0]),
+                post_mean_return=float(post.episode_returns[0]),
+                pre_sampled_successes=support.successes[:k].copy(),
+                post_sampled_successes=sampled.successes.copy(),
+                pre_sampled_returns=support.episode_returns[:k].copy(),
+                post_sampled_returns=sampled.episode_returns.copy(),
+                num_steps=steps_per_task,
+            )
             for spec, pre, support, post, sampled in zip(tasks, pre_mean, first_support, post_mean, post_sampled)
         ]
 
-    def adapt_to_goal(self, collector: Any, envs: Sequence[Any], params: Params, rngs: Sequence[np.random.Generator],
-                      plan: EvalPlan, inner_lr: float | None) -> Params:
+    def adapt_to_goal(
+        self,
+        collector: Any,
+        envs: Sequence[Any],
+        params: Params,
+        rngs: Sequence[np.random.Generator],
+        plan: EvalPlan,
+        inner_lr: float | None,
+    ) -> Params:
         """The adapted parameters ``evaluate`` reaches on one goal: its adaptation episodes, same noise."""
         for _ in range(self.maml.num_inner_steps):
             batch = collector.collect(envs, [params], rngs, plan.num_adaptation_episodes)[0]
@@ -266,6 +318,11 @@ class MAMLRollouts:
     def adapt_one(self, policy: nn.Module, params: Params, batch: EpisodeBatch, inner_lr: float | None) -> Params:
         """One task's first-order inner steps on its batch (rollouts need no graph)."""
         leaf_params = {name: p.detach().requires_grad_(True) for name, p in params.items()}
-        adapted = adapt(policy, leaf_params, [TensorBatch.from_numpy(batch)],
-                        self.maml.inner_lr if inner_lr is None else inner_lr, create_graph=False)
+        adapted = adapt(
+            policy,
+            leaf_params,
+            [TensorBatch.from_numpy(batch)],
+            self.maml.inner_lr if inner_lr is None else inner_lr,
+            create_graph=False,
+        )
         return {name: p.detach() for name, p in adapted.items()}

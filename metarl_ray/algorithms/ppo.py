@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def clipped_surrogate(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
-                      clip_eps: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def clipped_surrogate(
+    new_log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor, clip_eps: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """-mean_t min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t) per task, r_t = pi_new / pi_old:
     log-probs and advantages (..., N, T) -> loss (...,), and KL / clip-fraction statistics (...,)."""
     log_ratio = new_log_probs - old_log_probs

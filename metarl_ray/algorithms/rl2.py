@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ from metarl_ray.algorithms.base import EvalPlan, SamplePlan
 from metarl_ray.algorithms.ppo import clipped_surrogate
 from metarl_ray.config import MetaLearnerConfig, PPOConfig
 from metarl_ray.envs.metaworld import ACTION_DIM, OBS_DIM
-from metarl_ray.policies.common import LOG_STD_MAX, LOG_STD_MIN, Params, gaussian_log_prob
+from metarl_ray.policies.common import LOG_STD_MAX, LOG_STD_MIN, Params, SequencePolicy, gaussian_log_prob
 from metarl_ray.training.batch import GoalEvaluation, TaskTrials, TrialBatch
 
 # Meta-World's dense rewards are 0..10 per step: a tenth keeps the reward input at the observations' scale.
@@ -41,16 +42,23 @@ REWARD_INPUT_SCALE = np.float32(0.1)
 IN_CONTEXT_INPUT_DIM = OBS_DIM + ACTION_DIM + 2
 
 
-def in_context_step_inputs(observations: np.ndarray, previous_actions: np.ndarray | None,
-                           previous_rewards: np.ndarray | None, episode_start: bool | np.ndarray) -> np.ndarray:
+def in_context_step_inputs(
+    observations: np.ndarray,
+    previous_actions: np.ndarray | None,
+    previous_rewards: np.ndarray | None,
+    episode_start: bool | np.ndarray,
+) -> np.ndarray:
     """One step's policy input for K envs: (K, D), (K, A) | None, (K,) | None, bool | (K,) -> (K, D + A + 2).
     None: the first step of a trial (no previous action or reward)."""
     num_envs = observations.shape[0]
     previous_actions = np.zeros((num_envs, ACTION_DIM), np.float32) if previous_actions is None else previous_actions
     previous_rewards = np.zeros(num_envs, np.float32) if previous_rewards is None else previous_rewards
     flags = np.broadcast_to(np.asarray(episode_start, dtype=np.float32), (num_envs,))
-    return np.concatenate([observations, previous_actions, (REWARD_INPUT_SCALE * previous_rewards)[:, None],
-                           flags[:, None]], axis=1, dtype=np.float32)
+    return np.concatenate(
+        [observations, previous_actions, (REWARD_INPUT_SCALE * previous_rewards)[:, None], flags[:, None]],
+        axis=1,
+        dtype=np.float32,
+    )
 
 
 @dataclass(frozen=True)
@@ -63,11 +71,13 @@ class InContextMemory:
     last_actions: np.ndarray
     last_rewards: np.ndarray
 
-    def rows(self, start: int, stop: int) -> "InContextMemory":
+    def rows(self, start: int, stop: int) -> InContextMemory:
         return InContextMemory(self.state[start:stop], self.last_actions[start:stop], self.last_rewards[start:stop])
 
 
-def in_context_inputs(observations: np.ndarray, actions: np.ndarray, rewards: np.ndarray, episode_length: int) -> np.ndarray:
+def in_context_inputs(
+    observations: np.ndarray, actions: np.ndarray, rewards: np.ndarray, episode_length: int
+) -> np.ndarray:
     """The policy inputs of whole trials, exactly as the rollout built them step by step:
     (N, L, D), (N, L, A), (N, L) -> (N, L, D + A + 2)."""
     num_trials, length = rewards.shape
@@ -77,8 +87,9 @@ def in_context_inputs(observations: np.ndarray, actions: np.ndarray, rewards: np
     previous_rewards[:, 1:] = REWARD_INPUT_SCALE * rewards[:, :-1]
     flags = np.zeros((num_trials, length), np.float32)
     flags[:, ::episode_length] = 1.0
-    return np.concatenate([observations, previous_actions, previous_rewards[..., None], flags[..., None]],
-                          axis=-1, dtype=np.float32)
+    return np.concatenate(
+        [observations, previous_actions, previous_rewards[..., None], flags[..., None]], axis=-1, dtype=np.float32
+    )
 
 
 @dataclass(frozen=True)
@@ -91,7 +102,7 @@ class TrialTensors:
     advantages: torch.Tensor  # (N, L)
 
     @staticmethod
-    def from_trials(trials: TrialBatch, device: torch.device | str = "cpu") -> "TrialTensors":
+    def from_trials(trials: TrialBatch, device: torch.device | str = "cpu") -> TrialTensors:
         def to(array: np.ndarray) -> torch.Tensor:
             return torch.tensor(array, device=device, dtype=torch.float32)
 
@@ -116,26 +127,35 @@ class TrialChunk:
 def carried_memories(policy: nn.Module, inputs: torch.Tensor, chunk_length: int) -> list[torch.Tensor]:
     """The memory entering each chunk of whole trials, by the current policy from a fresh memory at the
     trial's start, without gradient: inputs (N, L, D) -> [state (N, ...)] * (L / chunk_length)."""
-    state = policy.initial_state(inputs.shape[0])
+    memory_policy = cast(SequencePolicy, policy)
+    state = memory_policy.initial_state(inputs.shape[0])
     memories = []
     with torch.no_grad():
-        for chunk in inputs.split(chunk_length, dim=1):
+        for chunk in torch.split(inputs, chunk_length, dim=1):
             memories.append(state)
-            _, _, state = policy.sequence(chunk, state)
+            _, _, state = memory_policy.sequence(chunk, state)
     return memories
 
 
 def trial_chunks(policy: nn.Module, tasks: Sequence[TrialTensors], chunk_length: int) -> list[TrialChunk]:
     """Every task's trials cut into chunks of ``chunk_length`` steps (0: whole trials), each with the
     memory the current policy carries into it."""
-    chunks = []
+    chunks: list[TrialChunk] = []
     for task in tasks:
         length = chunk_length or task.inputs.shape[1]
         memories = carried_memories(policy, task.inputs, length)
         for index, memory in enumerate(memories):
             steps = slice(index * length, (index + 1) * length)
-            chunks.extend(TrialChunk(task.inputs[n, steps], task.actions[n, steps], task.log_probs[n, steps],
-                                     task.advantages[n, steps], memory[n]) for n in range(task.inputs.shape[0]))
+            chunks.extend(
+                TrialChunk(
+                    task.inputs[n, steps],
+                    task.actions[n, steps],
+                    task.log_probs[n, steps],
+                    task.advantages[n, steps],
+                    memory[n],
+                )
+                for n in range(task.inputs.shape[0])
+            )
     return chunks
 
 
@@ -145,6 +165,7 @@ class RL2PPO:
 
     def __init__(self, policy: nn.Module, ppo: PPOConfig, config: MetaLearnerConfig) -> None:
         self.policy = policy
+        self.memory_policy = cast(SequencePolicy, policy)  # the same module, typed by what is called here
         self.ppo = ppo
         self.config = config
 
@@ -184,25 +205,35 @@ class RL2PPO:
             groups.setdefault(chunk.inputs.shape[0], []).append(chunk)
         losses, kls, clips, weights = [], [], [], []
         for group in groups.values():
-            stack = {field: torch.stack([getattr(c, field) for c in group])
-                     for field in ("inputs", "actions", "log_probs", "advantages", "memory")}
-            mean, log_std, _ = self.policy.sequence(stack["inputs"], stack["memory"])
-            new_log_probs = gaussian_log_prob(mean.to(stack["actions"].dtype), log_std.to(stack["actions"].dtype),
-                                              stack["actions"])
-            loss, stats = clipped_surrogate(new_log_probs.unsqueeze(0), stack["log_probs"].unsqueeze(0),
-                                            stack["advantages"].unsqueeze(0), self.ppo.clip_eps)
+            stack = {
+                field: torch.stack([getattr(c, field) for c in group])
+                for field in ("inputs", "actions", "log_probs", "advantages", "memory")
+            }
+            mean, log_std, _ = self.memory_policy.sequence(stack["inputs"], stack["memory"])
+            new_log_probs = gaussian_log_prob(
+                mean.to(stack["actions"].dtype), log_std.to(stack["actions"].dtype), stack["actions"]
+            )
+            loss, group_stats = clipped_surrogate(
+                new_log_probs.unsqueeze(0),
+                stack["log_probs"].unsqueeze(0),
+                stack["advantages"].unsqueeze(0),
+                self.ppo.clip_eps,
+            )
             losses.append(loss[0])
-            kls.append(stats["ppo/kl"][0])
-            clips.append(stats["ppo/clip_fraction"][0])
+            kls.append(group_stats["ppo/kl"][0])
+            clips.append(group_stats["ppo/clip_fraction"][0])
             weights.append(len(group) * group[0].inputs.shape[0])
         share = torch.tensor(weights, dtype=torch.float64) / sum(weights)
         surrogate = sum(w.float() * loss for w, loss in zip(share, losses))
         # A state-independent diagonal Gaussian's entropy: sum(log_std) + A/2 (1 + log 2 pi).
-        log_std = self.policy.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        log_std = self.memory_policy.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
         entropy = log_std.sum() + 0.5 * log_std.numel() * (1.0 + math.log(2 * math.pi))
-        stats = {"ppo/kl": float(sum(w * kl.double() for w, kl in zip(share, kls))),
-                 "ppo/clip_fraction": float(sum(w * c.double() for w, c in zip(share, clips))),
-                 "rl2/entropy": float(entropy.detach()), "rl2/surrogate": float(surrogate.detach())}
+        stats: dict[str, float] = {
+            "ppo/kl": float(sum(w * kl.double() for w, kl in zip(share, kls))),
+            "ppo/clip_fraction": float(sum(w * c.double() for w, c in zip(share, clips))),
+            "rl2/entropy": float(entropy.detach()),
+            "rl2/surrogate": float(surrogate.detach()),
+        }
         return surrogate - self.config.rl2_entropy_coef * entropy, stats
 
 
@@ -214,17 +245,49 @@ class InContextRollouts:
         self.config = config
         self.gamma = gamma
 
-    def sample(self, collector: Any, envs: Sequence[Any], tasks: Sequence[Any], params: Params,
-               rngs: Sequence[np.random.Generator], plan: SamplePlan | None, inner_lr: float | None) -> list[TaskTrials]:
-        trials, _ = collector.collect_trials(envs, [params] * len(tasks), rngs, self.config.trials_per_task,
-                                             [True] * self.config.episodes_per_trial)
-        return [TaskTrials(spec.slot, spec.env_name, spec.goal_index, dataclasses.replace(batch, advantages=trial_advantages(
-                    batch.observations, batch.rewards, batch.episode_length, self.gamma, self.config.rl2_gae_lambda,
-                    self.config.rl2_normalize_advantages)))
-                for spec, batch in zip(tasks, trials)]
+    def sample(
+        self,
+        collector: Any,
+        envs: Sequence[Any],
+        tasks: Sequence[Any],
+        params: Params,
+        rngs: Sequence[np.random.Generator],
+        plan: SamplePlan | None,
+        inner_lr: float | None,
+    ) -> list[TaskTrials]:
+        trials, _ = collector.collect_trials(
+            envs, [params] * len(tasks), rngs, self.config.trials_per_task, [True] * self.config.episodes_per_trial
+        )
+        return [
+            TaskTrials(
+                spec.slot,
+                spec.env_name,
+                spec.goal_index,
+                dataclasses.replace(
+                    batch,
+                    advantages=trial_advantages(
+                        batch.observations,
+                        batch.rewards,
+                        batch.episode_length,
+                        self.gamma,
+                        self.config.rl2_gae_lambda,
+                        self.config.rl2_normalize_advantages,
+                    ),
+                ),
+            )
+            for spec, batch in zip(tasks, trials)
+        ]
 
-    def evaluate(self, collector: Any, envs: Sequence[Any], tasks: Sequence[Any], params: Params,
-                 rngs: Sequence[np.random.Generator], plan: EvalPlan, inner_lr: float | None) -> list[GoalEvaluation]:
+    def evaluate(
+        self,
+        collector: Any,
+        envs: Sequence[Any],
+        tasks: Sequence[Any],
+        params: Params,
+        rngs: Sequence[np.random.Generator],
+        plan: EvalPlan,
+        inner_lr: float | None,
+    ) -> list[GoalEvaluation]:
         """Before adaptation: a mean-action and K sampled episodes, each from a fresh memory. Adaptation:
         one trial of ``num_adaptation_episodes`` sampled episodes. After it: a mean-action and K sampled
         episodes, each continuing from where the adaptation trial stopped - its memory, last action and
@@ -240,14 +303,18 @@ class InContextRollouts:
         steps_per_task = (2 + 2 * k + plan.num_adaptation_episodes) * collector.episode_length
         return [
             GoalEvaluation(
-                slot=spec.slot, env_name=spec.env_name, goal_index=spec.goal_index,
-                pre_mean_success=bool(pre.successes[0, 0]), post_mean_success=bool(post.successes[0, 0]),
-                pre_mean_return=float(pre.episode_returns[0, 0]), post_mean_return=float(post.episode_returns[0, 0]),
-                pre_sampled_successes=pre_s.successes[:, 0].copy(), post_sampled_successes=post_s.successes[:, 0].copy(),
-                pre_sampled_returns=pre_s.episode_returns[:, 0].copy(), post_sampled_returns=post_s.episode_returns[:, 0].copy(),
-                num_steps=steps_per_task)
+                slot=spec.slot,
+                env_name=spec.env_name,
+                goal_index=spec.goal_index,
+                pre_mean_success=bool(pre.successes[0, 0]),
+                post_mean_success=bool(post.successes[0, 0]),
+                pre_mean_return=float(pre.episode_returns[0, 0]),
+                post_mean_return=float(post.episode_returns[0, 0]),
+                pre_sampled_successes=pre_s.successes[:, 0].copy(),
+                post_sampled_successes=post_s.successes[:, 0].copy(),
+                pre_sampled_returns=pre_s.episode_returns[:, 0].copy(),
+                post_sampled_returns=post_s.episode_returns[:, 0].copy(),
+                num_steps=steps_per_task,
+            )
             for spec, pre, pre_s, post, post_s in zip(tasks, pre_mean, pre_sampled, post_mean, post_sampled)
         ]
-
-    def adapt_to_goal(self, *args: Any, **kwargs: Any) -> Params:
-        raise NotImplementedError("in-context adaptation keeps no adapted parameters (its memory is the adaptation)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def _check(name: str, probe: Callable[[], str]) -> bool:
@@ -67,7 +67,11 @@ def _device() -> str:
 
 
 def run_doctor() -> int:
-    results = [_check("versions", _versions), _check("meta-world", _env_steps), _check("ray", _ray),
-               _check("device", _device)]
+    results = [
+        _check("versions", _versions),
+        _check("meta-world", _env_steps),
+        _check("ray", _ray),
+        _check("device", _device),
+    ]
     print("all checks passed" if all(results) else "some checks failed")
     return 0 if all(results) else 1

@@ -4,15 +4,16 @@ one per CPU, each taking the next batch of goals (or a run's official evaluation
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from metarl_ray.training.batch import GoalEvaluation
 from metarl_ray.config import TrainConfig
 from metarl_ray.envs.metaworld import TaskSpec
 from metarl_ray.evaluation.agent import build_agent, evaluate_official
 from metarl_ray.evaluation.meta_test import EvalOptions, OfficialResult, RunToEvaluate, goal_specs, official_goals_for
+from metarl_ray.training.batch import GoalEvaluation
 from metarl_ray.training.progress import Progress
 from metarl_ray.training.rollout import EvalPlan, RolloutWorker
 
@@ -20,20 +21,28 @@ logger = logging.getLogger(__name__)
 MAX_GOALS_PER_CALL = 10  # envs stepped in lockstep by one call; more calls balance and report better
 
 
-def official_result(config: TrainConfig, meta_params: dict[str, np.ndarray], goals_per_class: int,
-                    num_evals: int, mt_episodes: int, meta_batch_size: int | None = None) -> OfficialResult:
+def official_result(
+    config: TrainConfig,
+    meta_params: dict[str, np.ndarray],
+    goals_per_class: int,
+    num_evals: int,
+    mt_episodes: int,
+    meta_batch_size: int | None = None,
+) -> OfficialResult:
     agent = build_agent(config, meta_params)
-    success, mean_return, per_task = evaluate_official(agent, config, goals_per_class, num_evals, mt_episodes,
-                                                       config.run.seed, meta_batch_size)
+    success, mean_return, per_task = evaluate_official(
+        agent, config, goals_per_class, num_evals, mt_episodes, config.run.seed, meta_batch_size
+    )
     return OfficialResult(success, mean_return, per_task)
 
 
 def _batches(specs: Sequence[TaskSpec], size: int) -> list[list[TaskSpec]]:
-    return [list(specs[start:start + size]) for start in range(0, len(specs), size)]
+    return [list(specs[start : start + size]) for start in range(0, len(specs), size)]
 
 
-def run_meta_test(runs: Sequence[RunToEvaluate], goals_per_class: int, options: EvalOptions,
-                  ray_address: str | None = None) -> tuple[list[list[GoalEvaluation]], list[OfficialResult | None]]:
+def run_meta_test(
+    runs: Sequence[RunToEvaluate], goals_per_class: int, options: EvalOptions, ray_address: str | None = None
+) -> tuple[list[list[GoalEvaluation]], list[OfficialResult | None]]:
     """Every run's goals (and its official evaluation when asked): results per run, in goal order."""
     plan = EvalPlan(num_sampled_episodes=options.num_sampled_episodes)
     specs = [goal_specs(run, goals_per_class, options.split) for run in runs]
@@ -46,19 +55,27 @@ def run_meta_test(runs: Sequence[RunToEvaluate], goals_per_class: int, options: 
     try:
         if options.num_workers == 0:
             config = runs[0].config
-            worker = RolloutWorker(config.env, config.policy, config.maml, config.ppo, config.run.seed, config.meta_learner)
+            worker = RolloutWorker(
+                config.env, config.policy, config.maml, config.ppo, config.run.seed, config.meta_learner
+            )
             for run_index, run in enumerate(runs):
                 for batch in _batches(specs[run_index], MAX_GOALS_PER_CALL):
                     results[run_index] += worker.evaluate(run.meta_params, batch, plan, run.seed, run.inner_lr)
                     progress.update(len(batch))
                 if options.official:
-                    official[run_index] = official_result(run.adapting_config, run.meta_params, official_goals,
-                                                          options.num_evals, options.mt_episodes,
-                                                          options.official_meta_batch_size)
+                    official[run_index] = official_result(
+                        run.adapting_config,
+                        run.meta_params,
+                        official_goals,
+                        options.num_evals,
+                        options.mt_episodes,
+                        options.official_meta_batch_size,
+                    )
                     progress.update(num_official_goals)
         else:
-            _run_on_actors(runs, specs, plan, official_goals, num_official_goals, options, ray_address, progress,
-                           results, official)
+            _run_on_actors(
+                runs, specs, plan, official_goals, num_official_goals, options, ray_address, progress, results, official
+            )
     finally:
         progress.close()
     for run_results in results:
@@ -66,9 +83,18 @@ def run_meta_test(runs: Sequence[RunToEvaluate], goals_per_class: int, options: 
     return results, official
 
 
-def _run_on_actors(runs: Sequence[RunToEvaluate], specs: list[list[TaskSpec]], plan: EvalPlan, official_goals: int,
-                   num_official_goals: int, options: EvalOptions, ray_address: str | None, progress: Progress,
-                   results: list[list[GoalEvaluation]], official: list[OfficialResult | None]) -> None:
+def _run_on_actors(
+    runs: Sequence[RunToEvaluate],
+    specs: list[list[TaskSpec]],
+    plan: EvalPlan,
+    official_goals: int,
+    num_official_goals: int,
+    options: EvalOptions,
+    ray_address: str | None,
+    progress: Progress,
+    results: list[list[GoalEvaluation]],
+    official: list[OfficialResult | None],
+) -> None:
     import ray
 
     from metarl_ray.distributed.actors import RolloutActor
@@ -86,15 +112,25 @@ def _run_on_actors(runs: Sequence[RunToEvaluate], specs: list[list[TaskSpec]], p
         kinds: list[tuple[str, int, int]] = []  # (kind, run index, goals in the call)
         if options.official:
             for run_index, run in enumerate(runs):
-                calls.append(lambda actor, r=run, ref=params_refs[run_index]: actor.evaluate_official.remote(
-                    r.adapting_config, ref, official_goals, options.num_evals, options.mt_episodes,
-                    options.official_meta_batch_size))
+                calls.append(
+                    lambda actor, r=run, ref=params_refs[run_index]: actor.evaluate_official.remote(
+                        r.adapting_config,
+                        ref,
+                        official_goals,
+                        options.num_evals,
+                        options.mt_episodes,
+                        options.official_meta_batch_size,
+                    )
+                )
                 kinds.append(("official", run_index, num_official_goals))
         size = max(1, min(MAX_GOALS_PER_CALL, -(-sum(map(len, specs)) // (4 * num_workers))))
         for run_index, run in enumerate(runs):
             for batch in _batches(specs[run_index], size):
-                calls.append(lambda actor, b=batch, r=run, ref=params_refs[run_index]: actor.evaluate.remote(
-                    ref, b, plan, r.seed, r.inner_lr))
+                calls.append(
+                    lambda actor, b=batch, r=run, ref=params_refs[run_index]: actor.evaluate.remote(
+                        ref, b, plan, r.seed, r.inner_lr
+                    )
+                )
                 kinds.append(("goals", run_index, len(batch)))
         done_official = 0
 
@@ -109,6 +145,7 @@ def _run_on_actors(runs: Sequence[RunToEvaluate], specs: list[list[TaskSpec]], p
             progress.update(num_goals, official=f"{done_official}/{len(runs) if options.official else 0}")
 
         make_actor = lambda: RolloutActor.options(**rollout_actor_options()).remote(  # noqa: E731
-            config.env, config.policy, config.maml, config.ppo, config.run.seed, config.meta_learner)
+            config.env, config.policy, config.maml, config.ppo, config.run.seed, config.meta_learner
+        )
         logger.info("meta-test: %d runs x %d goals on %d rollout actors", len(runs), len(specs[0]), num_workers)
         run_queue(make_actor, num_workers, calls, on_result, config.rollout.sample_timeout_s)

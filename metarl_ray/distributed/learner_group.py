@@ -10,7 +10,8 @@ tests. Ray only places the actors and passes the rendezvous address.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import ray
 from ray.exceptions import RayError
@@ -43,28 +44,48 @@ class LearnerGroup:
         actor_options = {**actor_options, "runtime_env": {"env_vars": {**LEARNER_ALLOCATOR_ENV, **injected}}}
         self.actors = [
             LearnerActor.options(**actor_options).remote(
-                config.policy, config.maml, config.ppo, config.learner, config.run.seed, device, num_threads_each,
-                config.meta_learner)
-            for _ in range(self.num_learners)]
+                config.policy,
+                config.maml,
+                config.ppo,
+                config.learner,
+                config.run.seed,
+                device,
+                num_threads_each,
+                config.meta_learner,
+            )
+            for _ in range(self.num_learners)
+        ]
         # Learner i meta-learns on the contiguous slot range shares[i] of every meta-batch.
         self.shares = [(chunk[0], chunk[-1] + 1) for chunk in task_chunks(range(self.num_tasks), self.num_learners)]
         if self.num_learners > 1:
             address = self._get_all([self.actors[0].rendezvous_address.remote()])[0]
             backend = "nccl" if device == "cuda" else "gloo"
-            self._get_all([actor.join_process_group.remote(address, rank, self.num_learners, backend, PROCESS_GROUP_TIMEOUT_S)
-                           for rank, actor in enumerate(self.actors)])
+            self._get_all(
+                [
+                    actor.join_process_group.remote(address, rank, self.num_learners, backend, PROCESS_GROUP_TIMEOUT_S)
+                    for rank, actor in enumerate(self.actors)
+                ]
+            )
 
     def get_params(self) -> ray.ObjectRef:
         """The meta-parameters (every learner holds the same; learner 0 publishes them)."""
         return self.actors[0].get_params.remote()
 
-    def update(self, rollout_refs: Sequence[ray.ObjectRef], worker_slot_ranges: Sequence[tuple[int, int]],
-               iteration: int | None = None) -> dict[str, float]:
+    def update(
+        self,
+        rollout_refs: Sequence[ray.ObjectRef],
+        worker_slot_ranges: Sequence[tuple[int, int]],
+        iteration: int | None = None,
+    ) -> dict[str, float]:
         """One meta-update. ``rollout_refs[w]`` holds the rollouts of slots ``worker_slot_ranges[w]``;
         each learner is handed only the workers' outputs that overlap its share."""
         calls = []
         for actor, (first, end) in zip(self.actors, self.shares):
-            refs = [ref for ref, (w_first, w_end) in zip(rollout_refs, worker_slot_ranges) if w_first < end and first < w_end]
+            refs = [
+                ref
+                for ref, (w_first, w_end) in zip(rollout_refs, worker_slot_ranges)
+                if w_first < end and first < w_end
+            ]
             calls.append(actor.update.remote(first, end, self.num_tasks, iteration, *refs))
         return merge_learner_metrics(self._get_all(calls))
 

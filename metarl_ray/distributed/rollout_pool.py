@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
@@ -38,8 +39,9 @@ class RolloutPool:
         self.actors[index] = self.make_actor()
         self.num_replaced += 1
 
-    def sample(self, params_ref: Any, chunks: Sequence[Sequence[TaskSpec]], iteration: int,
-               inner_lr: float | None = None) -> tuple[list[Any], int]:
+    def sample(
+        self, params_ref: Any, chunks: Sequence[Sequence[TaskSpec]], iteration: int, inner_lr: float | None = None
+    ) -> tuple[list[Any], int]:
         """One sample call per chunk; returns the rollout refs (chunk order) and the env steps collected.
         ``max_rss_mb`` is then the largest resident memory among the actors that sampled."""
         rollout_refs: list[Any] = [None] * len(chunks)
@@ -47,7 +49,9 @@ class RolloutPool:
         self.max_rss_mb = 0.0
 
         def submit(index: int) -> None:
-            steps_ref, rollout_refs[index] = self.actors[index].sample.remote(params_ref, chunks[index], iteration, None, inner_lr)
+            steps_ref, rollout_refs[index] = self.actors[index].sample.remote(
+                params_ref, chunks[index], iteration, None, inner_lr
+            )
             pending[steps_ref] = index
 
         for index in range(len(chunks)):
@@ -75,8 +79,14 @@ class RolloutPool:
         return rollout_refs, total_steps
 
 
-def run_queue(make_actor: Callable[[], Any], num_workers: int, calls: Sequence[Callable[[Any], Any]],
-              on_result: Callable[[int, Any], None], timeout_s: float, max_retries: int = 2) -> None:
+def run_queue(
+    make_actor: Callable[[], Any],
+    num_workers: int,
+    calls: Sequence[Callable[[Any], Any]],
+    on_result: Callable[[int, Any], None],
+    timeout_s: float,
+    max_retries: int = 2,
+) -> None:
     """Run independent calls (``call(actor) -> ObjectRef``) on a pool of actors, each actor taking the
     next call as soon as it is free, so uneven calls balance out. A call whose actor dies, or stays
     silent for ``timeout_s``, runs again on a new actor (evaluation noise is keyed by goal, so a retried

@@ -27,7 +27,15 @@ from typing import Any
 
 import yaml
 
-from metarl_ray.config import FIELD_SECTION, URI_SCHEMES, ConfigError, TrainConfig, build_config, merge_overrides, uri_scheme
+from metarl_ray.config import (
+    FIELD_SECTION,
+    URI_SCHEMES,
+    ConfigError,
+    TrainConfig,
+    build_config,
+    merge_overrides,
+    uri_scheme,
+)
 from metarl_ray.envs.metaworld import check_env_config
 from metarl_ray.training.storage import StoragePath
 
@@ -85,6 +93,30 @@ def _check_space(source: str, where: str, space: Any) -> dict[str, list[Any]]:
     return {kind: values}
 
 
+def _settings_and_space(source: str, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The base settings and the search space, every key a metarl train setting."""
+    base = dict(data.get("base") or {})
+    space = {
+        key: _check_space(source, f"search_space.{key}", value)
+        for key, value in (data.get("search_space") or {}).items()
+    }
+    for key in list(base) + list(space):
+        if key not in FIELD_SECTION:
+            _fail(source, key, base.get(key, space.get(key)), "not a metarl train setting")
+    return base, space
+
+
+def _scheduler_spec(source: str, data: dict[str, Any]) -> dict[str, Any]:
+    scheduler = dict(data.get("scheduler") or {"type": "fifo"})
+    if scheduler.get("type") not in SCHEDULERS:
+        _fail(source, "scheduler.type", scheduler.get("type"), f"expected one of {', '.join(SCHEDULERS)}")
+    for key, value in (scheduler.get("hyperparam_mutations") or {}).items():
+        if key not in FIELD_SECTION:
+            _fail(source, f"scheduler.hyperparam_mutations.{key}", value, "not a metarl train setting")
+        _check_space(source, f"scheduler.hyperparam_mutations.{key}", value)
+    return scheduler
+
+
 def load_tune_spec(path: str | Path, storage_path: str | None = None) -> TuneSpec:
     """Parse and validate a search file; every trial's config is checked before Tune starts.
     ``storage_path`` (``metarl tune --storage_path``) overrides the file's."""
@@ -96,32 +128,46 @@ def load_tune_spec(path: str | Path, storage_path: str | None = None) -> TuneSpe
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError:
         raise TuneSpecError(f"{source}: not valid YAML") from None
-    allowed = {"name", "base", "search_space", "scheduler", "metric", "mode", "num_samples", "max_failures",
-               "resources_per_trial", "storage_path"}
+    allowed = {
+        "name",
+        "base",
+        "search_space",
+        "scheduler",
+        "metric",
+        "mode",
+        "num_samples",
+        "max_failures",
+        "resources_per_trial",
+        "storage_path",
+    }
     for key in data:
         if key not in allowed:
             _fail(source, key, data[key], f"unknown key; allowed: {', '.join(sorted(allowed))}")
-    base = dict(data.get("base") or {})
-    space = {key: _check_space(source, f"search_space.{key}", value) for key, value in (data.get("search_space") or {}).items()}
-    for key in list(base) + list(space):
-        if key not in FIELD_SECTION:
-            _fail(source, key, base.get(key, space.get(key)), "not a metarl train setting")
-    scheduler = dict(data.get("scheduler") or {"type": "fifo"})
-    if scheduler.get("type") not in SCHEDULERS:
-        _fail(source, "scheduler.type", scheduler.get("type"), f"expected one of {', '.join(SCHEDULERS)}")
-    for key, value in (scheduler.get("hyperparam_mutations") or {}).items():
-        if key not in FIELD_SECTION:
-            _fail(source, f"scheduler.hyperparam_mutations.{key}", value, "not a metarl train setting")
-        _check_space(source, f"scheduler.hyperparam_mutations.{key}", value)
+    base, space = _settings_and_space(source, data)
+    scheduler = _scheduler_spec(source, data)
     resources = dict(data.get("resources_per_trial") or {})
     spec = TuneSpec(
-        name=str(data.get("name") or path.stem), base=base, search_space=space, scheduler=scheduler,
-        metric=str(data.get("metric", "post_adapt/success")), mode=str(data.get("mode", "max")),
-        num_samples=data.get("num_samples", 1), max_failures=data.get("max_failures", 2),
-        rollout_workers=resources.get("rollout_workers", 1), gpus=resources.get("gpu", 0),
-        storage_path=str(storage_path or data.get("storage_path", "ray_results")), source=source, source_path=str(path))
+        name=str(data.get("name") or path.stem),
+        base=base,
+        search_space=space,
+        scheduler=scheduler,
+        metric=str(data.get("metric", "post_adapt/success")),
+        mode=str(data.get("mode", "max")),
+        num_samples=data.get("num_samples", 1),
+        max_failures=data.get("max_failures", 2),
+        rollout_workers=resources.get("rollout_workers", 1),
+        gpus=resources.get("gpu", 0),
+        storage_path=str(storage_path or data.get("storage_path", "ray_results")),
+        source=source,
+        source_path=str(path),
+    )
     if uri_scheme(spec.storage_path) not in ("",) + URI_SCHEMES:
-        _fail(source, "storage_path", spec.storage_path, f"expected a path or a URI with one of the schemes {', '.join(URI_SCHEMES)}")
+        _fail(
+            source,
+            "storage_path",
+            spec.storage_path,
+            f"expected a path or a URI with one of the schemes {', '.join(URI_SCHEMES)}",
+        )
     if spec.mode not in ("max", "min"):
         _fail(source, "mode", spec.mode, "expected max or min")
     # A learner on a GPU takes one whole GPU, and a trial's bundle is sized from the base settings.
@@ -129,9 +175,17 @@ def load_tune_spec(path: str | Path, storage_path: str | None = None) -> TuneSpe
         _fail(source, "resources_per_trial.gpu", spec.gpus, "expected 0 or 1 (GPUs per learner)")
     searched = set(space) | set(scheduler.get("hyperparam_mutations") or {})
     if spec.gpus and "num_learners" in searched:
-        _fail(source, "search_space.num_learners", "searched", "expected num_learners in base when gpu is 1 (it sizes the trial's GPUs)")
-    for key, value, low in (("num_samples", spec.num_samples, 1), ("max_failures", spec.max_failures, 0),
-                            ("resources_per_trial.rollout_workers", spec.rollout_workers, 1)):
+        _fail(
+            source,
+            "search_space.num_learners",
+            "searched",
+            "expected num_learners in base when gpu is 1 (it sizes the trial's GPUs)",
+        )
+    for key, value, low in (
+        ("num_samples", spec.num_samples, 1),
+        ("max_failures", spec.max_failures, 0),
+        ("resources_per_trial.rollout_workers", spec.rollout_workers, 1),
+    ):
         if not isinstance(value, int) or value < low:
             _fail(source, key, value, f"expected an integer >= {low}")
     for sample in _corner_configs(spec):  # every value a trial can get must make a valid config
@@ -150,8 +204,12 @@ def _corner_configs(spec: TuneSpec) -> list[dict[str, Any]]:
 
 def trial_config(spec: TuneSpec, sampled: dict[str, Any]) -> TrainConfig:
     """The TrainConfig of one trial: base settings, then the sampled ones, then Tune's own placement."""
-    flat = {**spec.base, **sampled, "num_rollout_workers": spec.rollout_workers,
-            "device": "cuda" if spec.gpus > 0 else "cpu"}
+    flat = {
+        **spec.base,
+        **sampled,
+        "num_rollout_workers": spec.rollout_workers,
+        "device": "cuda" if spec.gpus > 0 else "cpu",
+    }
     if spec.scheduler.get("type") == "pbt":  # PBT exploits from checkpoints: one at every perturbation
         flat["checkpoint_every"] = spec.scheduler.get("perturbation_interval", flat.get("checkpoint_every", 10))
     overrides: dict[str, dict[str, Any]] = {}
@@ -172,8 +230,12 @@ def trial_config(spec: TuneSpec, sampled: dict[str, Any]) -> TrainConfig:
 def _search_space(spec: TuneSpec) -> dict[str, Any]:
     from ray import tune
 
-    builders = {"grid": tune.grid_search, "choice": tune.choice,
-                "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v)}
+    builders = {
+        "grid": tune.grid_search,
+        "choice": tune.choice,
+        "uniform": lambda v: tune.uniform(*v),
+        "loguniform": lambda v: tune.loguniform(*v),
+    }
     return {key: builders[kind](values) for key, space in spec.search_space.items() for kind, values in space.items()}
 
 
@@ -185,9 +247,17 @@ def _scheduler(spec: TuneSpec) -> Any:
     if spec.scheduler["type"] == "asha":
         return ASHAScheduler(time_attr="training_iteration", **options)
     if spec.scheduler["type"] == "pbt":
-        mutations = {key: (tune.loguniform(*values) if kind == "loguniform" else tune.uniform(*values)
-                           if kind == "uniform" else list(values))
-                     for key, space in options.pop("hyperparam_mutations", {}).items() for kind, values in space.items()}
+        mutations = {
+            key: (
+                tune.loguniform(*values)
+                if kind == "loguniform"
+                else tune.uniform(*values)
+                if kind == "uniform"
+                else list(values)
+            )
+            for key, space in options.pop("hyperparam_mutations", {}).items()
+            for kind, values in space.items()
+        }
         return PopulationBasedTraining(time_attr="training_iteration", hyperparam_mutations=mutations, **options)
     return FIFOScheduler()
 
@@ -231,8 +301,9 @@ def make_trainable(spec: TuneSpec):
                 # so report where the clone stands, or the trial would end on its stale pre-exploit result.
                 # "done" ends the trial on this report; without it synchronous PBT exploits on every
                 # report and would restart the clone forever.
-                report({**(state.get("metrics") or {}), "iteration": int(state["iteration"]), "done": True},
-                       resume_from)
+                report(
+                    {**(state.get("metrics") or {}), "iteration": int(state["iteration"]), "done": True}, resume_from
+                )
                 return
         train(config, run_path, resume_from, on_iteration=report)
 
@@ -271,9 +342,15 @@ def _progress_callback(spec: TuneSpec) -> Any:
             self.progress.add_to_total(trial_config(spec, trial.config).run.num_epochs)
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            best = max((t.last_result.get(spec.metric, float("-inf")) for t in trials if t.last_result), default=float("nan"))
-            self.progress.update(1, trials=len(trials), steps=int(result.get("rollout/env_steps_total", 0)),
-                                 **{f"best_{spec.metric.split('/')[-1]}": f"{best:.2f}"})
+            best = max(
+                (t.last_result.get(spec.metric, float("-inf")) for t in trials if t.last_result), default=float("nan")
+            )
+            self.progress.update(
+                1,
+                trials=len(trials),
+                steps=int(result.get("rollout/env_steps_total", 0)),
+                **{f"best_{spec.metric.split('/')[-1]}": f"{best:.2f}"},
+            )
 
         def on_experiment_end(self, trials: list, **info: Any) -> None:
             self.progress.close()
@@ -289,18 +366,27 @@ def run_tune(spec: TuneSpec, resume: bool) -> dict[str, Any]:
     if resume:
         if not tune.Tuner.can_restore(str(spec.experiment_path)):
             raise TuneSpecError(f"--resume: no experiment to restore at {spec.experiment_path}")
-        tuner = tune.Tuner.restore(str(spec.experiment_path), trainable=trainable,
-                                   resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(
+            str(spec.experiment_path), trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
     else:
         if spec.experiment_path.exists():
-            raise TuneSpecError(f"{spec.source}: {spec.experiment_path} already exists; pass --resume to continue it or change name")
+            raise TuneSpecError(
+                f"{spec.source}: {spec.experiment_path} already exists; pass --resume to continue it or change name"
+            )
         tuner = tune.Tuner(
-            trainable, param_space=_search_space(spec),
-            tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples,
-                                        scheduler=_scheduler(spec)),
-            run_config=tune.RunConfig(name=spec.name, storage_path=str(spec.experiment_path.parent),
-                                      failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                                      callbacks=[_progress_callback(spec)]))
+            trainable,
+            param_space=_search_space(spec),
+            tune_config=tune.TuneConfig(
+                metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples, scheduler=_scheduler(spec)
+            ),
+            run_config=tune.RunConfig(
+                name=spec.name,
+                storage_path=str(spec.experiment_path.parent),
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                callbacks=[_progress_callback(spec)],
+            ),
+        )
     watch = _StopSignalWatch()
     tune_logger = logging.getLogger("ray.tune.tune")
     tune_logger.addHandler(watch)
@@ -309,12 +395,15 @@ def run_tune(spec: TuneSpec, resume: bool) -> dict[str, Any]:
     finally:
         tune_logger.removeHandler(watch)
     if watch.stopped:  # Tune saved the experiment's state on the way out, so --resume continues it
-        raise TuneInterrupted(f"experiment {spec.experiment_path} was stopped before it finished; "
-                              f"continue it with: metarl tune {spec.source_path} --resume")
+        raise TuneInterrupted(
+            f"experiment {spec.experiment_path} was stopped before it finished; "
+            f"continue it with: metarl tune {spec.source_path} --resume"
+        )
     best = results.get_best_result(metric=spec.metric, mode=spec.mode, scope="last")
     summary = {
         "experiment": str(spec.experiment_path),
-        "metric": spec.metric, "mode": spec.mode,
+        "metric": spec.metric,
+        "mode": spec.mode,
         "best_config": best.config,
         "best_metrics": {k: v for k, v in (best.metrics or {}).items() if isinstance(v, (int, float, str))},
         "best_trial_path": best.path,

@@ -69,8 +69,15 @@ _ROTATION_SOURCES: dict[str, tuple[str, str, int]] = {
 
 # np.clip's own kernel: np.clip(a, lo, hi) ends in this ufunc after several Python-level checks.
 _clip = getattr(np._core.umath, "clip", np.clip)
-_INFO_AFTER_SIM_EXCEPTION = {"success": False, "near_object": 0.0, "grasp_success": False, "grasp_reward": 0.0,
-                             "in_place_reward": 0.0, "obj_to_target": 0.0, "unscaled_reward": 0.0}
+_INFO_AFTER_SIM_EXCEPTION = {
+    "success": False,
+    "near_object": 0.0,
+    "grasp_success": False,
+    "grasp_reward": 0.0,
+    "in_place_reward": 0.0,
+    "obj_to_target": 0.0,
+    "unscaled_reward": 0.0,
+}
 _MOCAP_QUAT = (1, 0, 1, 0)
 
 
@@ -103,14 +110,15 @@ def make_fast(env: Any) -> Any:
     return env
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fast_class(stock_class: type) -> type:
     """The fast subclass of one task class; overrides only what the task class itself leaves to the base."""
     from metaworld.sawyer_xyz_env import SawyerXYZEnv
 
     own = {name for cls in stock_class.__mro__[: stock_class.__mro__.index(SawyerXYZEnv)] for name in vars(cls)}
-    members = {name: value for name, value in vars(_FastSawyerMixin).items()
-               if not name.startswith("__") and name not in own}
+    members = {
+        name: value for name, value in vars(_FastSawyerMixin).items() if not name.startswith("__") and name not in own
+    }
     env_name = _env_name_of(stock_class)
     if env_name in _ROTATION_SOURCES:
         members["_get_quat_objects"] = _get_quat_objects_fast
@@ -204,10 +212,16 @@ def quat_from_rotation_matrix(matrix: np.ndarray) -> np.ndarray:
     a positive determinant go to scipy itself, which orthogonalises them (or raises).
     """
     (m00, m01, m02), (m10, m11, m12), (m20, m21, m22) = matrix.tolist()
-    gram_off = max(abs(m00 * m10 + m01 * m11 + m02 * m12), abs(m00 * m20 + m01 * m21 + m02 * m22),
-                   abs(m10 * m20 + m11 * m21 + m12 * m22))
-    gram_diag = max(abs(m00 * m00 + m01 * m01 + m02 * m02 - 1.0), abs(m10 * m10 + m11 * m11 + m12 * m12 - 1.0),
-                    abs(m20 * m20 + m21 * m21 + m22 * m22 - 1.0))
+    gram_off = max(
+        abs(m00 * m10 + m01 * m11 + m02 * m12),
+        abs(m00 * m20 + m01 * m21 + m02 * m22),
+        abs(m10 * m20 + m11 * m21 + m12 * m22),
+    )
+    gram_diag = max(
+        abs(m00 * m00 + m01 * m01 + m02 * m02 - 1.0),
+        abs(m10 * m10 + m11 * m11 + m12 * m12 - 1.0),
+        abs(m20 * m20 + m21 * m21 + m22 * m22 - 1.0),
+    )
     determinant = m00 * (m11 * m22 - m12 * m21) - m01 * (m10 * m22 - m12 * m20) + m02 * (m10 * m21 - m11 * m20)
     if not (gram_off < _ORTHOGONAL_BAND and gram_diag < _ORTHOGONAL_BAND and determinant > 0.5):
         from scipy.spatial.transform import Rotation
@@ -350,8 +364,8 @@ class _FastSawyerMixin:
         assert len(positions) % 3 == 0 and len(quaternions) % 4 == 0
         for index in range(min(len(positions) // 3, len(quaternions) // 4)):
             start = 4 + 7 * index
-            observation[start:start + 3] = positions[3 * index:3 * index + 3]
-            observation[start + 3:start + 7] = quaternions[4 * index:4 * index + 4]
+            observation[start : start + 3] = positions[3 * index : 3 * index + 3]
+            observation[start + 3 : start + 7] = quaternions[4 * index : 4 * index + 4]
         return observation
 
     def _get_obs(self) -> np.ndarray:
@@ -364,10 +378,18 @@ class _FastSawyerMixin:
         self._prev_obs = current
         return observation
 
-    def _gripper_caging_reward(self, action: np.ndarray, obj_pos: np.ndarray, obj_radius: float,
-                               pad_success_thresh: float, object_reach_radius: float, xz_thresh: float,
-                               desired_gripper_effort: float = 1.0, high_density: bool = False,
-                               medium_density: bool = False) -> float:
+    def _gripper_caging_reward(
+        self,
+        action: np.ndarray,
+        obj_pos: np.ndarray,
+        obj_radius: float,
+        pad_success_thresh: float,
+        object_reach_radius: float,
+        xz_thresh: float,
+        desired_gripper_effort: float = 1.0,
+        high_density: bool = False,
+        medium_density: bool = False,
+    ) -> float:
         # SawyerXYZEnv._gripper_caging_reward's formula, with the scalar tolerance above.
         assert self.obj_init_pos is not None, "`obj_init_pos` must be initialized before calling this function."
         if high_density and medium_density:
@@ -379,8 +401,9 @@ class _FastSawyerMixin:
         for y in pad_y:
             to_obj = abs(y - obj_pos[1])
             to_obj_init = abs(y - self.obj_init_pos[1])
-            caging_lr.append(_long_tail_tolerance(to_obj, obj_radius, pad_success_thresh,
-                                                  abs(to_obj_init - pad_success_thresh)))
+            caging_lr.append(
+                _long_tail_tolerance(to_obj, obj_radius, pad_success_thresh, abs(to_obj_init - pad_success_thresh))
+            )
         caging_y = hamacher_product(*caging_lr)
 
         tcp = self.tcp_center

@@ -44,14 +44,18 @@ def check_env_config(env_config: EnvConfig) -> EnvConfig:
     """Meta-World's check of what the config cannot know: the task name of ML1/MT1 and the validation
     classes of ML10/ML45. Raises ConfigError."""
     if env_config.benchmark in ("ML1", "MT1") and env_config.task not in all_task_names():
-        raise ConfigError(f"--task={env_config.task!r}: expected a Meta-World v3 task such as reach-v3 "
-                          f"({len(all_task_names())} known)")
+        raise ConfigError(
+            f"--task={env_config.task!r}: expected a Meta-World v3 task such as reach-v3 "
+            f"({len(all_task_names())} known)"
+        )
     if env_config.validation_classes:
         known = train_class_names(env_config.benchmark)
         unknown = [name for name in env_config.validation_class_names if name not in known]
         if unknown or len(env_config.validation_class_names) >= len(known):
-            raise ConfigError(f"--validation_classes={env_config.validation_classes!r}: expected fewer than "
-                              f"{len(known)} of {env_config.benchmark}'s training classes ({', '.join(sorted(known))})")
+            raise ConfigError(
+                f"--validation_classes={env_config.validation_classes!r}: expected fewer than "
+                f"{len(known)} of {env_config.benchmark}'s training classes ({', '.join(sorted(known))})"
+            )
     return env_config
 
 
@@ -109,7 +113,9 @@ class BenchmarkTasks:
     def held_out_goals_of_train_classes(self) -> dict[str, list[Any]]:
         """The training classes (validation classes aside) on goals meta-training never sees: tells
         "did not learn" apart from "did not transfer" to new classes."""
-        other = _benchmark(self.env_config.benchmark, self.env_config.task, (self.seed + HELD_OUT_GOALS_SEED_OFFSET) % 2**32)
+        other = _benchmark(
+            self.env_config.benchmark, self.env_config.task, (self.seed + HELD_OUT_GOALS_SEED_OFFSET) % 2**32
+        )
         return {name: tasks for name, tasks in self._group(other.train_tasks).items() if name in self.train_tasks()}
 
     def evaluation_tasks(self, split: str) -> dict[str, list[Any]]:
@@ -174,27 +180,41 @@ def _maybe_fast(env: Any, env_config: EnvConfig) -> Any:
     return make_fast(env)
 
 
-def make_eval_vector_env(env_config: EnvConfig, seed: int, meta_batch_size: int,
-                         total_tasks_per_cls: int | None = None) -> Any:
+def make_eval_vector_env(
+    env_config: EnvConfig, seed: int, meta_batch_size: int, total_tasks_per_cls: int | None = None
+) -> Any:
     """Meta-World's own vector env for its official evaluation functions (ML: test split)."""
     if env_config.validation_classes:  # Meta-World's ML env would hand a validation run the test classes
-        raise ValueError("a validation run (--validation_classes) has no official evaluation: Meta-World's "
-                         "ML env holds the test classes")
+        raise ValueError(
+            "a validation run (--validation_classes) has no official evaluation: Meta-World's "
+            "ML env holds the test classes"
+        )
     import gymnasium as gym
     import metaworld  # noqa: F401  (registers the Meta-World/* ids)
 
-    common = dict(seed=seed, vector_strategy="sync", max_episode_steps=env_config.max_episode_length,
-                  reward_function_version=env_config.reward_function_version)
+    common = dict(
+        seed=seed,
+        vector_strategy="sync",
+        max_episode_steps=env_config.max_episode_length,
+        reward_function_version=env_config.reward_function_version,
+    )
     if env_config.is_meta_learning:
         name = "ML1-test" if env_config.benchmark == "ML1" else f"{env_config.benchmark}-test"
         extra = {"env_name": env_config.task} if env_config.benchmark == "ML1" else {}
-        envs = gym.make_vec(f"Meta-World/{name}", meta_batch_size=meta_batch_size,
-                            total_tasks_per_cls=total_tasks_per_cls, **extra, **common)
+        envs = gym.make_vec(
+            f"Meta-World/{name}",
+            meta_batch_size=meta_batch_size,
+            total_tasks_per_cls=total_tasks_per_cls,
+            **extra,
+            **common,
+        )
     elif env_config.benchmark == "MT1":
         kwargs = {k: v for k, v in common.items() if k != "vector_strategy"}
         # Meta-World's evaluation reads infos["final_info"], which only same-step autoreset provides.
-        envs = gym.vector.SyncVectorEnv([lambda: gym.make("Meta-World/MT1", env_name=env_config.task, **kwargs)],
-                                        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        envs = gym.vector.SyncVectorEnv(
+            [lambda: gym.make("Meta-World/MT1", env_name=env_config.task, **kwargs)],
+            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+        )
     else:
         envs = gym.make_vec(f"Meta-World/{env_config.benchmark}", **common)
     for sub_env in envs.envs:

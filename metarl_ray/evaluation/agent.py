@@ -1,9 +1,9 @@
 """Meta-World's official evaluation protocol, run on a meta-learned policy.
 
 ``MAMLAgent`` and ``InContextAgent`` speak Meta-World's ``MetaLearningAgent`` protocol, so its own
-``metalearning_evaluation`` (ML) and ``evaluation`` (MT) functions score them, unchanged, on the first goals of every test class (ML) or
-training class (MT). The official ML figure counts the first 3 finished episodes per task *class*
-while successful episodes end early, so it over-counts successes; ``meta_test`` computes the direct
+``metalearning_evaluation`` (ML) and ``evaluation`` (MT) functions score them, unchanged, on the first goals
+of every test class (ML) or training class (MT). The official ML figure counts the first 3 finished episodes
+per task *class* while successful episodes end early, so it over-counts successes; ``meta_test`` computes the direct
 per-goal figures with confidence intervals beside it.
 """
 
@@ -17,14 +17,14 @@ import numpy as np
 import torch
 
 from metarl_ray.algorithms.advantages import compute_advantages
-from metarl_ray.training.batch import EpisodeBatch
-from metarl_ray.training.checkpoint import load_checkpoint, resolve_checkpoint, trained_config
-from metarl_ray.config import TrainConfig
-from metarl_ray.envs.metaworld import ACTION_DIM, OBS_DIM, BenchmarkTasks, make_eval_vector_env
 from metarl_ray.algorithms.maml_ppo import TensorBatch, adapt
 from metarl_ray.algorithms.rl2 import IN_CONTEXT_INPUT_DIM, in_context_step_inputs
+from metarl_ray.config import TrainConfig
+from metarl_ray.envs.metaworld import ACTION_DIM, OBS_DIM, BenchmarkTasks, make_eval_vector_env
 from metarl_ray.policies import build_policy
 from metarl_ray.policies.common import BatchedPolicy, Params, detached_params, gaussian_log_prob
+from metarl_ray.training.batch import EpisodeBatch
+from metarl_ray.training.checkpoint import load_checkpoint, resolve_checkpoint, trained_config
 
 logger = logging.getLogger(__name__)
 Step = tuple[np.ndarray, np.ndarray, float, float]  # observation, action, reward, sampling log-prob
@@ -46,18 +46,7 @@ class MAMLAgent:
         self.init()
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, seed: int = 0) -> "MAMLAgent":
-        checkpoint = resolve_checkpoint(path)
-        if checkpoint is None:
-            raise FileNotFoundError(f"no checkpoint at {path}")
-        state = load_checkpoint(checkpoint)
-        config = trained_config(state)
-        policy = build_policy(OBS_DIM, ACTION_DIM, config.policy)
-        policy.load_state_dict(state["learner"]["policy"])
-        return cls(policy, config, seed)
-
-    @classmethod
-    def from_params(cls, config: TrainConfig, meta_params: dict[str, np.ndarray], seed: int = 0) -> "MAMLAgent":
+    def from_params(cls, config: TrainConfig, meta_params: dict[str, np.ndarray], seed: int = 0) -> MAMLAgent:
         policy = build_policy(OBS_DIM, ACTION_DIM, config.policy)
         policy.load_state_dict({name: torch.tensor(value) for name, value in meta_params.items()})
         return cls(policy, config, seed)
@@ -99,9 +88,14 @@ class MAMLAgent:
     def step(self, timestep: Any) -> None:
         self._params_for(len(timestep.observation))
         for env_index in range(len(timestep.observation)):
-            self._open[env_index].append((timestep.observation[env_index], timestep.action[env_index],
-                                          float(timestep.reward[env_index]),
-                                          float(timestep.aux_policy_outputs["log_probs"][env_index])))
+            self._open[env_index].append(
+                (
+                    timestep.observation[env_index],
+                    timestep.action[env_index],
+                    float(timestep.reward[env_index]),
+                    float(timestep.aux_policy_outputs["log_probs"][env_index]),
+                )
+            )
             if timestep.terminated[env_index] or timestep.truncated[env_index]:
                 self._episodes[env_index].append(self._open[env_index])
                 self._open[env_index] = []
@@ -144,7 +138,7 @@ class InContextAgent:
         self.init()
 
     @classmethod
-    def from_params(cls, config: TrainConfig, meta_params: dict[str, np.ndarray], seed: int = 0) -> "InContextAgent":
+    def from_params(cls, config: TrainConfig, meta_params: dict[str, np.ndarray], seed: int = 0) -> InContextAgent:
         policy = build_policy(IN_CONTEXT_INPUT_DIM, ACTION_DIM, config.policy)
         policy.load_state_dict({name: torch.tensor(value) for name, value in meta_params.items()})
         return cls(policy, config, seed)
@@ -160,7 +154,7 @@ class InContextAgent:
             # A trial's first step sees no previous action or reward (as in training): the inputs carry
             # the last ones of whatever this env ran before (another goal's trial, say).
             obs = obs.clone()
-            obs[:, OBS_DIM:OBS_DIM + ACTION_DIM + 1] = 0.0
+            obs[:, OBS_DIM : OBS_DIM + ACTION_DIM + 1] = 0.0
         with torch.no_grad():
             mean, log_std, self._state = self.step_fn(obs, self._state, torch.full((len(obs),), start))
         return mean, log_std
@@ -205,8 +199,9 @@ class InContextInputs:
         obs, rewards, terminations, truncations, infos = self.env.step(actions)
         self._last_actions = np.asarray(actions, dtype=np.float32)
         self._last_rewards = np.asarray(rewards, dtype=np.float32)
-        inputs = in_context_step_inputs(obs.astype(np.float32), self._last_actions, self._last_rewards,
-                                        np.logical_or(terminations, truncations))
+        inputs = in_context_step_inputs(
+            obs.astype(np.float32), self._last_actions, self._last_rewards, np.logical_or(terminations, truncations)
+        )
         return inputs, rewards, terminations, truncations, infos
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -219,10 +214,21 @@ class InContextInputs:
         self.env.close()
 
 
-def build_agent(config: TrainConfig, meta_params: dict[str, np.ndarray], seed: int = 0) -> "MAMLAgent | InContextAgent":
+def build_agent(config: TrainConfig, meta_params: dict[str, np.ndarray], seed: int = 0) -> MAMLAgent | InContextAgent:
     """The agent of the run's meta-learner."""
     agent_class = InContextAgent if config.meta_learner.in_context else MAMLAgent
     return agent_class.from_params(config, meta_params, seed)
+
+
+def load_agent(path: str | Path, seed: int = 0) -> MAMLAgent | InContextAgent:
+    """The agent of a checkpoint file or a run directory (its latest checkpoint), adapting with the
+    learning rates it was trained with."""
+    checkpoint = resolve_checkpoint(path)
+    if checkpoint is None:
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    state = load_checkpoint(checkpoint)
+    meta_params = {name: tensor.numpy() for name, tensor in state["learner"]["policy"].items()}
+    return build_agent(trained_config(state), meta_params, seed)
 
 
 def episodes_to_batch(episodes: list[list[Step]], config: TrainConfig) -> EpisodeBatch:
@@ -235,8 +241,15 @@ def episodes_to_batch(episodes: list[list[Step]], config: TrainConfig) -> Episod
     return EpisodeBatch(obs, actions, rewards, log_probs, advantages, np.zeros(len(episodes), dtype=bool))
 
 
-def evaluate_official(agent: MAMLAgent | InContextAgent, config: TrainConfig, goals_per_class: int, num_evals: int,
-                      mt_episodes: int, seed: int, meta_batch_size: int | None = None) -> tuple[float, float, dict[str, float]]:
+def evaluate_official(
+    agent: MAMLAgent | InContextAgent,
+    config: TrainConfig,
+    goals_per_class: int,
+    num_evals: int,
+    mt_episodes: int,
+    seed: int,
+    meta_batch_size: int | None = None,
+) -> tuple[float, float, dict[str, float]]:
     """Meta-World's own score. ML: ``metalearning_evaluation`` over ``goals_per_class`` goals per test
     class held by ``meta_batch_size`` sub-envs (default: one per goal); each of ``num_evals`` rounds
     hands the sub-envs their next goals. MT: ``evaluation`` with ``mt_episodes`` per task."""
@@ -249,12 +262,23 @@ def evaluate_official(agent: MAMLAgent | InContextAgent, config: TrainConfig, go
     if config.env.is_meta_learning:
         # By default one goal per sub-env: one round visits each of the first goals_per_class goals of
         # every class once. With fewer sub-envs, the rounds go through the goals in turn.
-        envs = wrap(make_eval_vector_env(config.env, seed, meta_batch_size=meta_batch_size or num_classes * goals_per_class,
-                                         total_tasks_per_cls=goals_per_class))
+        envs = wrap(
+            make_eval_vector_env(
+                config.env,
+                seed,
+                meta_batch_size=meta_batch_size or num_classes * goals_per_class,
+                total_tasks_per_cls=goals_per_class,
+            )
+        )
         try:
             success, mean_return, per_task = metalearning_evaluation(
-                agent, envs, num_evals=num_evals, adaptation_steps=1 if in_context else config.maml.num_inner_steps,
-                adaptation_episodes=ADAPTATION_EPISODES, evaluation_episodes=EVALUATION_EPISODES)
+                agent,
+                envs,
+                num_evals=num_evals,
+                adaptation_steps=1 if in_context else config.maml.num_inner_steps,
+                adaptation_episodes=ADAPTATION_EPISODES,
+                evaluation_episodes=EVALUATION_EPISODES,
+            )
         finally:
             envs.close()
     else:
@@ -265,5 +289,3 @@ def evaluate_official(agent: MAMLAgent | InContextAgent, config: TrainConfig, go
         finally:
             envs.close()
     return float(success), float(mean_return), {name: float(value) for name, value in per_task.items()}
-
-

@@ -16,20 +16,21 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from metarl_ray.training.batch import GoalEvaluation
-from metarl_ray.training.checkpoint import CHECKPOINT_DIR, load_checkpoint, resolve_checkpoint, trained_config
-from metarl_ray.config import EVAL_SPLITS, NOT_PART_OF_THE_METHOD, ConfigError, TrainConfig, config_from_dict
 from metarl_ray.algorithms import policy_input_dim
+from metarl_ray.config import EVAL_SPLITS, NOT_PART_OF_THE_METHOD, ConfigError, TrainConfig, config_from_dict
 from metarl_ray.envs.metaworld import ACTION_DIM, BenchmarkTasks, TaskSpec, fixed_task_specs
+from metarl_ray.evaluation.statistics import estimate
 from metarl_ray.policies import build_policy
 from metarl_ray.policies.common import params_to_numpy
+from metarl_ray.training.batch import GoalEvaluation
+from metarl_ray.training.checkpoint import CHECKPOINT_DIR, load_checkpoint, resolve_checkpoint, trained_config
 from metarl_ray.training.rollout import EvalPlan
-from metarl_ray.evaluation.statistics import estimate
 from metarl_ray.training.storage import StoragePath
 
 logger = logging.getLogger(__name__)
@@ -96,8 +97,10 @@ def find_checkpoints(location: StoragePath) -> list[StoragePath]:
         return [checkpoint]
     if not location.is_dir():
         return []
-    trials = sorted((trial / "run" for trial in location.iterdir() if (trial / "run" / CHECKPOINT_DIR).is_dir()),
-                    key=lambda run: run.path)
+    trials = sorted(
+        (trial / "run" for trial in location.iterdir() if (trial / "run" / CHECKPOINT_DIR).is_dir()),
+        key=lambda run: run.path,
+    )
     return [c for c in (resolve_checkpoint(run) for run in trials) if c is not None]
 
 
@@ -112,8 +115,9 @@ def load_run(checkpoint: StoragePath) -> RunToEvaluate:
         reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
         raise ConfigError(f"--checkpoint={str(checkpoint)!r}: not a usable metarl-ray checkpoint ({reason})") from None
     params = params_to_numpy(dict(policy.named_parameters()))
-    return RunToEvaluate(checkpoint, config, params, int(state["iteration"]), int(state.get("env_steps_total", 0)),
-                         adapting_config)
+    return RunToEvaluate(
+        checkpoint, config, params, int(state["iteration"]), int(state.get("env_steps_total", 0)), adapting_config
+    )
 
 
 def check_compatible(runs: Sequence[RunToEvaluate]) -> None:
@@ -127,11 +131,14 @@ def check_compatible(runs: Sequence[RunToEvaluate]) -> None:
                 if values[name] != other[section][name]:
                     raise ConfigError(
                         f"--checkpoint={str(run.checkpoint)!r}: {name}={other[section][name]!r} differs from "
-                        f"{values[name]!r} of {runs[0].checkpoint}; expected seeds of one method (evaluate each setting apart)")
+                        f"{values[name]!r} of {runs[0].checkpoint}; "
+                        "expected seeds of one method (evaluate each setting apart)"
+                    )
         if run.env_steps != runs[0].env_steps:
             raise ConfigError(
                 f"--checkpoint={str(run.checkpoint)!r}: env_steps={run.env_steps} differs from {runs[0].env_steps} of "
-                f"{runs[0].checkpoint}; expected checkpoints at one training budget (pass checkpoint files)")
+                f"{runs[0].checkpoint}; expected checkpoints at one training budget (pass checkpoint files)"
+            )
     seeds = [run.seed for run in runs]
     if len(set(seeds)) < len(seeds):
         # Same seed: the same goals and the same evaluation noise, so pooling would count one
@@ -179,8 +186,9 @@ def goal_scores(goal: GoalEvaluation) -> dict[str, Any]:
     return record
 
 
-def score_table(results: Sequence[Sequence[dict[str, Any]]], classes: Sequence[str], rule: str, phase: str,
-                returns: bool = False) -> np.ndarray:
+def score_table(
+    results: Sequence[Sequence[dict[str, Any]]], classes: Sequence[str], rule: str, phase: str, returns: bool = False
+) -> np.ndarray:
     """(seeds, classes, goals) scores from ``goal_scores`` records: every run has as many goals per class."""
     key = f"{rule}/{phase}_{'return' if returns else 'success'}"
     table = [[[g[key] for g in run if g["task"] == name] for name in classes] for run in results]
@@ -194,7 +202,9 @@ def summarize_rule(results: Sequence[Sequence[dict[str, Any]]], classes: Sequenc
     """Pre, post and the paired gain (post - pre, goal by goal) of one action rule, plus mean returns."""
     pre, post = (score_table(results, classes, rule, phase) for phase in ("pre", "post"))
     return {
-        "pre": estimate(pre).to_dict(), "post": estimate(post).to_dict(), "gain": estimate(post - pre).to_dict(),
+        "pre": estimate(pre).to_dict(),
+        "post": estimate(post).to_dict(),
+        "gain": estimate(post - pre).to_dict(),
         "pre_mean_return": float(score_table(results, classes, rule, "pre", returns=True).mean()),
         "post_mean_return": float(score_table(results, classes, rule, "post", returns=True).mean()),
     }
@@ -203,12 +213,19 @@ def summarize_rule(results: Sequence[Sequence[dict[str, Any]]], classes: Sequenc
 def summarize_scores(results: Sequence[Sequence[dict[str, Any]]]) -> dict[str, Any]:
     """Overall and per-class estimates per rule of runs' ``goal_scores`` records (one list per seed)."""
     classes = sorted({goal["task"] for run_results in results for goal in run_results})
-    return {"overall": {rule: summarize_rule(results, classes, rule) for rule in RULES},
-            "per_task": {name: {rule: summarize_rule(results, [name], rule) for rule in RULES} for name in classes}}
+    return {
+        "overall": {rule: summarize_rule(results, classes, rule) for rule in RULES},
+        "per_task": {name: {rule: summarize_rule(results, [name], rule) for rule in RULES} for name in classes},
+    }
 
 
-def summarize(runs: Sequence[RunToEvaluate], evaluations: Sequence[Sequence[GoalEvaluation]],
-              official: Sequence[OfficialResult | None], options: EvalOptions, goals_per_class: int) -> dict[str, Any]:
+def summarize(
+    runs: Sequence[RunToEvaluate],
+    evaluations: Sequence[Sequence[GoalEvaluation]],
+    official: Sequence[OfficialResult | None],
+    options: EvalOptions,
+    goals_per_class: int,
+) -> dict[str, Any]:
     """The report ``metarl eval --json`` prints: overall and per-class estimates per rule, and per run
     (with every goal's scores)."""
     results = [[goal_scores(goal) for goal in run_results] for run_results in evaluations]
@@ -220,43 +237,68 @@ def summarize(runs: Sequence[RunToEvaluate], evaluations: Sequence[Sequence[Goal
     for name, entry in per_task.items():
         values = [o.per_task[name] for o in have_official if name in o.per_task]
         entry["success_rate_official"] = float(np.mean(values)) if values else None
-    per_run = [{
-        "checkpoint": str(run.checkpoint), "seed": run.seed, "iteration": run.iteration, "env_steps": run.env_steps,
-        "success_rate": {rule: {phase: float(score_table([run_results], classes, rule, phase).mean(axis=-1).mean())
-                                for phase in ("pre", "post")} for rule in RULES},
-        "success_rate_official": None if run_official is None else run_official.success_rate,
-        "mean_return_official": None if run_official is None else run_official.mean_return,
-        "per_task_official": None if run_official is None else run_official.per_task,
-        "goals": run_results,
-    } for run, run_results, run_official in zip(runs, results, official)]
+    per_run = [
+        {
+            "checkpoint": str(run.checkpoint),
+            "seed": run.seed,
+            "iteration": run.iteration,
+            "env_steps": run.env_steps,
+            "success_rate": {
+                rule: {
+                    phase: float(score_table([run_results], classes, rule, phase).mean(axis=-1).mean())
+                    for phase in ("pre", "post")
+                }
+                for rule in RULES
+            },
+            "success_rate_official": None if run_official is None else run_official.success_rate,
+            "mean_return_official": None if run_official is None else run_official.mean_return,
+            "per_task_official": None if run_official is None else run_official.per_task,
+            "goals": run_results,
+        }
+        for run, run_results, run_official in zip(runs, results, official)
+    ]
     headline = overall["mean_action"]
     return {
-        "benchmark": config.env.benchmark, "task": config.env.task if config.env.benchmark in ("ML1", "MT1") else None,
+        "benchmark": config.env.benchmark,
+        "task": config.env.task if config.env.benchmark in ("ML1", "MT1") else None,
         "num_runs": len(runs),
         # Headline figures: the mean-action rule, as Meta-World's own evaluation acts.
-        "success_rate": headline["post"]["mean"], "pre_adapt_success_rate": headline["pre"]["mean"],
+        "success_rate": headline["post"]["mean"],
+        "pre_adapt_success_rate": headline["pre"]["mean"],
         "mean_return": headline["post_mean_return"],
         "success_rate_official": float(np.mean([o.success_rate for o in have_official])) if have_official else None,
         "mean_return_official": float(np.mean([o.mean_return for o in have_official])) if have_official else None,
-        "overall": overall, "per_task": per_task, "runs": per_run,
+        "overall": overall,
+        "per_task": per_task,
+        "runs": per_run,
         "protocol": {
-            "split": _split_name(config, options.split), "goals_per_class": goals_per_class,
+            "split": _split_name(config, options.split),
+            "goals_per_class": goals_per_class,
             "num_goals_per_run": sum(len(r) for r in results) // max(1, len(results)),
             "algorithm": config.meta_learner.algorithm,
             # rl2 adapts in one trial of the adaptation episodes; its pre-adaptation sampled episodes are
             # their own fresh-memory episodes, its post-adaptation ones continue the trial's memory.
             "adaptation_episodes": EvalPlan.num_adaptation_episodes,
             "num_inner_steps": None if config.meta_learner.in_context else config.maml.num_inner_steps,
-            "sampled_episodes": options.num_sampled_episodes, "mean_action_episodes": 1,
-            "max_episode_length": config.env.max_episode_length, "seeds": [run.seed for run in runs],
-            "score": "per (seed, goal); mean_action: its one episode's success (0/1); sampled: the fraction of its episodes that succeed",
-            "interval": "95% percentile, two-stage bootstrap (seeds, then goals within each seed and task class; classes are strata), 5000 resamples",
+            "sampled_episodes": options.num_sampled_episodes,
+            "mean_action_episodes": 1,
+            "max_episode_length": config.env.max_episode_length,
+            "seeds": [run.seed for run in runs],
+            "score": "per (seed, goal); mean_action: its one episode's success (0/1); "
+            "sampled: the fraction of its episodes that succeed",
+            "interval": "95% percentile, two-stage bootstrap (seeds, then goals within each seed and task class; "
+            "classes are strata), 5000 resamples",
             "mean": "mean over task classes of the class mean over seeds and goals",
             "iqm": "mean of the middle 50% of the per-(seed, class) success rates (rliable's aggregate_iqm)",
-            "official": None if not have_official else {
-                "goals_per_class": official_goals_for(options, goals_per_class), "num_evals": options.num_evals,
+            "official": None
+            if not have_official
+            else {
+                "goals_per_class": official_goals_for(options, goals_per_class),
+                "num_evals": options.num_evals,
                 "meta_batch_size": options.official_meta_batch_size,
-                "mt_episodes": options.mt_episodes, "note": "Meta-World's own functions; they over-count success (README)"},
+                "mt_episodes": options.mt_episodes,
+                "note": "Meta-World's own functions; they over-count success (README)",
+            },
         },
     }
 
@@ -269,8 +311,10 @@ def check_official_layout(run: RunToEvaluate, options: EvalOptions, goals_per_cl
     num_classes = len(BenchmarkTasks(run.config.env, run.seed).test_tasks())
     size, goals = options.official_meta_batch_size, official_goals_for(options, goals_per_class)
     if size % num_classes or goals % (size // num_classes):
-        raise ConfigError(f"--official_meta_batch_size={size}: expected a multiple of the {num_classes} test classes "
-                          f"whose sub-envs per class divide --official_goals_per_class={goals}")
+        raise ConfigError(
+            f"--official_meta_batch_size={size}: expected a multiple of the {num_classes} test classes "
+            f"whose sub-envs per class divide --official_goals_per_class={goals}"
+        )
 
 
 def _split_name(config: TrainConfig, split: str) -> str:
@@ -281,20 +325,27 @@ def _split_name(config: TrainConfig, split: str) -> str:
     return "test" if config.env.is_meta_learning else "train"
 
 
-def evaluate_runs(locations: Sequence[StoragePath], options: EvalOptions, ray_address: str | None = None) -> dict[str, Any]:
+def evaluate_runs(
+    locations: Sequence[StoragePath], options: EvalOptions, ray_address: str | None = None
+) -> dict[str, Any]:
     """Load every run, meta-test it (in this process, or on Ray rollout actors) and summarise."""
     from metarl_ray.distributed.eval_runner import run_meta_test  # the Ray edge; it imports this module
 
     checkpoints = [c for location in locations for c in find_checkpoints(location)]
     runs = [load_run(c) for c in checkpoints]
     if not runs:
-        raise ConfigError(f"--checkpoint={[str(l) for l in locations]!r}: no checkpoint found; expected checkpoint "
-                          "files, run directories or a Tune experiment directory")
+        raise ConfigError(
+            f"--checkpoint={[str(location) for location in locations]!r}: no checkpoint found; expected checkpoint "
+            "files, run directories or a Tune experiment directory"
+        )
     check_compatible(runs)
     goals_per_class = goals_per_class_for(options, runs[0].config)
     if official_applies(runs[0].config, options):
         check_official_layout(runs[0], options, goals_per_class)
-    options = dataclasses.replace(options, mt_episodes=options.mt_episodes or (2 if runs[0].config.run.test_mode else 50),
-                                  official=official_applies(runs[0].config, options))
+    options = dataclasses.replace(
+        options,
+        mt_episodes=options.mt_episodes or (2 if runs[0].config.run.test_mode else 50),
+        official=official_applies(runs[0].config, options),
+    )
     results, official = run_meta_test(runs, goals_per_class, options, ray_address)
     return summarize(runs, results, official, options, goals_per_class)

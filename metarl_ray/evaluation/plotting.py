@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -54,13 +54,17 @@ def load_runs(locations: Sequence[str]) -> dict[str, list[tuple[StoragePath, lis
         except (OSError, ValueError) as error:
             raise ConfigError(f"RUN={location!r}: cannot open it ({str(error).splitlines()[0][:200]})") from None
         if not is_run:
-            raise ConfigError(f"RUN={location!r}: not a run directory (no {CONFIG_FILE}); expected the folder metarl train wrote")
+            raise ConfigError(
+                f"RUN={location!r}: not a run directory (no {CONFIG_FILE}); expected the folder metarl train wrote"
+            )
         try:
             rows = read_metrics(run)
         except (OSError, ValueError) as error:
             raise ConfigError(f"RUN={location!r}: unreadable metrics ({str(error).splitlines()[0][:200]})") from None
         if not rows:
-            raise ConfigError(f"RUN={location!r}: the run has no metrics rows yet; expected a run with at least one iteration")
+            raise ConfigError(
+                f"RUN={location!r}: the run has no metrics rows yet; expected a run with at least one iteration"
+            )
         groups.setdefault(setting_key(read_config_dict(run)), []).append((run, rows))
     return groups
 
@@ -73,8 +77,16 @@ def curves_of(groups: dict[str, list[tuple[StoragePath, list[dict]]]], metric: s
         steps = np.array([[row[STEP_KEY] for row in rows[:length]] for _, rows in runs], dtype=float).mean(axis=0)
         names = [run.name for run, _ in runs]
         label = names[0] if len(names) == 1 else f"{names[0]} + {len(names) - 1} seed(s)"
-        curves.append(Curve(label, len(runs), steps, np.nanmean(values, axis=0), np.nanmin(values, axis=0),
-                            np.nanmax(values, axis=0)))
+        curves.append(
+            Curve(
+                label,
+                len(runs),
+                steps,
+                np.nanmean(values, axis=0),
+                np.nanmin(values, axis=0),
+                np.nanmax(values, axis=0),
+            )
+        )
     return curves
 
 
@@ -86,8 +98,10 @@ def plot_runs(locations: Sequence[str], metrics: Sequence[str], out: str) -> dic
     available = {key for runs in groups.values() for _, rows in runs for row in rows for key in row}
     for metric in metrics:
         if metric not in available:
-            raise ConfigError(f"--metric={metric!r}: not in these runs' metrics; expected one of "
-                              f"{', '.join(sorted(k for k in available if '/' in k))}")
+            raise ConfigError(
+                f"--metric={metric!r}: not in these runs' metrics; expected one of "
+                f"{', '.join(sorted(k for k in available if '/' in k))}"
+            )
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
@@ -98,8 +112,12 @@ def plot_runs(locations: Sequence[str], metrics: Sequence[str], out: str) -> dic
     for ax, metric in zip(axes[0], metrics):
         for index, curve in enumerate(drawn[metric]):
             color = f"C{index}"
-            ax.plot(curve.env_steps / 1e6, curve.mean, color=color,
-                    label=curve.label + ("" if curve.num_seeds == 1 else f" (mean, band: min-max of {curve.num_seeds})"))
+            ax.plot(
+                curve.env_steps / 1e6,
+                curve.mean,
+                color=color,
+                label=curve.label + ("" if curve.num_seeds == 1 else f" (mean, band: min-max of {curve.num_seeds})"),
+            )
             if curve.num_seeds > 1:
                 ax.fill_between(curve.env_steps / 1e6, curve.low, curve.high, color=color, alpha=0.2)
         ax.set_title(metric + (" (training tasks)" if metric.startswith(("pre_adapt/", "post_adapt/")) else ""))

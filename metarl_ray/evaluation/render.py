@@ -41,7 +41,9 @@ class RenderedGoal:
     post_return: float
 
 
-def render_goal(checkpoint: Any, task: str | None, goal_index: int, out: str, camera: str, size: int, fps: int) -> RenderedGoal:
+def render_goal(
+    checkpoint: Any, task: str | None, goal_index: int, out: str, camera: str, size: int, fps: int
+) -> RenderedGoal:
     backend = choose_gl_backend()
     import imageio.v2 as imageio
     import torch
@@ -53,12 +55,16 @@ def render_goal(checkpoint: Any, task: str | None, goal_index: int, out: str, ca
     run = load_run(checkpoint)
     config = run.config
     if config.meta_learner.in_context:
-        raise ConfigError(f"--checkpoint={str(checkpoint)!r}: algorithm=rl2; metarl render supports maml_ppo only (yet)")
+        raise ConfigError(
+            f"--checkpoint={str(checkpoint)!r}: algorithm=rl2; metarl render supports maml_ppo only (yet)"
+        )
     specs = goal_specs(run, goal_index + 1)  # the first goal_index + 1 goals of every class
     classes = sorted({spec.env_name for spec in specs})
     task = task or classes[0]
     if task not in classes:
-        raise ConfigError(f"--task={task!r}: not a meta-test class of this run's benchmark; expected one of {', '.join(classes)}")
+        raise ConfigError(
+            f"--task={task!r}: not a meta-test class of this run's benchmark; expected one of {', '.join(classes)}"
+        )
     spec = next(s for s in specs if s.env_name == task and s.goal_index == goal_index)
     worker = RolloutWorker(config.env, config.policy, config.maml, config.ppo, run.seed)
     meta = {name: torch.tensor(value) for name, value in run.meta_params.items()}
@@ -66,7 +72,9 @@ def render_goal(checkpoint: Any, task: str | None, goal_index: int, out: str, ca
     env = _render_env(task, spec.task, config, camera, size, backend)
     try:
         pre_frames, pre_return, pre_success = _mean_action_episode(worker, env, meta, config.env.max_episode_length)
-        post_frames, post_return, post_success = _mean_action_episode(worker, env, adapted, config.env.max_episode_length)
+        post_frames, post_return, post_success = _mean_action_episode(
+            worker, env, adapted, config.env.max_episode_length
+        )
     finally:
         env.close()
     # MuJoCo's offscreen buffer is bottom-up: flipped to the usual top-down image.
@@ -75,8 +83,9 @@ def render_goal(checkpoint: Any, task: str | None, goal_index: int, out: str, ca
     with tempfile.TemporaryDirectory(prefix="metarl-render-") as scratch:
         encoded = os.path.join(scratch, "video.mp4")
         # yuv420p and even sizes: the MP4 every player opens.
-        imageio.mimwrite(encoded, frames, format="FFMPEG", fps=fps, codec="libx264", pixelformat="yuv420p",
-                         macro_block_size=2)
+        imageio.mimwrite(
+            encoded, frames, format="FFMPEG", fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=2
+        )
         with open(encoded, "rb") as handle:
             StoragePath.parse(out).write_bytes(handle.read())
     return RenderedGoal(task, goal_index, len(frames), pre_success, post_success, pre_return, post_return)
@@ -85,8 +94,13 @@ def render_goal(checkpoint: Any, task: str | None, goal_index: int, out: str, ca
 def _render_env(task: str, task_data: Any, config: Any, camera: str, size: int, backend: str) -> Any:
     from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
-    env = ALL_V3_ENVIRONMENTS[task](reward_function_version=config.env.reward_function_version, render_mode="rgb_array",
-                                    camera_name=camera, width=size, height=size)
+    env = ALL_V3_ENVIRONMENTS[task](
+        reward_function_version=config.env.reward_function_version,
+        render_mode="rgb_array",
+        camera_name=camera,
+        width=size,
+        height=size,
+    )
     env.max_path_length = config.env.max_episode_length
     env.set_task(task_data)
     try:
@@ -94,8 +108,10 @@ def _render_env(task: str, task_data: Any, config: Any, camera: str, size: int, 
         env.render()
     except Exception as error:  # noqa: BLE001 - any OpenGL failure means the same fix
         env.close()
-        raise ConfigError(f"MUJOCO_GL={backend!r}: MuJoCo cannot render offscreen ({type(error).__name__}); expected "
-                          "OSMesa (Debian/Ubuntu: apt-get install libosmesa6) or MUJOCO_GL=egl on a GPU machine") from None
+        raise ConfigError(
+            f"MUJOCO_GL={backend!r}: MuJoCo cannot render offscreen ({type(error).__name__}); expected "
+            "OSMesa (Debian/Ubuntu: apt-get install libosmesa6) or MUJOCO_GL=egl on a GPU machine"
+        ) from None
     return env
 
 

@@ -43,9 +43,14 @@ class Estimate:
     iqm_ci95: tuple[float, float] | None
 
     def to_dict(self) -> dict[str, object]:
-        return {"num_seeds": self.num_seeds, "num_samples": self.num_samples, "mean": self.mean, "iqm": self.iqm,
-                "mean_ci95": None if self.mean_ci95 is None else list(self.mean_ci95),
-                "iqm_ci95": None if self.iqm_ci95 is None else list(self.iqm_ci95)}
+        return {
+            "num_seeds": self.num_seeds,
+            "num_samples": self.num_samples,
+            "mean": self.mean,
+            "iqm": self.iqm,
+            "mean_ci95": None if self.mean_ci95 is None else list(self.mean_ci95),
+            "iqm_ci95": None if self.iqm_ci95 is None else list(self.iqm_ci95),
+        }
 
 
 def _mean_and_iqm(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,5 +93,6 @@ def estimate(scores: np.ndarray, seed: int = 0) -> Estimate:
     if num_seeds == 1 and num_goals == 1:
         return Estimate(num_seeds, num_seeds * num_classes * num_goals, mean, iqm, None, None)
     boot_mean, boot_iqm = _bootstrap(scores, seed)
-    return Estimate(num_seeds, num_seeds * num_classes * num_goals, mean, iqm,
-                    _percentiles(boot_mean), _percentiles(boot_iqm))
+    return Estimate(
+        num_seeds, num_seeds * num_classes * num_goals, mean, iqm, _percentiles(boot_mean), _percentiles(boot_iqm)
+    )

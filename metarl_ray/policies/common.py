@@ -14,17 +14,41 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable
+from collections.abc import Callable
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-
 Params = dict[str, torch.Tensor]
 State = torch.Tensor
 StepFn = Callable[[torch.Tensor, State, torch.Tensor], tuple[torch.Tensor, torch.Tensor, State]]
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+class Policy(Protocol):
+    """The entry points above, as a type (every policy is also an ``nn.Module``)."""
+
+    @property
+    def log_std(self) -> torch.Tensor: ...
+
+    def initial_state(self, batch: int) -> State: ...
+
+    def rollout_step(self, stacked: Params | None = None) -> StepFn: ...
+
+    def fixed_in_inner_loop(self, name: str) -> bool: ...
+
+
+class SequencePolicy(Policy, Protocol):
+    """A policy with a memory that can continue a given state over a sequence (in-context learning)."""
+
+    def sequence(self, observations: torch.Tensor, state: State) -> tuple[torch.Tensor, torch.Tensor, State]: ...
+
+
+def as_policy(module: nn.Module) -> Policy:
+    """``module`` seen through the policy interface (a typed view; the object is unchanged)."""
+    return cast(Policy, module)
 
 
 def batched_affine(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -52,11 +76,11 @@ def detached_params(policy: nn.Module) -> Params:
     return {name: p.detach().clone() for name, p in policy.named_parameters()}
 
 
-def params_to_numpy(params: Params) -> dict[str, "object"]:
+def params_to_numpy(params: Params) -> dict[str, object]:
     return {name: p.detach().cpu().numpy() for name, p in params.items()}
 
 
-def params_from_numpy(arrays: dict, device: torch.device | str = "cpu") -> Params:
+def params_from_numpy(arrays: dict[str, Any], device: torch.device | str = "cpu") -> Params:
     return {name: torch.tensor(a, device=device) for name, a in arrays.items()}
 
 
@@ -66,9 +90,10 @@ class BatchedPolicy:
 
     def __init__(self, policy: nn.Module) -> None:
         self.policy = copy.deepcopy(policy)
+        self._view = as_policy(self.policy)
 
     def initial_state(self, batch: int) -> State:
-        return self.policy.initial_state(batch)
+        return self._view.initial_state(batch)
 
     def bind(self, params_per_env: list[Params]) -> StepFn:
         """Fix the parameters once per collection: (obs (K, D), state, episode_start (K,)) ->
@@ -80,7 +105,7 @@ class BatchedPolicy:
             with torch.no_grad():
                 for name, parameter in self.policy.named_parameters():
                     parameter.copy_(first[name])
-            return self.policy.rollout_step()
+            return self._view.rollout_step()
         with torch.no_grad():
             stacked = {name: torch.stack([p[name] for p in params_per_env]) for name in first}
-        return self.policy.rollout_step(stacked)
+        return self._view.rollout_step(stacked)

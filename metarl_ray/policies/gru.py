@@ -6,11 +6,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from metarl_ray.config import PolicyConfig
 from metarl_ray.policies.common import LOG_STD_MAX, LOG_STD_MIN, Params, State, StepFn, batched_affine
 
 
-def gru_cell(input_gates: torch.Tensor, hidden: torch.Tensor, weight_hh_t: torch.Tensor,
-             bias_hh: torch.Tensor) -> torch.Tensor:
+def gru_cell(
+    input_gates: torch.Tensor, hidden: torch.Tensor, weight_hh_t: torch.Tensor, bias_hh: torch.Tensor
+) -> torch.Tensor:
     """One GRU step (PyTorch's gate order r, z, n) given the input's gate pre-activations
     x W_ih^T + b_ih (K, 3H): h' = (1 - z) n + z h, n = tanh(x_n + r (h W_hn^T + b_hn))."""
     hidden_gates = batched_affine(hidden, weight_hh_t, bias_hh)  # (K, 3H)
@@ -29,11 +31,12 @@ class GaussianGRUPolicy(nn.Module):
     is one matmul up front, and the loop runs only the recurrent half. The recurrent state is (K, H).
     """
 
-    def __init__(self, obs_dim: int, action_dim: int, config) -> None:
+    def __init__(self, obs_dim: int, action_dim: int, config: PolicyConfig) -> None:
         super().__init__()
         self.encoder = nn.Linear(obs_dim, config.hidden_size)
-        self.encoder_layers = nn.ModuleList(nn.Linear(config.hidden_size, config.hidden_size)
-                                            for _ in range(config.num_encoder_layers - 1))
+        self.encoder_layers = nn.ModuleList(
+            nn.Linear(config.hidden_size, config.hidden_size) for _ in range(config.num_encoder_layers - 1)
+        )
         self.cell = nn.GRUCell(config.hidden_size, config.hidden_size)  # PyTorch's initialisation
         self.head = nn.Linear(config.hidden_size, action_dim)
         nn.init.uniform_(self.head.weight, -3e-3, 3e-3)  # start near the zero action, as the MLP does
@@ -74,7 +77,9 @@ class GaussianGRUPolicy(nn.Module):
             outputs.append(hidden)
         return self.head(torch.stack(outputs, dim=1)), self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX), hidden
 
-    def step(self, observations: torch.Tensor, state: State, episode_start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, State]:
+    def step(
+        self, observations: torch.Tensor, state: State, episode_start: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, State]:
         """One step for K envs: observations (K, D), state (K, H), episode_start (K,) bool (restarts memory)."""
         return self.rollout_step()(observations, state, episode_start)
 
@@ -82,14 +87,18 @@ class GaussianGRUPolicy(nn.Module):
         """``step`` with the parameters fixed: the module's own (shared by every env), or one set per
         env stacked on a leading K dim (batched matmuls)."""
         p = stacked if stacked is not None else {name: v.detach() for name, v in self.named_parameters()}
-        encoders = [(p[f"{name}weight"].transpose(-1, -2), p[f"{name}bias"])
-                    for name in ["encoder.", *(f"encoder_layers.{i}." for i in range(len(self.encoder_layers)))]]
+        encoders = [
+            (p[f"{name}weight"].transpose(-1, -2), p[f"{name}bias"])
+            for name in ["encoder.", *(f"encoder_layers.{i}." for i in range(len(self.encoder_layers)))]
+        ]
         weight_ih_t, bias_ih = p["cell.weight_ih"].transpose(-1, -2), p["cell.bias_ih"]
         weight_hh_t, bias_hh = p["cell.weight_hh"].transpose(-1, -2), p["cell.bias_hh"]
         head = (p["head.weight"].transpose(-1, -2), p["head.bias"])
         log_std = p["log_std"].clamp(LOG_STD_MIN, LOG_STD_MAX)
 
-        def step(observations: torch.Tensor, state: State, episode_start: torch.Tensor):
+        def step(
+            observations: torch.Tensor, state: State, episode_start: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor, State]:
             if episode_start.any():
                 state = state * (~episode_start).to(state.dtype).unsqueeze(-1)
             features = observations

@@ -12,7 +12,6 @@ from metarl_ray.policies.common import LOG_STD_MAX, LOG_STD_MIN, Params, State, 
 class GaussianMLPPolicy(nn.Module):
     """tanh MLP for the action mean, state-independent log-std (as in the MAML / Meta-World+ baselines)."""
 
-
     def __init__(self, obs_dim: int, action_dim: int, config: PolicyConfig) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -34,7 +33,9 @@ class GaussianMLPPolicy(nn.Module):
     def initial_state(self, batch: int) -> State:
         return self.log_std.new_zeros(batch, 0)  # memoryless
 
-    def step(self, observations: torch.Tensor, state: State, episode_start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, State]:
+    def step(
+        self, observations: torch.Tensor, state: State, episode_start: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, State]:
         return (*self.forward(observations), state)
 
     def rollout_step(self, stacked: Params | None = None) -> StepFn:
@@ -43,11 +44,16 @@ class GaussianMLPPolicy(nn.Module):
         if stacked is None:
             return self.step
 
-        def step(observations: torch.Tensor, state: State, episode_start: torch.Tensor):
+        def step(
+            observations: torch.Tensor, state: State, episode_start: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor, State]:
             hidden = observations  # (K, D)
             for index, module in enumerate(self.mean_net):
                 if isinstance(module, nn.Linear):
-                    weight, bias = stacked[f"mean_net.{index}.weight"], stacked[f"mean_net.{index}.bias"]  # (K, O, I), (K, O)
+                    weight, bias = (
+                        stacked[f"mean_net.{index}.weight"],
+                        stacked[f"mean_net.{index}.bias"],
+                    )  # (K, O, I), (K, O)
                     hidden = batched_affine(hidden, weight.transpose(1, 2), bias)
                 else:
                     hidden = module(hidden)

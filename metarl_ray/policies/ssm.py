@@ -16,12 +16,14 @@ Real eigenvalues (S4D-Real) keep every operation real, so the second-order MAML 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from metarl_ray.policies.common import LOG_STD_MAX, LOG_STD_MIN, batched_affine
+from metarl_ray.config import PolicyConfig
+from metarl_ray.policies.common import LOG_STD_MAX, LOG_STD_MIN, StepFn, batched_affine
 
 
 def _decays(log_decay: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
@@ -29,8 +31,9 @@ def _decays(log_decay: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
     return torch.exp(log_decay) * (~starts).to(log_decay.dtype).unsqueeze(-1)
 
 
-def scan_reference(log_decay: torch.Tensor, starts: torch.Tensor, inputs: torch.Tensor,
-                   initial_state: torch.Tensor) -> torch.Tensor:
+def scan_reference(
+    log_decay: torch.Tensor, starts: torch.Tensor, inputs: torch.Tensor, initial_state: torch.Tensor
+) -> torch.Tensor:
     """h_t = a_t * h_{t-1} + inputs_t, one step at a time, a_t = exp(log_decay) * (1 - start_t).
     log_decay (P,), starts (B, L) bool, inputs (B, L, P), h_0 (B, P) -> (B, L, P).
 
@@ -44,8 +47,9 @@ def scan_reference(log_decay: torch.Tensor, starts: torch.Tensor, inputs: torch.
     return torch.stack(outputs, dim=1)
 
 
-def scan_doubling(log_decay: torch.Tensor, starts: torch.Tensor, inputs: torch.Tensor,
-                  initial_state: torch.Tensor) -> torch.Tensor:
+def scan_doubling(
+    log_decay: torch.Tensor, starts: torch.Tensor, inputs: torch.Tensor, initial_state: torch.Tensor
+) -> torch.Tensor:
     """The same recurrence as a Hillis-Steele parallel scan: ceil(log2 L) rounds of whole-tensor ops.
 
     After round k, h_t holds the sum over the last 2^k inputs and a_t their combined decay; combining
@@ -103,8 +107,13 @@ def _masked_causal_sum(powers: torch.Tensor, mask: torch.Tensor, shared: bool, v
     return torch.einsum("bmts,tsp,bmsp->bmtp", mask.to(values.dtype), powers, values)
 
 
-def scan_chunked(log_decay: torch.Tensor, starts: torch.Tensor, inputs: torch.Tensor,
-                 initial_state: torch.Tensor, chunk_size: int = CHUNK_SIZE) -> torch.Tensor:
+def scan_chunked(
+    log_decay: torch.Tensor,
+    starts: torch.Tensor,
+    inputs: torch.Tensor,
+    initial_state: torch.Tensor,
+    chunk_size: int = CHUNK_SIZE,
+) -> torch.Tensor:
     """The same recurrence in closed form, in two levels and with no loop over time.
 
     The decay is time-invariant except at episode starts (where it is 0), so with steps t, s counted
@@ -139,16 +148,18 @@ def scan_chunked(log_decay: torch.Tensor, starts: torch.Tensor, inputs: torch.Te
     chunk_end = torch.cat([first_end.unsqueeze(1), within[:, 1:, -1]], dim=1)  # (B, K, P)
     chunk_has_start = (open_[:, :, -1] == 0).unsqueeze(-1)  # (B, K, 1): the chunk cuts the history
     same_run, shared_run = _episode_masks(chunk_has_start.transpose(1, 2))  # (B|1, 1, K, K)
-    leaving = _masked_causal_sum(_decay_powers(log_decay, num_chunks, chunk_size), same_run, shared_run,
-                                 chunk_end.unsqueeze(1)).squeeze(1)  # (B, K, P)
+    leaving = _masked_causal_sum(
+        _decay_powers(log_decay, num_chunks, chunk_size), same_run, shared_run, chunk_end.unsqueeze(1)
+    ).squeeze(1)  # (B, K, P)
     entering = torch.cat([initial_state.unsqueeze(1), leaving[:, :-1]], dim=1)  # (B, K, P)
     carry_power = _step_powers(log_decay, chunk_size)  # (C, P)
     states = within + open_.unsqueeze(-1) * carry_power * entering.unsqueeze(2)  # (B, K, C, P)
     return states.reshape(batch, num_chunks * chunk_size, num_states)[:, :length]
 
 
-def _two_level_values(log_decay: torch.Tensor, starts: torch.Tensor, inputs: torch.Tensor,
-                      initial_state: torch.Tensor) -> torch.Tensor:
+def _two_level_values(
+    log_decay: torch.Tensor, starts: torch.Tensor, inputs: torch.Tensor, initial_state: torch.Tensor
+) -> torch.Tensor:
     """The recurrence's values in about 2 sqrt(L) whole-tensor steps instead of L (no autograd graph).
 
     The sequence is cut into K chunks of C ~ sqrt(L) steps. Level 1 steps the recurrence C times,
@@ -203,8 +214,9 @@ VALUE_KERNELS = {"two_level": _two_level_values, "step_loop": scan_reference}
 _VALUE_KERNEL = "two_level"
 
 
-def _scan_values(log_decay: torch.Tensor, starts: torch.Tensor, inputs: torch.Tensor,
-                 initial_state: torch.Tensor) -> torch.Tensor:
+def _scan_values(
+    log_decay: torch.Tensor, starts: torch.Tensor, inputs: torch.Tensor, initial_state: torch.Tensor
+) -> torch.Tensor:
     """The recurrence's values only (no autograd graph)."""
     with torch.no_grad():
         return VALUE_KERNELS[_VALUE_KERNEL](log_decay, starts, inputs, initial_state)
@@ -225,22 +237,25 @@ class _AdjointScan(torch.autograd.Function):
     generate_vmap_rule = True  # the batched meta-gradient vmaps over tasks
 
     @staticmethod
-    def forward(log_decay, inputs, initial_state, starts):
+    def forward(
+        log_decay: torch.Tensor, inputs: torch.Tensor, initial_state: torch.Tensor, starts: torch.Tensor
+    ) -> torch.Tensor:
         return _scan_values(log_decay, starts, inputs, initial_state)
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
+    def setup_context(ctx: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         log_decay, _, initial_state, starts = inputs
         ctx.save_for_backward(log_decay, initial_state, starts, output)
 
     @staticmethod
-    def backward(ctx, grad_states):
+    def backward(ctx: Any, grad_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
         log_decay, initial_state, starts, states = ctx.saved_tensors
         # Reversed in time, the adjoint's decay at step t is a_{t+1}: the starts shift by one, and the
         # last step (no t + 1) starts from nothing.
         reverse_starts = torch.cat([starts[..., 1:], torch.ones_like(starts[..., :1])], dim=-1).flip(-1)
-        adjoint = _AdjointScan.apply(log_decay, grad_states.flip(-2), torch.zeros_like(initial_state),
-                                     reverse_starts).flip(-2)  # (B, L, P)
+        adjoint = _adjoint_scan(log_decay, grad_states.flip(-2), torch.zeros_like(initial_state), reverse_starts).flip(
+            -2
+        )  # (B, L, P)
         # a_t h_{t-1} directly, not as h_t - u_t: in float32 that difference loses the digits of a fast
         # state's small a_t h_{t-1} next to u_t, and with them its decay's gradient. With a_t = a (1 - start_t),
         # the sum is a * sum_{b,t} lambda_t (1 - start_t) h_{t-1}: a masked copy, one product and a sum, not a
@@ -252,11 +267,16 @@ class _AdjointScan(torch.autograd.Function):
         return grad_log_decay, adjoint, adjoint[..., 0, :] * decay * keep[..., 0, :], None
 
 
-def scan_adjoint(log_decay: torch.Tensor, starts: torch.Tensor, inputs: torch.Tensor,
-                 initial_state: torch.Tensor) -> torch.Tensor:
+def scan_adjoint(
+    log_decay: torch.Tensor, starts: torch.Tensor, inputs: torch.Tensor, initial_state: torch.Tensor
+) -> torch.Tensor:
     """The recurrence with graph-free passes and the adjoint recurrence as its backward (``_AdjointScan``).
     log_decay (P,), starts (B, L) bool, inputs (B, L, P), h_0 (B, P) -> (B, L, P)."""
-    return _AdjointScan.apply(log_decay, inputs, initial_state, starts)
+    return _adjoint_scan(log_decay, inputs, initial_state, starts)
+
+
+# ``Function.apply`` carries no types: this is it, typed (log_decay, inputs, initial_state, starts).
+_adjoint_scan: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = _AdjointScan.apply
 
 
 Scan = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -269,8 +289,15 @@ SCANS: dict[str, Scan] = {
 
 
 class DiagonalSSM(nn.Module):
-    def __init__(self, hidden_size: int, state_size: int, scan: str = "adjoint",
-                 dt_min: float = 1e-3, dt_max: float = 1e-1, max_timescale: int = 0) -> None:
+    def __init__(
+        self,
+        hidden_size: int,
+        state_size: int,
+        scan: str = "adjoint",
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        max_timescale: int = 0,
+    ) -> None:
         super().__init__()
         if scan not in SCANS:
             raise ValueError(f"unknown scan {scan!r}; expected one of {sorted(SCANS)}")
@@ -313,15 +340,20 @@ class DiagonalSSM(nn.Module):
     def initial_state(self, batch: int) -> torch.Tensor:
         return self.B.new_zeros(batch, self.B.shape[0])  # (B, P)
 
-    def step(self, x: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(
+        self, x: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One time step: x (B, H), state (B, P), episode_start (B,) bool -> y (B, H), new state (B, P)."""
         a_bar, b_bar = self.discretise()
         keep = (~episode_start).to(x.dtype).unsqueeze(-1)  # (B, 1)
         state = a_bar * keep * state + x @ b_bar.T  # (B, P)
         return state @ self.C.T + self.D * x, state
 
-    def forward_sequence(self, x: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Whole sequences: x (B, L, H), state (B, P) carried in, episode_start (B, L) bool -> y (B, L, H), last state."""
+    def forward_sequence(
+        self, x: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole sequences: x (B, L, H), state (B, P) carried in, episode_start (B, L) bool
+        -> y (B, L, H), last state."""
         log_a_bar, b_bar = self.discretise_log()  # (P,), (P, H)
         # F.linear, not x @ W.T: on a (B, L, H) input the transposed view costs 1.5x the matmul itself.
         states = SCANS[self.scan](log_a_bar, episode_start, nn.functional.linear(x, b_bar), state)  # (B, L, P)
@@ -336,11 +368,15 @@ class SSMBlock(nn.Module):
         self.norm = nn.LayerNorm(hidden_size)
         self.ssm = DiagonalSSM(hidden_size, state_size, scan, max_timescale=max_timescale)
 
-    def forward_sequence(self, h: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_sequence(
+        self, h: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         y, last = self.ssm.forward_sequence(self.norm(h), state, episode_start)  # (B, L, H), (B, P)
         return h + nn.functional.gelu(y), last
 
-    def step(self, h: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(
+        self, h: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         y, state = self.ssm.step(self.norm(h), state, episode_start)  # (B, H), (B, P)
         return h + nn.functional.gelu(y), state
 
@@ -363,15 +399,17 @@ class GaussianSSMPolicy(nn.Module):
     # the encoder/head carry the task-specific adaptation.
     FIXED_IN_INNER_LOOP = ("log_neg_lambda", "log_dt")
 
-    def __init__(self, obs_dim: int, action_dim: int, config) -> None:
+    def __init__(self, obs_dim: int, action_dim: int, config: PolicyConfig) -> None:
         super().__init__()
         self.log_std_range = (LOG_STD_MIN, LOG_STD_MAX)
         self.encoder = nn.Linear(obs_dim, config.hidden_size)
-        self.encoder_layers = nn.ModuleList(nn.Linear(config.hidden_size, config.hidden_size)
-                                            for _ in range(config.num_encoder_layers - 1))
-        self.blocks = nn.ModuleList(SSMBlock(config.hidden_size, config.state_size, config.ssm_scan,
-                                             config.ssm_max_timescale or 0)
-                                    for _ in range(config.num_ssm_layers))
+        self.encoder_layers = nn.ModuleList(
+            nn.Linear(config.hidden_size, config.hidden_size) for _ in range(config.num_encoder_layers - 1)
+        )
+        self.blocks = nn.ModuleList(
+            SSMBlock(config.hidden_size, config.state_size, config.ssm_scan, config.ssm_max_timescale or 0)
+            for _ in range(config.num_ssm_layers)
+        )
         # A final norm keeps the head's input at unit scale: the residual stream grows with depth, and
         # without it the inner step's gradient on the head is ~10x the MLP's, so adaptation overshoots.
         self.final_norm = nn.LayerNorm(config.hidden_size)
@@ -400,38 +438,47 @@ class GaussianSSMPolicy(nn.Module):
         starts = torch.zeros(h.shape[:2], dtype=torch.bool, device=h.device)
         starts[:, 0] = True
         state = self.initial_state(h.shape[0])
-        for index, block in enumerate(self.blocks):
+        for index, block in enumerate(self.ssm_blocks()):
             h, _ = block.forward_sequence(h, state[:, index], starts)
         return self.head(self.final_norm(h)), self.log_std.clamp(*self.log_std_range)
 
-    def sequence(self, observations: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def sequence(
+        self, observations: torch.Tensor, state: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sequences that continue ``state`` with no reset inside (chunks of an in-context trial):
         observations (N, L, D), state (N, layers, P) -> mean (N, L, A), log_std (A,), last state."""
         h = self.encode(observations)
         no_starts = torch.zeros(h.shape[:2], dtype=torch.bool, device=h.device)
         last_states = []
-        for index, block in enumerate(self.blocks):
+        for index, block in enumerate(self.ssm_blocks()):
             h, last = block.forward_sequence(h, state[:, index], no_starts)
             last_states.append(last)
         return self.head(self.final_norm(h)), self.log_std.clamp(*self.log_std_range), torch.stack(last_states, dim=1)
 
-    def step(self, observations: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def step(
+        self, observations: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One step for K envs: observations (K, D), state (K, layers, P), episode_start (K,)."""
         h = self.encode(observations)  # (K, H)
         new_states = []
-        for index, block in enumerate(self.blocks):
+        for index, block in enumerate(self.ssm_blocks()):
             h, layer_state = block.step(h, state[:, index], episode_start)
             new_states.append(layer_state)
         return self.head(self.final_norm(h)), self.log_std.clamp(*self.log_std_range), torch.stack(new_states, dim=1)
 
-    def rollout_step(self, stacked: dict[str, torch.Tensor] | None = None) -> Callable:
+    def ssm_blocks(self) -> list[SSMBlock]:
+        return [cast(SSMBlock, block) for block in self.blocks]
+
+    def rollout_step(self, stacked: dict[str, torch.Tensor] | None = None) -> StepFn:
         """``step`` for rollouts with the parameters fixed: the discretisation and transposes are done
         once here, not at every env step. ``stacked``: one parameter set per env on a leading K dim
         (batched matmuls); None: this module's own parameters, shared by every env."""
         with torch.no_grad():
             p = stacked if stacked is not None else {k: v.detach() for k, v in self.named_parameters()}
-            encoders = [(p[f"{name}weight"].transpose(-1, -2), p[f"{name}bias"])
-                        for name in ["encoder.", *(f"encoder_layers.{i}." for i in range(len(self.encoder_layers)))]]
+            encoders = [
+                (p[f"{name}weight"].transpose(-1, -2), p[f"{name}bias"])
+                for name in ["encoder.", *(f"encoder_layers.{i}." for i in range(len(self.encoder_layers)))]
+            ]
             head = (p["head.weight"].transpose(-1, -2), p["head.bias"])
             final_norm = (p["final_norm.weight"], p["final_norm.bias"])
             layers = []
@@ -440,11 +487,21 @@ class GaussianSSMPolicy(nn.Module):
                 lam = -torch.exp(p[prefix + "ssm.log_neg_lambda"])  # (..., P)
                 dt_lam = torch.exp(p[prefix + "ssm.log_dt"]) * lam
                 b_bar = (torch.expm1(dt_lam) / lam).unsqueeze(-1) * p[prefix + "ssm.B"]  # (..., P, H)
-                layers.append((p[prefix + "norm.weight"], p[prefix + "norm.bias"], torch.exp(dt_lam),
-                               b_bar.transpose(-1, -2), p[prefix + "ssm.C"].transpose(-1, -2), p[prefix + "ssm.D"]))
+                layers.append(
+                    (
+                        p[prefix + "norm.weight"],
+                        p[prefix + "norm.bias"],
+                        torch.exp(dt_lam),
+                        b_bar.transpose(-1, -2),
+                        p[prefix + "ssm.C"].transpose(-1, -2),
+                        p[prefix + "ssm.D"],
+                    )
+                )
             log_std = p["log_std"].clamp(*self.log_std_range)
 
-        def step(observations: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor):
+        def step(
+            observations: torch.Tensor, state: torch.Tensor, episode_start: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             h = observations
             for encoder in encoders:
                 h = torch.tanh(batched_affine(h, *encoder))  # (K, H)

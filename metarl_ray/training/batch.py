@@ -81,8 +81,14 @@ class TrialBatch:
         """Episode ``index`` of every trial, as an EpisodeBatch (for metrics)."""
         steps = slice(index * self.episode_length, (index + 1) * self.episode_length)
         advantages = np.zeros_like(self.rewards) if self.advantages is None else self.advantages
-        return EpisodeBatch(self.observations[:, steps], self.actions[:, steps], self.rewards[:, steps],
-                            self.log_probs[:, steps], advantages[:, steps], self.successes[:, index])
+        return EpisodeBatch(
+            self.observations[:, steps],
+            self.actions[:, steps],
+            self.rewards[:, steps],
+            self.log_probs[:, steps],
+            advantages[:, steps],
+            self.successes[:, index],
+        )
 
 
 @dataclass(frozen=True)

@@ -73,8 +73,11 @@ def latest_checkpoint(run_path: Location) -> StoragePath | None:
     """The newest intact checkpoint: the ``latest`` pointer's file, else the highest-numbered ones in
     turn; a corrupted one is reported in one line and skipped. None if there is none."""
     directory = StoragePath.parse(run_path) / CHECKPOINT_DIR
-    numbered = sorted(((int(m.group(1)), p) for p in directory.glob("checkpoint_*.pt") if (m := _NAME.match(p.name))),
-                      key=lambda pair: pair[0], reverse=True)
+    numbered = sorted(
+        ((int(m.group(1)), p) for p in directory.glob("checkpoint_*.pt") if (m := _NAME.match(p.name))),
+        key=lambda pair: pair[0],
+        reverse=True,
+    )
     candidates = [p for _, p in numbered]
     pointer = directory / LATEST
     if pointer.is_file() and (named := directory / pointer.read_text().strip()).is_file():
@@ -130,5 +133,8 @@ def trained_config(state: dict[str, Any]) -> TrainConfig:
     scale = float(state["learner"].get("lr_scale", 1.0))
     if scale == 1.0:
         return config
-    return dataclasses.replace(config, maml=dataclasses.replace(config.maml, inner_lr=config.maml.inner_lr * scale),
-                               ppo=dataclasses.replace(config.ppo, meta_lr=config.ppo.meta_lr * scale))
+    return dataclasses.replace(
+        config,
+        maml=dataclasses.replace(config.maml, inner_lr=config.maml.inner_lr * scale),
+        ppo=dataclasses.replace(config.ppo, meta_lr=config.ppo.meta_lr * scale),
+    )

@@ -15,19 +15,20 @@ import copy
 import dataclasses
 import logging
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from metarl_ray.training.batch import TaskRollouts, TaskTrials
-from metarl_ray.config import LearnerConfig, MAMLConfig, MetaLearnerConfig, PolicyConfig, PPOConfig
-from metarl_ray.envs.metaworld import ACTION_DIM
 from metarl_ray.algorithms import build_meta_learner, policy_input_dim
 from metarl_ray.algorithms.base import MetaLearner
+from metarl_ray.config import LearnerConfig, MAMLConfig, MetaLearnerConfig, PolicyConfig, PPOConfig
+from metarl_ray.envs.metaworld import ACTION_DIM
 from metarl_ray.policies import build_policy
 from metarl_ray.policies.common import params_to_numpy
+from metarl_ray.training.batch import TaskRollouts, TaskTrials
 
 
 def rollout_metrics(rollouts: Sequence[TaskRollouts | TaskTrials]) -> dict[str, float]:
@@ -48,7 +49,7 @@ def task_chunks(tasks: Sequence[Any], num_chunks: int) -> list[list[Any]]:
     """Contiguous near-equal chunks, none empty (at most one chunk per task)."""
     num_chunks = max(1, min(num_chunks, len(tasks)))
     bounds = [round(i * len(tasks) / num_chunks) for i in range(num_chunks + 1)]
-    return [list(tasks[bounds[i]:bounds[i + 1]]) for i in range(num_chunks)]
+    return [list(tasks[bounds[i] : bounds[i + 1]]) for i in range(num_chunks)]
 
 
 # Fault injection for tests: comma-separated iterations (1-based) whose meta-update loss is made NaN
@@ -70,30 +71,43 @@ def num_graph_groups(num_items: int, accumulation_steps: int, max_items_per_grap
     return max(accumulation_steps, least)
 
 
-def meta_update(algorithm: MetaLearner, optimizer: torch.optim.Optimizer, tasks: Sequence[Any],
-                config: LearnerConfig, grad_clip: float, num_tasks_total: int | None = None,
-                poison_loss: bool = False, max_tasks_per_graph_injected: int | None = None,
-                rng: np.random.Generator | None = None) -> dict[str, float]:
+def meta_update(
+    algorithm: MetaLearner,
+    optimizer: torch.optim.Optimizer,
+    tasks: Sequence[Any],
+    config: LearnerConfig,
+    grad_clip: float,
+    num_tasks_total: int | None = None,
+    poison_loss: bool = False,
+    max_tasks_per_graph_injected: int | None = None,
+    rng: np.random.Generator | None = None,
+) -> dict[str, float]:
     """The meta-learner's optimizer steps (``algorithm.optimizer_steps``), each on the mean loss of its
     items over every learner. ``num_tasks_total``: tasks over all learners (default: these); each
     learner's items weigh by its share of them. Raises NonFiniteUpdateError, before that optimizer
     step, if a loss or the gradient is not finite (``poison_loss`` injects a NaN loss)."""
     num_tasks_total = num_tasks_total or len(tasks)
     parameters = list(algorithm.policy.parameters())
-    per_item = resolve_meta_batching(config.meta_batching, parameters[0].device, algorithm.per_task_graphs_on_cpu) == "per_task"
+    per_item = (
+        resolve_meta_batching(config.meta_batching, parameters[0].device, algorithm.per_task_graphs_on_cpu)
+        == "per_task"
+    )
     metrics: dict[str, float] = {}
     step = 0
     for step, items in enumerate(algorithm.optimizer_steps(tasks, rng or np.random.default_rng(0)), start=1):
         if per_item:
             groups = [[item] for item in items]  # one second-order graph at a time: the least memory
         else:
-            groups = task_chunks(items, num_graph_groups(len(items), config.gradient_accumulation_steps,
-                                                         algorithm.max_items_per_graph))
+            groups = task_chunks(
+                items, num_graph_groups(len(items), config.gradient_accumulation_steps, algorithm.max_items_per_graph)
+            )
         optimizer.zero_grad(set_to_none=True)
         loss_sum, stats_sum = 0.0, {}
         for group in groups:
             if max_tasks_per_graph_injected is not None and len(group) > max_tasks_per_graph_injected:
-                raise torch.OutOfMemoryError(f"injected: a graph of {len(group)} tasks > {max_tasks_per_graph_injected}")
+                raise torch.OutOfMemoryError(
+                    f"injected: a graph of {len(group)} tasks > {max_tasks_per_graph_injected}"
+                )
             with _autocast(config.use_amp, parameters[0].device):
                 loss, stats = algorithm.loss(group)
             if poison_loss:
@@ -111,8 +125,10 @@ def meta_update(algorithm: MetaLearner, optimizer: torch.optim.Optimizer, tasks:
         # After the all-reduce every learner sees the same gradient, so all of them roll back or none.
         grad_norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
         if not torch.isfinite(grad_norm):
-            raise NonFiniteUpdateError(f"non-finite {'loss' if not np.isfinite(loss_sum) else 'gradient'} "
-                                       f"in optimizer step {step} of the iteration")
+            raise NonFiniteUpdateError(
+                f"non-finite {'loss' if not np.isfinite(loss_sum) else 'gradient'} "
+                f"in optimizer step {step} of the iteration"
+            )
         optimizer.step()
         if step == 1:
             metrics["loss/outer"] = loss_sum / len(items)
@@ -153,14 +169,21 @@ def average_gradients_across_learners(parameters: Sequence[torch.nn.Parameter]) 
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     offset = 0
     for p in parameters:
-        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
+        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
         offset += p.numel()
 
 
 class Learner:
-    def __init__(self, policy_config: PolicyConfig, maml_config: MAMLConfig, ppo_config: PPOConfig, seed: int,
-                 device: str, learner_config: LearnerConfig | None = None,
-                 meta_learner_config: MetaLearnerConfig | None = None) -> None:
+    def __init__(
+        self,
+        policy_config: PolicyConfig,
+        maml_config: MAMLConfig,
+        ppo_config: PPOConfig,
+        seed: int,
+        device: str,
+        learner_config: LearnerConfig | None = None,
+        meta_learner_config: MetaLearnerConfig | None = None,
+    ) -> None:
         self.device = torch.device(device)
         self.ppo_config = ppo_config
         self.config = learner_config or LearnerConfig()
@@ -174,8 +197,11 @@ class Learner:
         # Product of the nonfinite_lr_factor of every rollback so far: scales meta_lr and inner_lr.
         self.lr_scale = 1.0
         # "N" poisons iteration N on every learner, "N@R" only on learner rank R.
-        self._poisoned = [tuple(int(x) for x in item.split("@")) for item in os.environ.get(INJECT_NONFINITE_ENV, "").split(",")
-                          if item.strip()]
+        self._poisoned = [
+            tuple(int(x) for x in item.split("@"))
+            for item in os.environ.get(INJECT_NONFINITE_ENV, "").split(",")
+            if item.strip()
+        ]
         self._oom_above_tasks = int(os.environ[INJECT_OOM_ENV]) if os.environ.get(INJECT_OOM_ENV) else None
         # Raised for the rest of the run after an out-of-memory error (not checkpointed: a resumed run,
         # perhaps on a bigger device, starts from the configured value again).
@@ -184,8 +210,12 @@ class Learner:
     def get_params(self) -> dict[str, np.ndarray]:
         return params_to_numpy(dict(self.policy.named_parameters()))
 
-    def update(self, rollouts: Sequence[TaskRollouts | TaskTrials], num_tasks_total: int | None = None,
-               iteration: int | None = None) -> dict[str, float]:
+    def update(
+        self,
+        rollouts: Sequence[TaskRollouts | TaskTrials],
+        num_tasks_total: int | None = None,
+        iteration: int | None = None,
+    ) -> dict[str, float]:
         """One iteration's meta-update on this learner's tasks. ``num_tasks_total``: tasks over all
         learners (default: these), so that the all-reduced gradient is the mean over every task.
 
@@ -201,16 +231,27 @@ class Learner:
                 config = dataclasses.replace(self.config, gradient_accumulation_steps=self.accumulation_steps)
                 # The iteration's own stream for the meta-learner's shuffles: a resumed run repeats them.
                 rng = np.random.default_rng(np.random.SeedSequence([self.seed, iteration or 0]))
-                metrics = meta_update(self.algorithm, self.optimizer, tasks, config, self.ppo_config.grad_clip,
-                                      num_tasks_total or len(tasks), poison_loss=self._is_poisoned(iteration),
-                                      max_tasks_per_graph_injected=self._oom_above_tasks, rng=rng)
+                metrics = meta_update(
+                    self.algorithm,
+                    self.optimizer,
+                    tasks,
+                    config,
+                    self.ppo_config.grad_clip,
+                    num_tasks_total or len(tasks),
+                    poison_loss=self._is_poisoned(iteration),
+                    max_tasks_per_graph_injected=self._oom_above_tasks,
+                    rng=rng,
+                )
                 metrics["fault/nonfinite_update"] = 0.0
                 break
             except NonFiniteUpdateError as error:
                 self.load_state_dict(last_good)
                 self.set_lr_scale(self.lr_scale * self.config.nonfinite_lr_factor)
-                logger.warning("%s: update undone, meta_lr and inner_lr scaled to %.3g of the configured values",
-                               error, self.lr_scale)
+                logger.warning(
+                    "%s: update undone, meta_lr and inner_lr scaled to %.3g of the configured values",
+                    error,
+                    self.lr_scale,
+                )
                 metrics = {"fault/nonfinite_update": 1.0}
                 break
             except torch.OutOfMemoryError as error:
@@ -237,8 +278,10 @@ class Learner:
         retry would pair mismatched epochs: there the error ends the group (the trainer restarts it)."""
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             raise error
-        per_task = resolve_meta_batching(self.config.meta_batching, self.device,
-                                         self.algorithm.per_task_graphs_on_cpu) == "per_task"
+        per_task = (
+            resolve_meta_batching(self.config.meta_batching, self.device, self.algorithm.per_task_graphs_on_cpu)
+            == "per_task"
+        )
         # The graphs meta_update split a step of whole tasks into.
         chunks = num_graph_groups(num_tasks, self.accumulation_steps, self.algorithm.max_items_per_graph)
         more = min(num_tasks, 2 * chunks)
@@ -248,8 +291,11 @@ class Learner:
         self.load_state_dict(last_good)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        logger.warning("out of memory in the meta-update (%s); retrying with the meta-batch in %d chunks",
-                       str(error).splitlines()[0][:200], more)
+        logger.warning(
+            "out of memory in the meta-update (%s); retrying with the meta-batch in %d chunks",
+            str(error).splitlines()[0][:200],
+            more,
+        )
         self.accumulation_steps = more
 
     def set_lr_scale(self, lr_scale: float) -> None:

@@ -28,7 +28,6 @@ import pyarrow as pa
 from metarl_ray.training.storage import StoragePath
 
 METRICS_FILE = "metrics.jsonl"
-LEGACY_METRICS_FILE = "metrics.parquet"  # written whole every iteration by metarl-ray before the journal
 STEP_KEY = "rollout/env_steps_total"  # TensorBoard's x axis: curves of runs with different batch sizes line up
 
 
@@ -48,16 +47,10 @@ def parse_metrics(text: str, source: str = METRICS_FILE) -> list[dict[str, Any]]
 
 
 def read_metrics(run_path: StoragePath | str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The run's rows, one per iteration, in order (a local path or a URI). Runs made before the
-    journal existed have ``metrics.parquet`` instead; it is read the same way."""
+    """The run's rows, one per iteration, in order (a local path or a URI)."""
     path = StoragePath.parse(run_path) / METRICS_FILE
     if path.is_file():
         return parse_metrics(path.read_text(), str(path))
-    legacy = path.with_name(LEGACY_METRICS_FILE)
-    if legacy.is_file():
-        import pyarrow.parquet as pq
-
-        return pq.read_table(pa.BufferReader(legacy.read_bytes())).to_pylist()
     return []
 
 
@@ -122,7 +115,12 @@ class TensorBoardLog:
     def add(self, row: dict[str, Any]) -> None:
         step = int(row[STEP_KEY])
         for key, value in row.items():
-            if key != "iteration" and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            if (
+                key != "iteration"
+                and isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            ):
                 self.writer.add_scalar(key, value, global_step=step)
         self.writer.flush()
 
@@ -145,7 +143,9 @@ class RunMetrics:
 
     def __init__(self, run_path: StoragePath, resume_iteration: int | None = None, resume_env_steps: int = 0) -> None:
         self.journal = MetricsJournal(run_path, resume_iteration)
-        self.tensorboard = TensorBoardLog(run_path, purge_step=resume_env_steps + 1 if resume_iteration is not None else None)
+        self.tensorboard = TensorBoardLog(
+            run_path, purge_step=resume_env_steps + 1 if resume_iteration is not None else None
+        )
 
     def append(self, row: dict[str, Any]) -> None:
         self.journal.append(row)

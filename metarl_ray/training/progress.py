@@ -12,8 +12,15 @@ logger = logging.getLogger(__name__)
 
 
 class Progress:
-    def __init__(self, total: int, unit: str, description: str, log_every_s: float = 30.0,
-                 live: bool | None = None, initial: int = 0) -> None:
+    def __init__(
+        self,
+        total: int,
+        unit: str,
+        description: str,
+        log_every_s: float = 30.0,
+        live: bool | None = None,
+        initial: int = 0,
+    ) -> None:
         self.total, self.unit, self.description = total, unit, description
         self.done = self._initial = initial
         self.started = self._last_log = time.monotonic()
@@ -24,7 +31,9 @@ class Progress:
             from tqdm import tqdm
             from tqdm.contrib.logging import logging_redirect_tqdm
 
-            self._bar = tqdm(total=total, initial=initial, unit=unit, desc=description, dynamic_ncols=True, file=sys.stderr)
+            self._bar = tqdm(
+                total=total, initial=initial, unit=unit, desc=description, dynamic_ncols=True, file=sys.stderr
+            )
             # Log lines print above the bar instead of breaking it.
             self._redirect = logging_redirect_tqdm(loggers=[logging.root])
             self._redirect.__enter__()
@@ -49,8 +58,17 @@ class Progress:
             done_here = self.done - self._initial  # a resumed run's earlier part took no time here
             eta = elapsed / done_here * (self.total - self.done) if done_here else float("nan")
             extra = "".join(f", {key} {value}" for key, value in postfix.items())
-            logger.info("%s: %d/%d %s (%.0f%%), %.0fs elapsed, ETA %.0fs%s", self.description, self.done,
-                        self.total, self.unit, 100 * self.done / max(1, self.total), elapsed, eta, extra)
+            logger.info(
+                "%s: %d/%d %s (%.0f%%), %.0fs elapsed, ETA %.0fs%s",
+                self.description,
+                self.done,
+                self.total,
+                self.unit,
+                100 * self.done / max(1, self.total),
+                elapsed,
+                eta,
+                extra,
+            )
 
     def close(self) -> None:
         if self._bar is not None:

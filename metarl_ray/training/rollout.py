@@ -6,7 +6,8 @@ parameter broadcast and one gather. Plain Python; the Ray actor in ``actors.py``
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,12 +16,12 @@ from metarl_ray.algorithms import build_rollout_program, policy_input_dim
 from metarl_ray.algorithms.advantages import compute_advantages
 from metarl_ray.algorithms.base import EvalPlan, SamplePlan  # noqa: F401  (re-exported: callers import them here)
 from metarl_ray.algorithms.rl2 import InContextMemory, in_context_step_inputs
-from metarl_ray.training.batch import EpisodeBatch, GoalEvaluation, TaskRollouts, TaskTrials, TrialBatch
 from metarl_ray.config import EnvConfig, MAMLConfig, MetaLearnerConfig, PolicyConfig, PPOConfig
 from metarl_ray.envs.metaworld import ACTION_DIM, OBS_DIM, TaskSpec, all_task_names, make_task_env
 from metarl_ray.errors import EnvFaultError
 from metarl_ray.policies import build_policy
 from metarl_ray.policies.common import BatchedPolicy, Params, State, params_from_numpy
+from metarl_ray.training.batch import EpisodeBatch, GoalEvaluation, TaskRollouts, TaskTrials, TrialBatch
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +37,14 @@ def _eval_rngs(tasks: Sequence[TaskSpec], seed: int) -> list[np.random.Generator
     """Keyed by the goal itself (class, goal index), not its place in an evaluation's list: a goal
     draws the same episodes whatever --goals_per_class, batch or worker it runs in."""
     class_ids = {name: index for index, name in enumerate(all_task_names())}
-    return [np.random.Generator(np.random.PCG64(np.random.SeedSequence(
-        [seed, EVAL_NOISE_STREAM, class_ids[spec.env_name], spec.goal_index]))) for spec in tasks]
+    return [
+        np.random.Generator(
+            np.random.PCG64(
+                np.random.SeedSequence([seed, EVAL_NOISE_STREAM, class_ids[spec.env_name], spec.goal_index])
+            )
+        )
+        for spec in tasks
+    ]
 
 
 def _log_fault(env: Any, where: str, error: Exception) -> str:
@@ -58,8 +65,15 @@ class RolloutWorker:
     ``collect`` (episodes from a fresh memory, MAML) and ``collect_trials`` (a memory carried across a
     trial's episodes, in context) are the two ways of stepping them; the program decides what to run."""
 
-    def __init__(self, env_config: EnvConfig, policy_config: PolicyConfig, maml_config: MAMLConfig,
-                 ppo_config: PPOConfig, seed: int, meta_learner_config: MetaLearnerConfig | None = None) -> None:
+    def __init__(
+        self,
+        env_config: EnvConfig,
+        policy_config: PolicyConfig,
+        maml_config: MAMLConfig,
+        ppo_config: PPOConfig,
+        seed: int,
+        meta_learner_config: MetaLearnerConfig | None = None,
+    ) -> None:
         self.env_config = env_config
         self.maml_config = maml_config
         self.ppo_config = ppo_config
@@ -92,32 +106,56 @@ class RolloutWorker:
             envs.append(env)
         return envs
 
-    def sample(self, meta_params: dict[str, np.ndarray], tasks: Sequence[TaskSpec], iteration: int,
-               plan: SamplePlan | None = None, inner_lr: float | None = None) -> list[TaskRollouts | TaskTrials]:
+    def sample(
+        self,
+        meta_params: dict[str, np.ndarray],
+        tasks: Sequence[TaskSpec],
+        iteration: int,
+        plan: SamplePlan | None = None,
+        inner_lr: float | None = None,
+    ) -> list[TaskRollouts | TaskTrials]:
         """One iteration's training data per task, as the meta-learner's rollout program samples it
         (MAML: support -> inner step -> query). ``inner_lr``: the learner's current one (lower after a
         rolled-back update), default the config's."""
         envs = self._envs_for(tasks)
         # Noise streams keyed by (seed, iteration, slot): results do not depend on how tasks are split.
-        rngs = [np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, iteration, spec.slot])))
-                for spec in tasks]
+        rngs = [
+            np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, iteration, spec.slot])))
+            for spec in tasks
+        ]
         return self.program.sample(self, envs, tasks, params_from_numpy(meta_params), rngs, plan, inner_lr)
 
-    def evaluate(self, meta_params: dict[str, np.ndarray], tasks: Sequence[TaskSpec], plan: EvalPlan,
-                 seed: int, inner_lr: float | None = None) -> list[GoalEvaluation]:
+    def evaluate(
+        self,
+        meta_params: dict[str, np.ndarray],
+        tasks: Sequence[TaskSpec],
+        plan: EvalPlan,
+        seed: int,
+        inner_lr: float | None = None,
+    ) -> list[GoalEvaluation]:
         """Meta-test every task before and after adaptation, under both action rules (see the program)."""
         if plan.num_sampled_episodes > plan.num_adaptation_episodes:
-            raise ValueError(f"num_sampled_episodes={plan.num_sampled_episodes}: expected at most "
-                             f"num_adaptation_episodes={plan.num_adaptation_episodes}")
+            raise ValueError(
+                f"num_sampled_episodes={plan.num_sampled_episodes}: expected at most "
+                f"num_adaptation_episodes={plan.num_adaptation_episodes}"
+            )
         envs = self._envs_for(tasks)
-        return self.program.evaluate(self, envs, tasks, params_from_numpy(meta_params), _eval_rngs(tasks, seed),
-                                     plan, inner_lr)
+        return self.program.evaluate(
+            self, envs, tasks, params_from_numpy(meta_params), _eval_rngs(tasks, seed), plan, inner_lr
+        )
 
-    def adapt_to_goal(self, meta_params: dict[str, np.ndarray], task: TaskSpec, plan: EvalPlan, seed: int,
-                      inner_lr: float | None = None) -> Params:
+    def adapt_to_goal(
+        self,
+        meta_params: dict[str, np.ndarray],
+        task: TaskSpec,
+        plan: EvalPlan,
+        seed: int,
+        inner_lr: float | None = None,
+    ) -> Params:
         """MAML: the adapted parameters ``evaluate`` reaches on one goal: its adaptation episodes, same noise."""
-        return self.program.adapt_to_goal(self, self._envs_for([task]), params_from_numpy(meta_params),
-                                          _eval_rngs([task], seed), plan, inner_lr)
+        return self.program.adapt_to_goal(
+            self, self._envs_for([task]), params_from_numpy(meta_params), _eval_rngs([task], seed), plan, inner_lr
+        )
 
     def _noise(self, rngs: Sequence[np.random.Generator], sampled: Sequence[bool]) -> np.ndarray:
         """Standard normal action noise for consecutive episodes, (K, len(sampled) * T, A); zero for the
@@ -126,8 +164,9 @@ class RolloutWorker:
         noise = np.zeros((len(rngs), len(sampled) * horizon, ACTION_DIM), dtype=np.float32)
         for e, draw in enumerate(sampled):
             if draw:
-                noise[:, e * horizon:(e + 1) * horizon] = np.stack(
-                    [rng.standard_normal((horizon, ACTION_DIM), dtype=np.float32) for rng in rngs])
+                noise[:, e * horizon : (e + 1) * horizon] = np.stack(
+                    [rng.standard_normal((horizon, ACTION_DIM), dtype=np.float32) for rng in rngs]
+                )
         return noise
 
     def _log_std(self, step: Any, num_envs: int) -> np.ndarray:
@@ -137,8 +176,14 @@ class RolloutWorker:
             log_std = step(torch.zeros(num_envs, self.input_dim), self.actor.initial_state(num_envs), all_start)[1]
         return log_std.expand(num_envs, ACTION_DIM).numpy()
 
-    def collect(self, envs: Sequence[Any], params: Sequence[Params], rngs: Sequence[np.random.Generator],
-                num_episodes: int, deterministic: bool = False) -> list[EpisodeBatch]:
+    def collect(
+        self,
+        envs: Sequence[Any],
+        params: Sequence[Params],
+        rngs: Sequence[np.random.Generator],
+        num_episodes: int,
+        deterministic: bool = False,
+    ) -> list[EpisodeBatch]:
         """``num_episodes`` full-length episodes per env, all envs stepped in lockstep, each episode
         from a fresh memory."""
         num_envs, horizon = len(envs), self.episode_length
@@ -155,19 +200,36 @@ class RolloutWorker:
             scaled_noise = np.exp(log_std)[:, None, :] * noise  # (K, T, A)
             (obs, act, rew, succ), _, faults = self._lockstep_with_recovery(envs, params, step, scaled_noise, None)
             num_faults += faults
-            observations[:, episode], actions[:, episode], rewards[:, episode], successes[:, episode] = obs, act, rew, succ[:, 0]
+            observations[:, episode], actions[:, episode], rewards[:, episode], successes[:, episode] = (
+                obs,
+                act,
+                rew,
+                succ[:, 0],
+            )
             # log N(a; mu, sigma) with a = mu + sigma * eps depends only on eps and log sigma.
             log_probs[:, episode] = (-0.5 * noise**2 - log_std[:, None, :] - 0.5 * np.log(2 * np.pi)).sum(-1)
         return [
-            EpisodeBatch(observations[k], actions[k], rewards[k], log_probs[k],
-                         compute_advantages(observations[k], rewards[k], self.ppo_config.gamma, self.ppo_config.gae_lambda),
-                         successes[k], int(num_faults[k]))
+            EpisodeBatch(
+                observations[k],
+                actions[k],
+                rewards[k],
+                log_probs[k],
+                compute_advantages(observations[k], rewards[k], self.ppo_config.gamma, self.ppo_config.gae_lambda),
+                successes[k],
+                int(num_faults[k]),
+            )
             for k in range(num_envs)
         ]
 
-    def collect_trials(self, envs: Sequence[Any], params: Sequence[Params], rngs: Sequence[np.random.Generator],
-                       num_trials: int, sampled: Sequence[bool], initial_memory: InContextMemory | None = None
-                       ) -> tuple[list[TrialBatch], InContextMemory]:
+    def collect_trials(
+        self,
+        envs: Sequence[Any],
+        params: Sequence[Params],
+        rngs: Sequence[np.random.Generator],
+        num_trials: int,
+        sampled: Sequence[bool],
+        initial_memory: InContextMemory | None = None,
+    ) -> tuple[list[TrialBatch], InContextMemory]:
         """``num_trials`` trials per env of ``len(sampled)`` consecutive episodes each; the policy's memory
         carries across a trial's episodes and its input is the observation plus the in-context inputs
         (``algorithms.rl2``). Episode e samples its actions if ``sampled[e]``, else takes the mean. Each
@@ -188,21 +250,36 @@ class RolloutWorker:
         for trial in range(num_trials):
             noise = self._noise(rngs, sampled)
             scaled_noise = np.exp(log_std)[:, None, :] * noise  # (K, L, A)
-            arrays, final_state, faults = self._lockstep_with_recovery(envs, params, step, scaled_noise, initial_memory,
-                                                                       in_context=True)
+            arrays, final_state, faults = self._lockstep_with_recovery(
+                envs, params, step, scaled_noise, initial_memory, in_context=True
+            )
             num_faults += faults
             observations[:, trial], actions[:, trial], rewards[:, trial], successes[:, trial] = arrays
             log_probs[:, trial] = (-0.5 * noise**2 - log_std[:, None, :] - 0.5 * np.log(2 * np.pi)).sum(-1)
         batches = [
-            TrialBatch(observations[k], actions[k], rewards[k], log_probs[k], None,  # the program's advantages
-                       successes[k], self.episode_length, int(num_faults[k]))
+            TrialBatch(
+                observations[k],
+                actions[k],
+                rewards[k],
+                log_probs[k],
+                None,  # the program's advantages
+                successes[k],
+                self.episode_length,
+                int(num_faults[k]),
+            )
             for k in range(num_envs)
         ]
         return batches, InContextMemory(final_state, actions[:, -1, -1].copy(), rewards[:, -1, -1].copy())
 
-    def _lockstep_with_recovery(self, envs: list[Any], params: Sequence[Params], step: Any, scaled_noise: np.ndarray,
-                                initial_memory: InContextMemory | None, in_context: bool = False
-                                ) -> tuple[tuple[np.ndarray, ...], State, np.ndarray]:
+    def _lockstep_with_recovery(
+        self,
+        envs: list[Any],
+        params: Sequence[Params],
+        step: Any,
+        scaled_noise: np.ndarray,
+        initial_memory: InContextMemory | None,
+        in_context: bool = False,
+    ) -> tuple[tuple[np.ndarray, ...], State, np.ndarray]:
         """``_lockstep`` in every env; a faulted env is rebuilt (same class and task) and its episodes
         (a whole trial, in context) run again alone with the same noise and start state, so the batch is
         what it would have been without the fault: the policy acts on each env independently. Returns
@@ -211,17 +288,20 @@ class RolloutWorker:
         num_faults = np.zeros(len(envs), dtype=np.int64)
         for k in np.flatnonzero(faulted):
             start = None if initial_memory is None else initial_memory.rows(k, k + 1)
-            for attempt in range(1, MAX_FAULTS_PER_EPISODE + 1):
+            for attempt in range(1, MAX_FAULTS_PER_EPISODE + 1):  # noqa: B007 - the count is kept below
                 envs[k] = self._rebuild(envs[k])
                 redone, still_faulted, redone_state = self._lockstep(
-                    [envs[k]], self.actor.bind([params[k]]), scaled_noise[k:k + 1], start, in_context)
+                    [envs[k]], self.actor.bind([params[k]]), scaled_noise[k : k + 1], start, in_context
+                )
                 if not still_faulted[0]:
                     break
             else:
                 env_name = self._task_of[id(envs[k])][0]
                 unit = "trial" if in_context else "episode"
-                raise EnvFaultError(f"env {env_name} faulted {MAX_FAULTS_PER_EPISODE + 1} times in one {unit}, "
-                                    f"rebuilt each time (last: {self._last_fault}); see the worker's log for each fault")
+                raise EnvFaultError(
+                    f"env {env_name} faulted {MAX_FAULTS_PER_EPISODE + 1} times in one {unit}, "
+                    f"rebuilt each time (last: {self._last_fault}); see the worker's log for each fault"
+                )
             num_faults[k] = attempt
             for full, row in zip(arrays, redone):
                 full[k] = row[0]
@@ -229,8 +309,14 @@ class RolloutWorker:
             state[k] = redone_state[0]
         return arrays, state, num_faults
 
-    def _lockstep(self, envs: Sequence[Any], step: Any, scaled_noise: np.ndarray, initial_memory: InContextMemory | None,
-                  in_context: bool) -> tuple[tuple[np.ndarray, ...], np.ndarray, State]:
+    def _lockstep(
+        self,
+        envs: Sequence[Any],
+        step: Any,
+        scaled_noise: np.ndarray,
+        initial_memory: InContextMemory | None,
+        in_context: bool,
+    ) -> tuple[tuple[np.ndarray, ...], np.ndarray, State]:
         """Consecutive episodes of T steps in every env, stepped together, L = scaled_noise.shape[1]:
         (observations (K, L, D), actions (K, L, A), rewards (K, L), successes (K, L // T)), which envs
         faulted, and the policy's memory after the last step. The memory continues ``initial_memory``
@@ -249,7 +335,9 @@ class RolloutWorker:
         no_start = torch.zeros(num_envs, dtype=torch.bool)
         state = self.actor.initial_state(num_envs) if initial_memory is None else initial_memory.state
         # The first step's previous action and reward: none at a fresh start, else where the memory stopped.
-        first_previous = (None, None) if initial_memory is None else (initial_memory.last_actions, initial_memory.last_rewards)
+        first_previous = (
+            (None, None) if initial_memory is None else (initial_memory.last_actions, initial_memory.last_rewards)
+        )
         for t in range(length):
             episode, t_in_episode = divmod(t, horizon)
             if t_in_episode == 0:
@@ -286,7 +374,9 @@ class RolloutWorker:
             # One vectorised check per step for all envs (a per-env check would cost more than this).
             non_finite = ~(np.isfinite(obs).all(axis=1) & np.isfinite(rewards[:, t])) & ~faulted
             for k in np.flatnonzero(non_finite):
-                self._last_fault = _log_fault(envs[k], f"at step {t_in_episode}", FloatingPointError("non-finite observation or reward"))
+                self._last_fault = _log_fault(
+                    envs[k], f"at step {t_in_episode}", FloatingPointError("non-finite observation or reward")
+                )
                 faulted[k] = True
         return (observations, actions, rewards, successes), faulted, state
 

@@ -43,7 +43,11 @@ class RunLogFile:
     def __init__(self, run_path: StoragePath) -> None:
         self.target = run_path / LOG_FILE
         local = self.target.local
-        self._staging = None if local is not None else tempfile.NamedTemporaryFile(prefix="metarl-log-", suffix=".log", delete=False)
+        self._staging = (
+            None
+            if local is not None
+            else tempfile.NamedTemporaryFile(prefix="metarl-log-", suffix=".log", delete=False)
+        )
         if self._staging is not None:
             self._staging.close()
             if self.target.is_file():  # a resumed run continues its log

@@ -49,7 +49,9 @@ class StoragePath:
         if not scheme:
             return cls(pafs.LocalFileSystem(), text, "")
         if scheme not in SUPPORTED_SCHEMES:
-            raise ValueError(f"{text}: unsupported URI scheme {scheme!r}; expected a path or one of {', '.join(SUPPORTED_SCHEMES)}")
+            raise ValueError(
+                f"{text}: unsupported URI scheme {scheme!r}; expected a path or one of {', '.join(SUPPORTED_SCHEMES)}"
+            )
         filesystem, path = pafs.FileSystem.from_uri(text)
         return cls(filesystem, path.rstrip("/") or "/", scheme, urlparse(text).query)
 
@@ -98,7 +100,9 @@ class StoragePath:
     def resolve(self) -> StoragePath:
         """Absolute for local paths (two spellings of one directory compare equal); URIs as they are."""
         local = self.local
-        return StoragePath(self.filesystem, str(local.resolve()), self.scheme, self.query) if local is not None else self
+        return (
+            StoragePath(self.filesystem, str(local.resolve()), self.scheme, self.query) if local is not None else self
+        )
 
     # -- queries --------------------------------------------------------------------------------
     def _type(self) -> pafs.FileType:

@@ -8,18 +8,19 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import ray
 from ray.exceptions import RayError
 
-from metarl_ray.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from metarl_ray.config import ConfigError, TrainConfig
-from metarl_ray.errors import EnvFaultError, RunStorageError, TrainingDivergedError
-from metarl_ray.envs.metaworld import BenchmarkTasks, TaskSampler, TaskSpec
 from metarl_ray.distributed.learner_group import LearnerGroup
 from metarl_ray.distributed.rollout_pool import RolloutPool
+from metarl_ray.envs.metaworld import BenchmarkTasks, TaskSampler, TaskSpec
+from metarl_ray.errors import EnvFaultError, RunStorageError, TrainingDivergedError
+from metarl_ray.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from metarl_ray.training.metrics import RunMetrics
 from metarl_ray.training.progress import Progress
 from metarl_ray.training.run_dir import PLACEMENT_FILE, RunLogFile, write_config
@@ -62,8 +63,10 @@ def place_learner(device: str, num_learners: int = 1) -> LearnerPlacement:
     if device == "cuda" and num_gpus == 0:
         raise ConfigError("--device='cuda': the Ray cluster has no GPU; use auto or cpu")
     if device == "cuda" and num_gpus < num_learners:
-        raise ConfigError(f"--num_learners={num_learners}: --device=cuda needs one GPU per learner and the Ray "
-                          f"cluster has {num_gpus}; expected at most {num_gpus}")
+        raise ConfigError(
+            f"--num_learners={num_learners}: --device=cuda needs one GPU per learner and the Ray "
+            f"cluster has {num_gpus}; expected at most {num_gpus}"
+        )
     use_gpu = device == "cuda" or (device == "auto" and num_gpus >= num_learners)
     # On CPU the learners reserve no core: they are idle while the rollout actors simulate, and those
     # are idle while they learn, so together they may use every core then.
@@ -91,21 +94,27 @@ def default_num_rollout_workers(config: TrainConfig) -> int:
     num_cpus = int(ray.cluster_resources().get("CPU", 1))
     requested = config.rollout.num_rollout_workers or num_cpus
     if requested > num_cpus:  # each actor needs one CPU: more would wait forever for a slot
-        raise ConfigError(f"--num_rollout_workers={requested}: the Ray cluster has {num_cpus} CPUs; expected at most {num_cpus}")
+        raise ConfigError(
+            f"--num_rollout_workers={requested}: the Ray cluster has {num_cpus} CPUs; expected at most {num_cpus}"
+        )
     return max(1, min(requested, config.maml.num_tasks))  # a worker without tasks would idle
 
 
 def split_tasks(tasks: Sequence[TaskSpec], num_workers: int) -> list[list[TaskSpec]]:
     """Contiguous, near-equal chunks: each worker steps its chunk's envs in lockstep."""
     bounds = [round(i * len(tasks) / num_workers) for i in range(num_workers + 1)]
-    return [list(tasks[bounds[i]:bounds[i + 1]]) for i in range(num_workers)]
+    return [list(tasks[bounds[i] : bounds[i + 1]]) for i in range(num_workers)]
 
 
 IterationCallback = Callable[[dict[str, float], "StoragePath | None"], None]
 
 
-def train(config: TrainConfig, run_path: StoragePath | str, resume_from: StoragePath | str | None = None,
-          on_iteration: IterationCallback | None = None) -> StoragePath:
+def train(
+    config: TrainConfig,
+    run_path: StoragePath | str,
+    resume_from: StoragePath | str | None = None,
+    on_iteration: IterationCallback | None = None,
+) -> StoragePath:
     """Meta-train; returns the run directory (a path or URI). Ray is started in-process unless already
     running. ``on_iteration(metrics, checkpoint_or_None)`` runs after every iteration (Tune reports there)."""
     run_path = StoragePath.parse(run_path)
@@ -133,13 +142,20 @@ def train(config: TrainConfig, run_path: StoragePath | str, resume_from: Storage
                         raise
                     checkpoint = latest_checkpoint(run_path)
                     state = load_checkpoint(checkpoint) if checkpoint is not None else None
-                    logger.warning("%s; restarting from %s (restart %d of %d)", type(error).__name__,
-                                   checkpoint.name if checkpoint else "the beginning", restarts, config.run.max_failures)
+                    logger.warning(
+                        "%s; restarting from %s (restart %d of %d)",
+                        type(error).__name__,
+                        checkpoint.name if checkpoint else "the beginning",
+                        restarts,
+                        config.run.max_failures,
+                    )
         finally:
             _close_run_file(log_file.close, run_path, config.run.num_epochs, failing=not finished)
 
 
-def write_placement(run_path: StoragePath, learners: LearnerGroup, placement: LearnerPlacement, workers: RolloutPool) -> int:
+def write_placement(
+    run_path: StoragePath, learners: LearnerGroup, placement: LearnerPlacement, workers: RolloutPool
+) -> int:
     """Record where the driver, learners and rollout actors run (``placement.json``: pids and Ray node
     ids, for users on a cluster and for tests; ``learner`` is learner 0); returns the number of nodes
     the rollout actors use."""
@@ -147,15 +163,26 @@ def write_placement(run_path: StoragePath, learners: LearnerGroup, placement: Le
 
     rollout = ray.get([actor.location.remote() for actor in workers.actors])
     learner_locations = [{**location, "device": placement.device} for location in learners.locations()]
-    record = {"driver": process_location(), "learner": learner_locations[0], "learners": learner_locations,
-              "rollout_workers": rollout, "workers_replaced": workers.num_replaced}
+    record = {
+        "driver": process_location(),
+        "learner": learner_locations[0],
+        "learners": learner_locations,
+        "rollout_workers": rollout,
+        "workers_replaced": workers.num_replaced,
+    }
     (run_path / PLACEMENT_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return len({entry["node_id"] for entry in rollout})
 
 
-def _train_loop(config: TrainConfig, run_path: StoragePath, state: dict[str, Any] | None,
-                placement: LearnerPlacement, num_workers: int, on_iteration: IterationCallback | None,
-                log_file: RunLogFile) -> StoragePath:
+def _train_loop(
+    config: TrainConfig,
+    run_path: StoragePath,
+    state: dict[str, Any] | None,
+    placement: LearnerPlacement,
+    num_workers: int,
+    on_iteration: IterationCallback | None,
+    log_file: RunLogFile,
+) -> StoragePath:
     from metarl_ray.distributed.actors import RolloutActor
 
     sampler = TaskSampler(BenchmarkTasks(config.env, config.run.seed).train_tasks(), config.run.seed)
@@ -164,9 +191,14 @@ def _train_loop(config: TrainConfig, run_path: StoragePath, state: dict[str, Any
     try:
         workers = RolloutPool(
             lambda: RolloutActor.options(**rollout_actor_options()).remote(
-                config.env, config.policy, config.maml, config.ppo, config.run.seed, config.meta_learner),
-            num_workers, config.rollout.sample_timeout_s)
-        return _iterate(config, run_path, state, placement, num_workers, on_iteration, log_file, sampler, learners, workers)
+                config.env, config.policy, config.maml, config.ppo, config.run.seed, config.meta_learner
+            ),
+            num_workers,
+            config.rollout.sample_timeout_s,
+        )
+        return _iterate(
+            config, run_path, state, placement, num_workers, on_iteration, log_file, sampler, learners, workers
+        )
     finally:
         # A restart builds new actors; the old ones must not hold GPUs, ports or CPUs, and neither may a
         # finished run's when the same Ray session runs another (a notebook, Tune, a test module).
@@ -177,9 +209,18 @@ def _train_loop(config: TrainConfig, run_path: StoragePath, state: dict[str, Any
                 workers.shutdown()
 
 
-def _iterate(config: TrainConfig, run_path: StoragePath, state: dict[str, Any] | None, placement: LearnerPlacement,
-             num_workers: int, on_iteration: IterationCallback | None, log_file: RunLogFile, sampler: TaskSampler,
-             learners: LearnerGroup, workers: RolloutPool) -> StoragePath:
+def _iterate(
+    config: TrainConfig,
+    run_path: StoragePath,
+    state: dict[str, Any] | None,
+    placement: LearnerPlacement,
+    num_workers: int,
+    on_iteration: IterationCallback | None,
+    log_file: RunLogFile,
+    sampler: TaskSampler,
+    learners: LearnerGroup,
+    workers: RolloutPool,
+) -> StoragePath:
     from metarl_ray.distributed.actors import process_memory_mb
 
     start_iteration, env_steps_total, lr_scale = 0, 0, 1.0
@@ -190,15 +231,24 @@ def _iterate(config: TrainConfig, run_path: StoragePath, state: dict[str, Any] |
         lr_scale = float(state["learner"].get("lr_scale", 1.0))
         logger.info("resumed %s at iteration %d (%d env steps)", run_path, start_iteration, env_steps_total)
     num_nodes = write_placement(run_path, learners, placement, workers)
-    logger.info("run %s: %s, driver pid %d, %d rollout workers on %d node(s), %d learner(s) on %s; see %s", run_path,
-                config.env.benchmark, os.getpid(), num_workers, num_nodes, learners.num_learners, placement.device,
-                PLACEMENT_FILE)
+    logger.info(
+        "run %s: %s, driver pid %d, %d rollout workers on %d node(s), %d learner(s) on %s; see %s",
+        run_path,
+        config.env.benchmark,
+        os.getpid(),
+        num_workers,
+        num_nodes,
+        learners.num_learners,
+        placement.device,
+        PLACEMENT_FILE,
+    )
     # Rows and events after the starting point are dropped: a resume, or a restart after a lost learner
     # (before the first checkpoint that is iteration 0), runs those iterations again.
     run_metrics = RunMetrics(run_path, start_iteration, env_steps_total)
     # On a terminal a live bar; elsewhere the per-iteration log line below is the progress display.
-    progress = Progress(config.run.num_epochs, "it", f"train {run_path.name}", log_every_s=float("inf"),
-                        initial=start_iteration)
+    progress = Progress(
+        config.run.num_epochs, "it", f"train {run_path.name}", log_every_s=float("inf"), initial=start_iteration
+    )
     rollbacks_in_a_row, finished = 0, False
     try:
         for iteration in range(start_iteration, config.run.num_epochs):
@@ -214,28 +264,44 @@ def _iterate(config: TrainConfig, run_path: StoragePath, state: dict[str, Any] |
             if workers.num_replaced != replaced_before:
                 num_nodes = write_placement(run_path, learners, placement, workers)
             # The learners take the rollouts straight from the object store; the driver never copies them.
-            metrics = learners.update(sample_refs, [(chunk[0].slot, chunk[-1].slot + 1) for chunk in worker_tasks],
-                                      iteration + 1)
+            metrics = learners.update(
+                sample_refs, [(chunk[0].slot, chunk[-1].slot + 1) for chunk in worker_tasks], iteration + 1
+            )
             learned = time.perf_counter()
 
             env_steps_total += int(metrics["rollout/env_steps"])
             lr_scale = metrics["learner/lr_scale"]
             rollbacks_in_a_row = rollbacks_in_a_row + 1 if metrics["fault/nonfinite_update"] else 0
             if metrics["fault/oom_retries"]:
-                logger.warning("iteration %d: the learner ran out of memory; update retried with the meta-batch in %d "
-                               "chunks (kept for the rest of the run)", iteration + 1,
-                               metrics["learner/gradient_accumulation_steps"])
+                logger.warning(
+                    "iteration %d: the learner ran out of memory; update retried with the meta-batch in %d "
+                    "chunks (kept for the rest of the run)",
+                    iteration + 1,
+                    metrics["learner/gradient_accumulation_steps"],
+                )
             if rollbacks_in_a_row:
-                logger.warning("iteration %d: non-finite loss or gradient; update undone, meta_lr and inner_lr now "
-                               "%.3g of the configured values (%d in a row, at most %d)", iteration + 1, lr_scale,
-                               rollbacks_in_a_row, config.learner.max_nonfinite_rollbacks)
-            row = {"iteration": iteration + 1, "rollout/env_steps_total": env_steps_total, **metrics,
-                   "time/sample_s": sampled - started, "time/learn_s": learned - sampled,
-                   "time/iteration_s": learned - started,
-                   "rollout/env_steps_per_s": metrics["rollout/env_steps"] / (sampled - started),
-                   "rollout/workers_replaced": workers.num_replaced, "rollout/num_nodes": num_nodes,
-                   "memory/driver_rss_mb": process_memory_mb(), "memory/rollout_rss_mb_max": workers.max_rss_mb,
-                   "fault/nonfinite_rollbacks_in_a_row": rollbacks_in_a_row}
+                logger.warning(
+                    "iteration %d: non-finite loss or gradient; update undone, meta_lr and inner_lr now "
+                    "%.3g of the configured values (%d in a row, at most %d)",
+                    iteration + 1,
+                    lr_scale,
+                    rollbacks_in_a_row,
+                    config.learner.max_nonfinite_rollbacks,
+                )
+            row = {
+                "iteration": iteration + 1,
+                "rollout/env_steps_total": env_steps_total,
+                **metrics,
+                "time/sample_s": sampled - started,
+                "time/learn_s": learned - sampled,
+                "time/iteration_s": learned - started,
+                "rollout/env_steps_per_s": metrics["rollout/env_steps"] / (sampled - started),
+                "rollout/workers_replaced": workers.num_replaced,
+                "rollout/num_nodes": num_nodes,
+                "memory/driver_rss_mb": process_memory_mb(),
+                "memory/rollout_rss_mb_max": workers.max_rss_mb,
+                "fault/nonfinite_rollbacks_in_a_row": rollbacks_in_a_row,
+            }
             with _run_storage(run_path, iteration + 1, "its metrics"):
                 run_metrics.append(row)
             _log_iteration(config, row, progress)
@@ -244,7 +310,8 @@ def _iterate(config: TrainConfig, run_path: StoragePath, state: dict[str, Any] |
                 raise TrainingDivergedError(
                     f"iteration {iteration + 1}: {rollbacks_in_a_row} non-finite updates in a row "
                     f"(--max_nonfinite_rollbacks={config.learner.max_nonfinite_rollbacks}); last good checkpoint: "
-                    f"{last if last is not None else 'none'}")
+                    f"{last if last is not None else 'none'}"
+                )
             path = None
             if (iteration + 1) % config.run.checkpoint_every == 0 or iteration + 1 == config.run.num_epochs:
                 with _run_storage(run_path, iteration + 1, "a checkpoint"):
@@ -284,32 +351,58 @@ def _run_storage(run_path: StoragePath, iteration: int, what: str) -> Iterator[N
         reason = error.strerror or str(error).splitlines()[0][:200]
         raise RunStorageError(
             f"iteration {iteration}: cannot write {what} to {run_path} ({reason}); earlier files are intact, latest "
-            f"checkpoint {last.name if last is not None else 'none'}: free space or fix the folder, then --resume") from None
+            f"checkpoint {last.name if last is not None else 'none'}: free space or fix the folder, then --resume"
+        ) from None
 
 
 def _log_iteration(config: TrainConfig, row: dict[str, float], progress: Progress) -> None:
     iterations_left = config.run.num_epochs - row["iteration"]
-    logger.info("iter %d/%d steps %d | pre %.1f (succ %.2f) -> post %.1f (succ %.2f) | kl %.4f | sample %.1fs learn %.1fs"
-                " | %.0f steps/s, ETA %.0f min%s", row["iteration"], config.run.num_epochs, row["rollout/env_steps_total"],
-                row["pre_adapt/return"], row["pre_adapt/success"], row["post_adapt/return"], row["post_adapt/success"],
-                row.get("ppo/kl", float("nan")), row["time/sample_s"], row["time/learn_s"],
-                row["rollout/env_steps"] / row["time/iteration_s"], iterations_left * row["time/iteration_s"] / 60,
-                " | NON-FINITE UPDATE UNDONE" if row["fault/nonfinite_update"] else "")
-    progress.update(1, steps=int(row["rollout/env_steps_total"]),
-                    steps_per_s=f"{row['rollout/env_steps'] / row['time/iteration_s']:.0f}",
-                    post_succ=f"{row['post_adapt/success']:.2f}")
+    logger.info(
+        "iter %d/%d steps %d | pre %.1f (succ %.2f) -> post %.1f (succ %.2f) | kl %.4f | sample %.1fs learn %.1fs"
+        " | %.0f steps/s, ETA %.0f min%s",
+        row["iteration"],
+        config.run.num_epochs,
+        row["rollout/env_steps_total"],
+        row["pre_adapt/return"],
+        row["pre_adapt/success"],
+        row["post_adapt/return"],
+        row["post_adapt/success"],
+        row.get("ppo/kl", float("nan")),
+        row["time/sample_s"],
+        row["time/learn_s"],
+        row["rollout/env_steps"] / row["time/iteration_s"],
+        iterations_left * row["time/iteration_s"] / 60,
+        " | NON-FINITE UPDATE UNDONE" if row["fault/nonfinite_update"] else "",
+    )
+    progress.update(
+        1,
+        steps=int(row["rollout/env_steps_total"]),
+        steps_per_s=f"{row['rollout/env_steps'] / row['time/iteration_s']:.0f}",
+        post_succ=f"{row['post_adapt/success']:.2f}",
+    )
 
 
-def _checkpoint(config: TrainConfig, run_path: StoragePath, iteration: int, env_steps_total: int,
-                learners: LearnerGroup, sampler: TaskSampler, row: dict[str, float]) -> StoragePath:
+def _checkpoint(
+    config: TrainConfig,
+    run_path: StoragePath,
+    iteration: int,
+    env_steps_total: int,
+    learners: LearnerGroup,
+    sampler: TaskSampler,
+    row: dict[str, float],
+) -> StoragePath:
     started = time.perf_counter()
-    path = save_checkpoint(run_path, iteration, {
-        "iteration": iteration,
-        "env_steps_total": env_steps_total,
-        "config": config.to_dict(),
-        "learner": learners.state_dict(),
-        "task_sampler": sampler.state_dict(),
-        "metrics": row,  # the iteration's metrics, for whoever continues from this checkpoint
-    })
+    path = save_checkpoint(
+        run_path,
+        iteration,
+        {
+            "iteration": iteration,
+            "env_steps_total": env_steps_total,
+            "config": config.to_dict(),
+            "learner": learners.state_dict(),
+            "task_sampler": sampler.state_dict(),
+            "metrics": row,  # the iteration's metrics, for whoever continues from this checkpoint
+        },
+    )
     logger.info("checkpoint %s (%.3fs)", path, time.perf_counter() - started)
     return path

@@ -1,6 +1,12 @@
 import numpy as np
 
-from metarl_ray.algorithms.advantages import compute_advantages, compute_gae, discounted_returns, fit_linear_baseline, linear_baseline_features
+from metarl_ray.algorithms.advantages import (
+    compute_advantages,
+    compute_gae,
+    discounted_returns,
+    fit_linear_baseline,
+    linear_baseline_features,
+)
 
 
 def test_discounted_returns_by_hand():
@@ -23,7 +29,9 @@ def test_gae_matches_hand_computation():
 def test_gae_with_lambda_one_is_return_minus_value():
     rng = np.random.default_rng(0)
     rewards, values = rng.normal(size=(3, 7)), rng.normal(size=(3, 7))
-    np.testing.assert_allclose(compute_gae(rewards, values, 0.97, 1.0), discounted_returns(rewards, 0.97) - values, atol=1e-12)
+    np.testing.assert_allclose(
+        compute_gae(rewards, values, 0.97, 1.0), discounted_returns(rewards, 0.97) - values, atol=1e-12
+    )
 
 
 def test_linear_baseline_fits_a_linear_target_exactly():

@@ -3,12 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from maml_tasks import make_setup, make_task, random_batch, with_sampling_log_probs
 
 from metarl_ray.config import LearnerConfig
 from metarl_ray.policies.common import log_prob
 from metarl_ray.training.learner import meta_update
-
-from maml_tasks import make_setup, make_task, random_batch, with_sampling_log_probs
 
 
 def test_adapted_params_equal_a_hand_written_sgd_step():
@@ -47,13 +46,20 @@ def finite_difference_grad(policy, algo, task, eps=1e-6):
     return torch.tensor(grad, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("policy_type, num_inner_steps, ssm_scan, steps", [
-    ("mlp", 1, None, 4), ("mlp", 2, None, 4), ("ssm", 1, "reference", 4),
-    # 70-step episodes span three chunks of the chunked scan, so both of its levels are differentiated.
-    ("ssm", 1, "chunked", 70), ("ssm", 2, "chunked", 70),
-    # The adjoint scan (the default): its hand-written backward, differentiated once more.
-    ("ssm", 1, "adjoint", 70), ("ssm", 2, "adjoint", 70),
-])
+@pytest.mark.parametrize(
+    "policy_type, num_inner_steps, ssm_scan, steps",
+    [
+        ("mlp", 1, None, 4),
+        ("mlp", 2, None, 4),
+        ("ssm", 1, "reference", 4),
+        # 70-step episodes span three chunks of the chunked scan, so both of its levels are differentiated.
+        ("ssm", 1, "chunked", 70),
+        ("ssm", 2, "chunked", 70),
+        # The adjoint scan (the default): its hand-written backward, differentiated once more.
+        ("ssm", 1, "adjoint", 70),
+        ("ssm", 2, "adjoint", 70),
+    ],
+)
 def test_second_order_meta_gradient_matches_finite_differences(policy_type, num_inner_steps, ssm_scan, steps):
     policy, algo = make_setup(num_inner_steps=num_inner_steps, policy_type=policy_type, ssm_scan=ssm_scan or "adjoint")
     task = make_task(policy, algo, torch.Generator().manual_seed(2), steps=steps)

@@ -9,8 +9,15 @@ import pytest
 import torch
 
 from metarl_ray.algorithms.advantages import trial_advantages
-from metarl_ray.algorithms.rl2 import (IN_CONTEXT_INPUT_DIM, RL2PPO, InContextMemory, TrialTensors, in_context_inputs,
-                                      in_context_step_inputs, trial_chunks)
+from metarl_ray.algorithms.rl2 import (
+    IN_CONTEXT_INPUT_DIM,
+    RL2PPO,
+    InContextMemory,
+    TrialTensors,
+    in_context_inputs,
+    in_context_step_inputs,
+    trial_chunks,
+)
 from metarl_ray.config import EnvConfig, MAMLConfig, MetaLearnerConfig, PolicyConfig, PPOConfig
 from metarl_ray.envs.metaworld import ACTION_DIM, OBS_DIM, BenchmarkTasks, TaskSampler
 from metarl_ray.policies import build_policy
@@ -28,8 +35,9 @@ def test_trial_inputs_equal_the_step_inputs_the_rollout_built():
     rewards = rng.uniform(0, 10, (num_trials, horizon * episodes)).astype(np.float32)
     whole = in_context_inputs(obs, actions, rewards, horizon)
     for t in range(horizon * episodes):
-        step = in_context_step_inputs(obs[:, t], actions[:, t - 1] if t else None, rewards[:, t - 1] if t else None,
-                                      t % horizon == 0)
+        step = in_context_step_inputs(
+            obs[:, t], actions[:, t - 1] if t else None, rewards[:, t - 1] if t else None, t % horizon == 0
+        )
         np.testing.assert_array_equal(whole[:, t], step)
     assert whole.shape[-1] == IN_CONTEXT_INPUT_DIM
     # The boundary flag marks each episode's first step; episode 2's first step sees episode 1's last reward.
@@ -69,14 +77,17 @@ def test_training_recomputes_the_log_probs_recorded_at_sampling(policy_type):
     assert trials.observations.shape == (2, 120, OBS_DIM) and trials.successes.shape == (2, 3)
     learner_side = RL2PPO(worker.policy, PPOConfig(), meta).tensors(rollouts[0], torch.device("cpu"))
     with torch.no_grad():
-        recomputed = log_prob(worker.policy, dict(worker.policy.named_parameters()), learner_side.inputs, learner_side.actions)
+        recomputed = log_prob(
+            worker.policy, dict(worker.policy.named_parameters()), learner_side.inputs, learner_side.actions
+        )
     np.testing.assert_allclose(recomputed.numpy(), trials.log_probs, atol=2e-4)
     # A policy that ignored its memory would give the same mean at equal inputs; this one does not:
     # the recompute from a fresh memory at every episode differs from the recorded trial.
     per_episode = learner_side.inputs.reshape(6, 40, -1)
     with torch.no_grad():
-        fresh = log_prob(worker.policy, dict(worker.policy.named_parameters()), per_episode,
-                         learner_side.actions.reshape(6, 40, -1)).reshape(2, 120)
+        fresh = log_prob(
+            worker.policy, dict(worker.policy.named_parameters()), per_episode, learner_side.actions.reshape(6, 40, -1)
+        ).reshape(2, 120)
     assert not np.allclose(fresh.numpy(), trials.log_probs, atol=1e-3)
     # Truncated backprop: chunks of 40 steps, each from the memory the policy carries into it, give the
     # same log-probs as the whole-trial pass (the forward pass cuts nothing; only the gradient is cut).
@@ -87,7 +98,7 @@ def test_training_recomputes_the_log_probs_recorded_at_sampling(policy_type):
         for index, chunk in enumerate(chunks):  # ordered chunk by chunk, trial by trial within a chunk
             mean, log_std, _ = worker.policy.sequence(chunk.inputs[None], chunk.memory[None])
             trial, part = index % 2, index // 2
-            by_chunk[trial, 40 * part:40 * (part + 1)] = gaussian_log_prob(mean[0], log_std, chunk.actions)
+            by_chunk[trial, 40 * part : 40 * (part + 1)] = gaussian_log_prob(mean[0], log_std, chunk.actions)
     np.testing.assert_allclose(by_chunk.numpy(), recomputed.numpy(), atol=2e-5)
 
 
@@ -96,15 +107,22 @@ def test_one_whole_trial_chunk_gives_the_whole_trial_loss_and_gradient(policy_ty
     """rl2_chunk_length 0: a minibatch of whole trials from a fresh memory is the full-trial PPO loss
     (no gradient cut), value and gradient, and its entropy bonus is the Gaussian's entropy."""
     torch.manual_seed(0)
-    policy = build_policy(IN_CONTEXT_INPUT_DIM, ACTION_DIM, PolicyConfig(policy_type=policy_type, hidden_size=16,
-                                                                          state_size=8, init_log_std=-0.3))
+    policy = build_policy(
+        IN_CONTEXT_INPUT_DIM,
+        ACTION_DIM,
+        PolicyConfig(policy_type=policy_type, hidden_size=16, state_size=8, init_log_std=-0.3),
+    )
     for p in policy.parameters():
         p.data.add_(0.2 * torch.randn_like(p))
     meta = MetaLearnerConfig(algorithm="rl2", rl2_chunk_length=0, rl2_entropy_coef=0.01)
     algo = RL2PPO(policy, PPOConfig(), meta)
     rng = torch.Generator().manual_seed(1)
-    task = TrialTensors(torch.randn(3, 30, IN_CONTEXT_INPUT_DIM, generator=rng), torch.randn(3, 30, ACTION_DIM, generator=rng),
-                        -torch.rand(3, 30, generator=rng) * 4, torch.randn(3, 30, generator=rng))
+    task = TrialTensors(
+        torch.randn(3, 30, IN_CONTEXT_INPUT_DIM, generator=rng),
+        torch.randn(3, 30, ACTION_DIM, generator=rng),
+        -torch.rand(3, 30, generator=rng) * 4,
+        torch.randn(3, 30, generator=rng),
+    )
     loss, stats = algo.loss(trial_chunks(policy, [task], 0))
     new_log_probs = log_prob(policy, dict(policy.named_parameters()), task.inputs, task.actions)
     ratio = torch.exp(new_log_probs - task.log_probs)
@@ -121,18 +139,30 @@ def test_one_whole_trial_chunk_gives_the_whole_trial_loss_and_gradient(policy_ty
 
 def test_an_iteration_takes_epochs_times_minibatches_steps_over_every_chunk_once_per_epoch():
     torch.manual_seed(0)
-    policy = build_policy(IN_CONTEXT_INPUT_DIM, ACTION_DIM, PolicyConfig(policy_type="ssm", hidden_size=16, state_size=8))
-    algo = RL2PPO(policy, PPOConfig(), MetaLearnerConfig(algorithm="rl2", rl2_epochs=3, rl2_minibatches=4,
-                                                         rl2_chunk_length=10))
-    tasks = [TrialTensors(torch.randn(2, 40, IN_CONTEXT_INPUT_DIM), torch.randn(2, 40, ACTION_DIM), torch.zeros(2, 40),
-                          torch.randn(2, 40)) for _ in range(2)]
+    policy = build_policy(
+        IN_CONTEXT_INPUT_DIM, ACTION_DIM, PolicyConfig(policy_type="ssm", hidden_size=16, state_size=8)
+    )
+    algo = RL2PPO(
+        policy, PPOConfig(), MetaLearnerConfig(algorithm="rl2", rl2_epochs=3, rl2_minibatches=4, rl2_chunk_length=10)
+    )
+    tasks = [
+        TrialTensors(
+            torch.randn(2, 40, IN_CONTEXT_INPUT_DIM),
+            torch.randn(2, 40, ACTION_DIM),
+            torch.zeros(2, 40),
+            torch.randn(2, 40),
+        )
+        for _ in range(2)
+    ]
     steps = list(algo.optimizer_steps(tasks, np.random.default_rng(0)))
     assert [len(step) for step in steps] == [4] * 12  # 2 tasks x 2 trials x 4 chunks = 16 per epoch
     for epoch in range(3):
-        seen = [chunk.inputs.data_ptr() for step in steps[4 * epoch:4 * epoch + 4] for chunk in step]
+        seen = [chunk.inputs.data_ptr() for step in steps[4 * epoch : 4 * epoch + 4] for chunk in step]
         assert len(set(seen)) == 16
     again = list(algo.optimizer_steps(tasks, np.random.default_rng(0)))  # the same stream: the same shuffles
-    assert [[c.inputs.data_ptr() for c in step] for step in again] == [[c.inputs.data_ptr() for c in step] for step in steps]
+    assert [[c.inputs.data_ptr() for c in step] for step in again] == [
+        [c.inputs.data_ptr() for c in step] for step in steps
+    ]
 
 
 def test_the_ssm_memory_of_an_in_context_policy_spans_its_trial():
@@ -168,8 +198,14 @@ def test_a_continued_memory_plays_the_trials_next_episode():
     reward) is exactly the second episode of a 2-episode trial."""
     env = EnvConfig(benchmark="ML10", max_episode_length=30)
     policy = PolicyConfig(policy_type="ssm", hidden_size=32, state_size=16)
-    worker = RolloutWorker(env, policy, MAMLConfig(), PPOConfig(), seed=0,
-                           meta_learner_config=MetaLearnerConfig(algorithm="rl2", episodes_per_trial=2))
+    worker = RolloutWorker(
+        env,
+        policy,
+        MAMLConfig(),
+        PPOConfig(),
+        seed=0,
+        meta_learner_config=MetaLearnerConfig(algorithm="rl2", episodes_per_trial=2),
+    )
     torch.manual_seed(2)
     for p in worker.policy.parameters():  # away from the small head init, so the inputs matter
         p.data.add_(0.3 * torch.randn_like(p))
@@ -201,8 +237,10 @@ def test_the_official_agent_starts_a_fresh_memory_with_no_previous_action_or_rew
     from metarl_ray.evaluation.agent import InContextAgent
     from metarl_ray.policies import build_policy
 
-    config = TrainConfig(policy=PolicyConfig(policy_type="ssm", hidden_size=32, state_size=16),
-                         meta_learner=MetaLearnerConfig(algorithm="rl2"))
+    config = TrainConfig(
+        policy=PolicyConfig(policy_type="ssm", hidden_size=32, state_size=16),
+        meta_learner=MetaLearnerConfig(algorithm="rl2"),
+    )
     torch.manual_seed(4)
     policy = build_policy(IN_CONTEXT_INPUT_DIM, ACTION_DIM, config.policy)
     for p in policy.parameters():
@@ -236,11 +274,11 @@ def test_official_inputs_carry_the_last_action_and_reward_across_a_reset_and_int
     for t in range(5):
         inputs, rewards, terminated, truncated, _ = envs.step(actions[t])
         expected_flag = 1.0 if t == 4 else 0.0  # step 5 ends the episode: the autoreset obs starts the next
-        np.testing.assert_allclose(inputs[:, OBS_DIM:OBS_DIM + ACTION_DIM], actions[t])
+        np.testing.assert_allclose(inputs[:, OBS_DIM : OBS_DIM + ACTION_DIM], actions[t])
         np.testing.assert_allclose(inputs[:, -2], 0.1 * rewards, rtol=1e-6)
         assert (inputs[:, -1] == expected_flag).all()
     again, _ = envs.reset()
-    np.testing.assert_allclose(again[:, OBS_DIM:OBS_DIM + ACTION_DIM], actions[4])
+    np.testing.assert_allclose(again[:, OBS_DIM : OBS_DIM + ACTION_DIM], actions[4])
     np.testing.assert_allclose(again[:, -2], 0.1 * rewards, rtol=1e-6)
     envs.env.close()
 
@@ -257,11 +295,28 @@ def test_rl2_needs_a_policy_with_memory(in_process):
 @pytest.mark.parametrize("policy_type", ["ssm", pytest.param("gru", marks=pytest.mark.slow)])
 def test_in_context_trains_resumes_exactly_and_evaluates(policy_type, tmp_path, in_process):
     runs = str(tmp_path / "runs")
-    common = ["--algorithm", "rl2", "--policy_type", policy_type, "--env_name", "ML1", "--task", "reach-v3", "--test_mode",
-              "--max_episode_length", "20", "--rl2_chunk_length", "10", "--output_dir", runs]
+    common = [
+        "--algorithm",
+        "rl2",
+        "--policy_type",
+        policy_type,
+        "--env_name",
+        "ML1",
+        "--task",
+        "reach-v3",
+        "--test_mode",
+        "--max_episode_length",
+        "20",
+        "--rl2_chunk_length",
+        "10",
+        "--output_dir",
+        runs,
+    ]
     assert in_process("train", *common, "--num_epochs", "3", "--run_name", "straight")[0] == 0
     assert in_process("train", *common, "--num_epochs", "2", "--run_name", "interrupted")[0] == 0
-    assert in_process("train", "--resume", "--run_name", "interrupted", "--output_dir", runs, "--num_epochs", "3")[0] == 0
+    assert (
+        in_process("train", "--resume", "--run_name", "interrupted", "--output_dir", runs, "--num_epochs", "3")[0] == 0
+    )
     straight = read_metrics(tmp_path / "runs" / "straight")
     resumed = read_metrics(tmp_path / "runs" / "interrupted")
     assert [row["iteration"] for row in resumed] == [1, 2, 3]
@@ -269,9 +324,18 @@ def test_in_context_trains_resumes_exactly_and_evaluates(policy_type, tmp_path, 
     assert all(row["rollout/env_steps"] == 2 * 2 * 2 * 20 for row in resumed)
     # Test mode's 2 epochs x 2 minibatches of 10-step chunks (2 tasks x 2 trials x 4 chunks each).
     assert all(row["learner/optimizer_steps"] == 4 for row in resumed)
-    for key in ("pre_adapt/return", "post_adapt/return", "loss/outer", "ppo/kl", "policy/std", "rollout/env_steps_total"):
+    for key in (
+        "pre_adapt/return",
+        "post_adapt/return",
+        "loss/outer",
+        "ppo/kl",
+        "policy/std",
+        "rollout/env_steps_total",
+    ):
         assert resumed[2][key] == pytest.approx(straight[2][key], rel=1e-6, abs=1e-9), key
-    status, out, _ = in_process("eval", "--checkpoint", tmp_path / "runs" / "interrupted", "--json", "--num_workers", "0")
+    status, out, _ = in_process(
+        "eval", "--checkpoint", tmp_path / "runs" / "interrupted", "--json", "--num_workers", "0"
+    )
     result = json.loads(out)
     assert status == 0 and result["protocol"]["algorithm"] == "rl2"
     assert math.isfinite(result["success_rate_official"]) and math.isfinite(result["mean_return"])

@@ -16,10 +16,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import learning  # noqa: E402
 import suite_points  # noqa: E402
 
-TINY = learning.Suite(("--env_name", "ML1", "--task", "reach-v3", "--test_mode", "--max_episode_length", "20"),
-                      {"mlp": learning.maml("mlp", seeds=(0, 1))}, num_epochs=2, checkpoint_every=1, title="tiny")
-COMPARED = ("pre_adapt/return", "post_adapt/return", "pre_adapt/success", "post_adapt/success", "loss/outer", "ppo/kl",
-            "policy/std", "rollout/env_steps_total")
+TINY = learning.Suite(
+    ("--env_name", "ML1", "--task", "reach-v3", "--test_mode", "--max_episode_length", "20"),
+    {"mlp": learning.maml("mlp", seeds=(0, 1))},
+    num_epochs=2,
+    checkpoint_every=1,
+    title="tiny",
+)
+COMPARED = (
+    "pre_adapt/return",
+    "post_adapt/return",
+    "pre_adapt/success",
+    "post_adapt/success",
+    "loss/outer",
+    "ppo/kl",
+    "policy/std",
+    "rollout/env_steps_total",
+)
 
 
 def test_a_run_continues_exactly_from_its_committed_folder(tmp_path, in_process):
@@ -30,13 +43,19 @@ def test_a_run_continues_exactly_from_its_committed_folder(tmp_path, in_process)
     learning.cmd_train("tiny", TINY, ["mlp"], [0], until_iteration=1, runs=runs, state=state)
     saved = state / "tiny" / "tiny-mlp-s0"
     assert sorted(p.name for p in (saved / "checkpoints").iterdir()) == [
-        "checkpoint_000001.pt", "checkpoint_000001.pt.sha256", "latest"]
+        "checkpoint_000001.pt",
+        "checkpoint_000001.pt.sha256",
+        "latest",
+    ]
     assert {"config.yaml", "metrics.jsonl"} <= {p.name for p in saved.iterdir()}
 
     shutil.rmtree(runs)  # a fresh clone has the committed folder only
     learning.cmd_train("tiny", TINY, ["mlp"], [0], runs=runs, state=state)
     assert sorted(p.name for p in (saved / "checkpoints").iterdir()) == [
-        "checkpoint_000002.pt", "checkpoint_000002.pt.sha256", "latest"]
+        "checkpoint_000002.pt",
+        "checkpoint_000002.pt.sha256",
+        "latest",
+    ]
 
     expected, continued = read_metrics(tmp_path / "straight" / "tiny-mlp-s0"), read_metrics(runs / "tiny-mlp-s0")
     assert [row["iteration"] for row in continued] == [1, 2]
@@ -44,7 +63,9 @@ def test_a_run_continues_exactly_from_its_committed_folder(tmp_path, in_process)
         for key in COMPARED:
             assert row[key] == pytest.approx(reference[key], rel=1e-6, abs=1e-9), key
     final = load_checkpoint(saved / "checkpoints" / "checkpoint_000002.pt")["learner"]["policy"]
-    reference = load_checkpoint(tmp_path / "straight" / "tiny-mlp-s0" / "checkpoints" / "checkpoint_000002.pt")["learner"]["policy"]
+    reference = load_checkpoint(tmp_path / "straight" / "tiny-mlp-s0" / "checkpoints" / "checkpoint_000002.pt")[
+        "learner"
+    ]["policy"]
     assert all(torch.allclose(final[name], reference[name], rtol=1e-6, atol=1e-8) for name in reference)
 
 
@@ -57,9 +78,19 @@ def test_seeds_evaluated_apart_pool_to_the_figures_of_seeds_evaluated_together(t
     checkpoints = [tmp_path / f"tiny-mlp-s{seed}" / "checkpoints" / "checkpoint_000002.pt" for seed in (0, 1)]
     options = EvalOptions(goals_per_class=3, num_workers=0, official=False)
     together = evaluate_runs([StoragePath.parse(c) for c in checkpoints], options)
-    apart = {seed: {"iteration": 2, "env_steps": 0, "request": {}, "protocol": {}, "official": None, "train_classes": None,
-                    "eval_wall_s": 0.0, "goals": evaluate_runs([StoragePath.parse(c)], options)["runs"][0]["goals"]}
-             for seed, c in zip((0, 1), checkpoints)}
+    apart = {
+        seed: {
+            "iteration": 2,
+            "env_steps": 0,
+            "request": {},
+            "protocol": {},
+            "official": None,
+            "train_classes": None,
+            "eval_wall_s": 0.0,
+            "goals": evaluate_runs([StoragePath.parse(c)], options)["runs"][0]["goals"],
+        }
+        for seed, c in zip((0, 1), checkpoints)
+    }
     pooled = suite_points.pool(apart)
     assert pooled["overall"] == together["overall"] and pooled["per_task"] == together["per_task"]
     columns = {seed: {**record, "goals": suite_points.goal_columns(record["goals"])} for seed, record in apart.items()}
@@ -92,10 +123,15 @@ def test_committed_state_never_goes_back_and_a_run_behind_it_is_refused(tmp_path
     assert learning.checkpoint_iterations(state) == [20]
     assert learning.save_state(_fake_run(tmp_path / "new", [20, 30]), state) == 30
     assert sorted(p.name for p in (state / "checkpoints").iterdir()) == [
-        "checkpoint_000030.pt", "checkpoint_000030.pt.sha256", "latest"]
+        "checkpoint_000030.pt",
+        "checkpoint_000030.pt.sha256",
+        "latest",
+    ]
     with pytest.raises(SystemExit, match="at iteration 10, behind its committed state"):
         learning.restore_state(state, tmp_path / "old")
-    assert learning.restore_state(state, tmp_path / "fresh") and learning.checkpoint_iterations(tmp_path / "fresh") == [30]
+    assert learning.restore_state(state, tmp_path / "fresh") and learning.checkpoint_iterations(tmp_path / "fresh") == [
+        30
+    ]
 
 
 def test_an_extended_runs_initial_point_is_recognised_as_measured(tmp_path):
@@ -114,4 +150,7 @@ def test_an_extended_runs_initial_point_is_recognised_as_measured(tmp_path):
         digests.append((learning._checkpoint_sha256(checkpoint), suite_points.weights_sha256(checkpoint)))
     assert digests[0][0] != digests[1][0] and digests[0][1] == digests[1][1]
     write_config(StoragePath.parse(run), build_config({"run": {"num_epochs": 60, "seed": 4}}))  # other weights
-    assert suite_points.weights_sha256(suite_points.initial_checkpoint(run, tmp_path / "runs" / "initial")) != digests[0][1]
+    assert (
+        suite_points.weights_sha256(suite_points.initial_checkpoint(run, tmp_path / "runs" / "initial"))
+        != digests[0][1]
+    )

@@ -7,22 +7,38 @@ import pytest
 import yaml
 
 from metarl_ray.cli.main import main, resolve_train
+from metarl_ray.config import (
+    ConfigError,
+    EnvConfig,
+    MAMLConfig,
+    MetaLearnerConfig,
+    PolicyConfig,
+    build_config,
+    load_yaml_overrides,
+)
 from metarl_ray.envs.metaworld import check_env_config
-from metarl_ray.config import ConfigError, EnvConfig, MAMLConfig, MetaLearnerConfig, PolicyConfig, build_config, load_yaml_overrides
 
-SEED_COMMAND = ("--env metaworld --env_name MT10 --num_tasks 10 --num_epochs 100 --inner_lr 0.01 --meta_lr 0.001 "
-                "--batch_size 20 --policy_type mlp --grad_clip 0.3 --num_inner_steps 3 --hidden_size 128 "
-                "--first_order --resume --checkpoint_path PATH --run_name NAME --device cpu "
-                "--max_episode_length 1000 --test_mode")
+SEED_COMMAND = (
+    "--env metaworld --env_name MT10 --num_tasks 10 --num_epochs 100 --inner_lr 0.01 --meta_lr 0.001 "
+    "--batch_size 20 --policy_type mlp --grad_clip 0.3 --num_inner_steps 3 --hidden_size 128 "
+    "--first_order --resume --checkpoint_path PATH --run_name NAME --device cpu "
+    "--max_episode_length 1000 --test_mode"
+)
 
 
 def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "metarl_ray", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "metarl_ray", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_seed_project_flags_parse_with_underscores_and_hyphens(tmp_path):
     for spelling in (SEED_COMMAND, SEED_COMMAND.replace("_", "-").replace("--env-name", "--env_name")):
-        argv = spelling.replace("--resume --checkpoint_path PATH ", "").replace("--resume --checkpoint-path PATH ", "").split()
+        argv = (
+            spelling.replace("--resume --checkpoint_path PATH ", "")
+            .replace("--resume --checkpoint-path PATH ", "")
+            .split()
+        )
         config, run_path, checkpoint = resolve_train(argv + ["--output_dir", str(tmp_path)])
         assert checkpoint is None and run_path == tmp_path / "NAME"
         assert config.env.benchmark == "MT10" and config.env.max_episode_length == 1000
@@ -44,43 +60,60 @@ def test_yaml_sections_and_flat_keys(tmp_path):
         build_config(load_yaml_overrides(path))
 
 
-@pytest.mark.parametrize("section, values, flag", [
-    (EnvConfig, {"benchmark": "ML7"}, "--benchmark='ML7'"),
-    (lambda **values: check_env_config(EnvConfig(**values)), {"benchmark": "ML1", "task": "fly-v3"}, "--task='fly-v3'"),
-    (MAMLConfig, {"inner_lr": -1.0}, "--inner_lr=-1.0"),
-    (MAMLConfig, {"num_inner_steps": 0}, "--num_inner_steps=0"),
-])
+@pytest.mark.parametrize(
+    "section, values, flag",
+    [
+        (EnvConfig, {"benchmark": "ML7"}, "--benchmark='ML7'"),
+        (
+            lambda **values: check_env_config(EnvConfig(**values)),
+            {"benchmark": "ML1", "task": "fly-v3"},
+            "--task='fly-v3'",
+        ),
+        (MAMLConfig, {"inner_lr": -1.0}, "--inner_lr=-1.0"),
+        (MAMLConfig, {"num_inner_steps": 0}, "--num_inner_steps=0"),
+    ],
+)
 def test_invalid_values_name_the_flag_and_the_allowed_range(section, values, flag):
     with pytest.raises(ConfigError) as error:
         section(**values)
     assert str(error.value).startswith(flag) and "expected" in str(error.value)
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--inner_lr", "abc"], "--inner_lr='abc': expected a number"),
-    (["--inner-lr", "-0.5"], "--inner_lr=-0.5: expected a number in (0, 10]"),
-    (["--num_tasks", "2.5"], "--num_tasks='2.5': expected an integer"),
-    (["--env_name", "ML3"], "--benchmark='ML3'"),
-    (["--policy_type", "lstm"], "--policy_type='lstm': expected mlp, ssm or gru"),
-    (["--ssm_scan", "fast"], "--ssm_scan='fast': expected adjoint, reference, doubling or chunked"),
-    (["--env_name", "ML10", "--validation_classes", "lever-pull-v3"],
-     "--validation_classes='lever-pull-v3': expected fewer than 10 of ML10's training classes"),
-    (["--num_learners", "3", "--num_tasks", "2"], "--num_learners=3: expected at most --num_tasks=2 (each learner needs a task)"),
-    (["--num_learners", "0"], "--num_learners=0: expected an integer in [1, 256]"),
-    (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps=0: expected an integer in [1, 1000]"),
-    (["--meta_batching", "vmap"], "--meta_batching='vmap': expected auto, batched or per_task"),
-    (["--algorithm", "rl2", "--policy_type", "ssm", "--rl2_chunk_length", "300"],
-     "--rl2_chunk_length=300: expected 0 or a divisor of the trial length 5000"),
-    (["--rl2_lr", "0"], "--rl2_lr=0.0: expected a number in (0, 1]"),
-    (["--rl2_minibatches", "0"], "--rl2_minibatches=0: expected an integer in [1, 1000]"),
-    (["--rl2_normalize_advantages", "maybe"], "unrecognized arguments: maybe"),
-    (["--ssm_max_timescale", "-1"], "--ssm_max_timescale=-1: expected 0 (S4D-Real) or a number of steps"),
-    (["--device", "tpu"], "--device='tpu': expected auto, cpu or cuda"),
-    (["--env", "mujoco"], "--env='mujoco': expected metaworld"),
-    (["--bogus", "1"], "unrecognized arguments: --bogus"),
-    (["--resume"], "needs --run_name NAME or --checkpoint_path PATH"),
-    (["--checkpoint_path", "/nonexistent/ckpt.pt"], "--checkpoint_path='/nonexistent/ckpt.pt'"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--inner_lr", "abc"], "--inner_lr='abc': expected a number"),
+        (["--inner-lr", "-0.5"], "--inner_lr=-0.5: expected a number in (0, 10]"),
+        (["--num_tasks", "2.5"], "--num_tasks='2.5': expected an integer"),
+        (["--env_name", "ML3"], "--benchmark='ML3'"),
+        (["--policy_type", "lstm"], "--policy_type='lstm': expected mlp, ssm or gru"),
+        (["--ssm_scan", "fast"], "--ssm_scan='fast': expected adjoint, reference, doubling or chunked"),
+        (
+            ["--env_name", "ML10", "--validation_classes", "lever-pull-v3"],
+            "--validation_classes='lever-pull-v3': expected fewer than 10 of ML10's training classes",
+        ),
+        (
+            ["--num_learners", "3", "--num_tasks", "2"],
+            "--num_learners=3: expected at most --num_tasks=2 (each learner needs a task)",
+        ),
+        (["--num_learners", "0"], "--num_learners=0: expected an integer in [1, 256]"),
+        (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps=0: expected an integer in [1, 1000]"),
+        (["--meta_batching", "vmap"], "--meta_batching='vmap': expected auto, batched or per_task"),
+        (
+            ["--algorithm", "rl2", "--policy_type", "ssm", "--rl2_chunk_length", "300"],
+            "--rl2_chunk_length=300: expected 0 or a divisor of the trial length 5000",
+        ),
+        (["--rl2_lr", "0"], "--rl2_lr=0.0: expected a number in (0, 1]"),
+        (["--rl2_minibatches", "0"], "--rl2_minibatches=0: expected an integer in [1, 1000]"),
+        (["--rl2_normalize_advantages", "maybe"], "unrecognized arguments: maybe"),
+        (["--ssm_max_timescale", "-1"], "--ssm_max_timescale=-1: expected 0 (S4D-Real) or a number of steps"),
+        (["--device", "tpu"], "--device='tpu': expected auto, cpu or cuda"),
+        (["--env", "mujoco"], "--env='mujoco': expected metaworld"),
+        (["--bogus", "1"], "unrecognized arguments: --bogus"),
+        (["--resume"], "needs --run_name NAME or --checkpoint_path PATH"),
+        (["--checkpoint_path", "/nonexistent/ckpt.pt"], "--checkpoint_path='/nonexistent/ckpt.pt'"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, fragment, capsys, monkeypatch):
     # In-process (the CLI's own main, as the console script calls it): a subprocess per case spent
     # ~5 s importing torch, Ray and Meta-World. The other tests here run the real console command.
@@ -102,14 +135,24 @@ def test_a_config_saved_before_the_in_context_settings_resumes_with_the_behaviou
     full-batch whole-trial update and S4D-Real initialisation those runs had, not today's defaults."""
     from metarl_ray.config import TrainConfig, config_from_dict
 
-    saved = TrainConfig(meta_learner=MetaLearnerConfig(algorithm="rl2"), policy=PolicyConfig(policy_type="ssm")).to_dict()
+    saved = TrainConfig(
+        meta_learner=MetaLearnerConfig(algorithm="rl2"), policy=PolicyConfig(policy_type="ssm")
+    ).to_dict()
     for key in [k for k in saved["meta_learner"] if k.startswith("rl2_")]:
         del saved["meta_learner"][key]
     del saved["policy"]["ssm_max_timescale"]
     saved["ppo"].update(num_ppo_epochs=7, gae_lambda=0.9, meta_lr=0.002)
     old = config_from_dict(saved)
-    assert (old.meta_learner.rl2_epochs, old.meta_learner.rl2_minibatches, old.meta_learner.rl2_chunk_length) == (7, 1, 0)
-    assert (old.meta_learner.rl2_gae_lambda, old.meta_learner.rl2_lr, old.meta_learner.rl2_entropy_coef) == (0.9, 0.002, 0.0)
+    assert (old.meta_learner.rl2_epochs, old.meta_learner.rl2_minibatches, old.meta_learner.rl2_chunk_length) == (
+        7,
+        1,
+        0,
+    )
+    assert (old.meta_learner.rl2_gae_lambda, old.meta_learner.rl2_lr, old.meta_learner.rl2_entropy_coef) == (
+        0.9,
+        0.002,
+        0.0,
+    )
     assert old.meta_learner.rl2_normalize_advantages is True and old.policy.ssm_max_timescale == 0
     # A config saved with the settings keeps them.
     new = TrainConfig(meta_learner=MetaLearnerConfig(algorithm="rl2"), policy=PolicyConfig(policy_type="ssm"))
@@ -138,10 +181,13 @@ def test_help_lists_each_flag_with_its_doc():
     assert "Step size of the inner-loop policy-gradient step" in " ".join(result.stdout.split())
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--goals_per_class", "51"], "--goals_per_class=51: expected an integer in [1, 50]"),
-    (["--num_evals", "x"], "--num_evals"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--goals_per_class", "51"], "--goals_per_class=51: expected an integer in [1, 50]"),
+        (["--num_evals", "x"], "--num_evals"),
+    ],
+)
 def test_eval_rejects_bad_values_in_one_line(tmp_path, args, fragment, capsys):
     from metarl_ray.training.checkpoint import save_checkpoint
 
@@ -158,8 +204,10 @@ def test_corrupt_checkpoint_is_a_one_line_error_for_eval_and_resume(tmp_path):
     bad = tmp_path / "runs" / "r" / "checkpoints"
     bad.mkdir(parents=True)
     (bad / "checkpoint_000001.pt").write_bytes(b"\x00garbage")
-    for args in (["eval", "--checkpoint", str(bad.parent)],
-                 ["train", "--resume", "--run_name", "r", "--output_dir", str(tmp_path / "runs")]):
+    for args in (
+        ["eval", "--checkpoint", str(bad.parent)],
+        ["train", "--resume", "--run_name", "r", "--output_dir", str(tmp_path / "runs")],
+    ):
         result = run_cli(*args, cwd=tmp_path)
         assert result.returncode == 2 and "unreadable checkpoint" in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1

@@ -10,10 +10,10 @@ import copy
 import importlib.metadata
 import re
 import shlex
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
@@ -69,17 +69,24 @@ def dockerfile_base_images() -> list[str]:
     lines = (CLUSTER / "Dockerfile").read_text().splitlines()
     defaults = dict(re.match(r"ARG (\w+)=(\S+)", line).groups() for line in lines if re.match(r"ARG \w+=", line))
     base = next(line.split()[1] for line in lines if line.startswith("FROM "))
-    return [re.sub(r"\$\{(\w+)\}", lambda m: {**defaults, "VARIANT": variant}[m.group(1)], base) for variant in ("cpu", "gpu")]
+    return [
+        re.sub(r"\$\{(\w+)\}", lambda m, variant=variant: {**defaults, "VARIANT": variant}[m.group(1)], base)
+        for variant in ("cpu", "gpu")
+    ]
 
 
 def metarl_commands(path: Path) -> list[list[str]]:
     """Every `metarl ...` command in a file: YAML values (entrypoints, start commands) and the commands
     shown in its comments (with shell line continuations joined)."""
-    commands = [shlex.split(text) for doc in documents(path) for text in strings(doc) if text.strip().startswith("metarl ")]
+    commands = [
+        shlex.split(text) for doc in documents(path) for text in strings(doc) if text.strip().startswith("metarl ")
+    ]
     comment_text = "\n".join(line.split("#", 1)[1] for line in path.read_text().splitlines() if "#" in line)
-    for command in re.findall(r"metarl (?:train|tune|eval)[^\n]*(?:\\\n[^\n]*)*", comment_text.replace("\\\n ", "\\\n")):
+    for command in re.findall(
+        r"metarl (?:train|tune|eval)[^\n]*(?:\\\n[^\n]*)*", comment_text.replace("\\\n ", "\\\n")
+    ):
         commands.append(shlex.split(command.replace("\\\n", " ")))
-    return [words[words.index("metarl") + 1:] for words in commands]
+    return [words[words.index("metarl") + 1 :] for words in commands]
 
 
 def test_every_file_parses():
@@ -87,7 +94,11 @@ def test_every_file_parses():
     assert {p.name for p in KUBERAY_FILES} == {"raycluster.yaml", "rayjob-ml10.yaml", "rayjob-tune.yaml"}
     for path in YAML_FILES:
         assert documents(path), path
-    instructions = [line.split()[0] for line in (CLUSTER / "Dockerfile").read_text().splitlines() if line and not line.startswith((" ", "#"))]
+    instructions = [
+        line.split()[0]
+        for line in (CLUSTER / "Dockerfile").read_text().splitlines()
+        if line and not line.startswith((" ", "#"))
+    ]
     assert instructions[0] == "ARG" and "FROM" in instructions and "CMD" in instructions
     for line in (CLUSTER / "Dockerfile").read_text().splitlines():
         if line.startswith("COPY"):  # every file the image copies exists in the build context (the repo)
@@ -149,7 +160,11 @@ def test_kuberay_manifests_have_the_groups_and_job_settings_users_need():
         assert job["kind"] == "RayJob" and job["spec"]["shutdownAfterJobFinishes"] is True, name
         assert job["spec"]["ttlSecondsAfterFinished"] > 0
     assert jobs["rayjob-ml10.yaml"]["spec"]["entrypoint"].split()[:4] == ["metarl", "train", "--benchmark", "ML10"]
-    assert jobs["rayjob-tune.yaml"]["spec"]["entrypoint"].split()[:3] == ["metarl", "tune", "tune_configs/ml10_asha.yaml"]
+    assert jobs["rayjob-tune.yaml"]["spec"]["entrypoint"].split()[:3] == [
+        "metarl",
+        "tune",
+        "tune_configs/ml10_asha.yaml",
+    ]
 
 
 def test_every_metarl_command_in_the_deployment_files_is_valid(monkeypatch):

@@ -10,12 +10,12 @@ import time
 import pytest
 import ray
 
-from metarl_ray.training.metrics import read_metrics
 from metarl_ray.config import build_config
+from metarl_ray.distributed.rollout_pool import RolloutPool
 from metarl_ray.envs.metaworld import BenchmarkTasks, TaskSampler
 from metarl_ray.policies import build_policy
 from metarl_ray.policies.common import detached_params, params_to_numpy
-from metarl_ray.distributed.rollout_pool import RolloutPool
+from metarl_ray.training.metrics import read_metrics
 from metarl_ray.training.trainer import split_tasks
 
 
@@ -26,8 +26,25 @@ def placement(run_path):
 
 def test_sigkilled_rollout_actor_loses_no_episodes(tmp_path):
     steps_per_iteration = 2 * 2 * 300 * 2  # tasks x episodes x steps x (support + query)
-    command = [sys.executable, "-m", "metarl_ray", "train", "--env_name", "ML1", "--task", "reach-v3", "--test_mode",
-               "--max_episode_length", "300", "--num_epochs", "4", "--output_dir", str(tmp_path), "--run_name", "ft"]
+    command = [
+        sys.executable,
+        "-m",
+        "metarl_ray",
+        "train",
+        "--env_name",
+        "ML1",
+        "--task",
+        "reach-v3",
+        "--test_mode",
+        "--max_episode_length",
+        "300",
+        "--num_epochs",
+        "4",
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        "ft",
+    ]
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = tmp_path / "ft" / "train.log"
     deadline = time.monotonic() + 120
@@ -83,9 +100,27 @@ def test_hung_actor_times_out_and_its_tasks_are_sampled_again(local_ray):
 
 
 def test_sigkilled_learner_restarts_from_the_latest_checkpoint(tmp_path):
-    command = [sys.executable, "-m", "metarl_ray", "train", "--env_name", "ML1", "--task", "reach-v3", "--test_mode",
-               "--max_episode_length", "300", "--num_epochs", "5", "--checkpoint_every", "2",
-               "--output_dir", str(tmp_path), "--run_name", "learner"]
+    command = [
+        sys.executable,
+        "-m",
+        "metarl_ray",
+        "train",
+        "--env_name",
+        "ML1",
+        "--task",
+        "reach-v3",
+        "--test_mode",
+        "--max_episode_length",
+        "300",
+        "--num_epochs",
+        "5",
+        "--checkpoint_every",
+        "2",
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        "learner",
+    ]
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = tmp_path / "learner" / "train.log"
     deadline = time.monotonic() + 120

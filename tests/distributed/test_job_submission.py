@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from metarl_ray.training.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,24 +39,59 @@ class RayHead:
     def __init__(self):
         # Short temp dir: Ray's Unix socket paths live under it and must stay under ~107 characters.
         self.temp_dir = tempfile.mkdtemp(prefix="mrjob-", dir="/tmp")
-        gcs, dashboard, client, agent_listen, agent_grpc, runtime_env, metrics, node_manager, object_manager = free_ports(9)
+        gcs, dashboard, client, agent_listen, agent_grpc, runtime_env, metrics, node_manager, object_manager = (
+            free_ports(9)
+        )
         self.address = f"http://127.0.0.1:{dashboard}"
         # What a user of a secured cluster does: token auth on, the same token on head and client.
-        self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "token",
-                    "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"}
+        self.env = {
+            **os.environ,
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": secrets.token_hex(32),
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
         self.env.pop("RAY_ADDRESS", None)
-        command = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--temp-dir", self.temp_dir,
-                   "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-                   "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent_listen),
-                   "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(runtime_env),
-                   "--metrics-export-port", str(metrics), "--node-manager-port", str(node_manager),
-                   "--object-manager-port", str(object_manager), "--disable-usage-stats"]
+        command = [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus",
+            "2",
+            "--temp-dir",
+            self.temp_dir,
+            "--port",
+            str(gcs),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dashboard),
+            "--ray-client-server-port",
+            str(client),
+            "--dashboard-agent-listen-port",
+            str(agent_listen),
+            "--dashboard-agent-grpc-port",
+            str(agent_grpc),
+            "--runtime-env-agent-port",
+            str(runtime_env),
+            "--metrics-export-port",
+            str(metrics),
+            "--node-manager-port",
+            str(node_manager),
+            "--object-manager-port",
+            str(object_manager),
+            "--disable-usage-stats",
+        ]
         self.log = open(Path(self.temp_dir) / "head.log", "w")
-        self.process = subprocess.Popen(command, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            command, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def ray(self, *args, timeout=600, cwd=REPO):
-        return subprocess.run([str(BIN / "ray"), *args], cwd=cwd, env=self.env, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [str(BIN / "ray"), *args], cwd=cwd, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
 
     def wait_until_ready(self, timeout=180):
         # The job agent comes up seconds after the head; submitting earlier fails ("No available agent").
@@ -95,20 +131,54 @@ def head():
 
 def submit(head, submission_id, *entrypoint):
     """``ray job submit --working-dir . -- ENTRYPOINT`` from the project root, then the job's status and logs."""
-    submitted = head.ray("job", "submit", "--address", head.address, "--submission-id", submission_id,
-                         "--working-dir", ".", "--", *entrypoint)
+    submitted = head.ray(
+        "job",
+        "submit",
+        "--address",
+        head.address,
+        "--submission-id",
+        submission_id,
+        "--working-dir",
+        ".",
+        "--",
+        *entrypoint,
+    )
     # The SDK's JobStatus, read with the client's token from the environment like the CLI's.
-    status = subprocess.run([sys.executable, "-c", "import sys; from ray.job_submission import JobSubmissionClient; "
-                             "print(JobSubmissionClient(sys.argv[1]).get_job_status(sys.argv[2]).value)",
-                             head.address, submission_id], env=head.env, capture_output=True, text=True, timeout=60).stdout.strip()
+    status = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from ray.job_submission import JobSubmissionClient; "
+            "print(JobSubmissionClient(sys.argv[1]).get_job_status(sys.argv[2]).value)",
+            head.address,
+            submission_id,
+        ],
+        env=head.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
     logs = head.ray("job", "logs", "--address", head.address, submission_id, timeout=60).stdout
     return submitted, status, logs
 
 
 def test_train_job_succeeds_and_writes_a_complete_run_directory(head, tmp_path):
     output_uri = f"file://{tmp_path}/runs"
-    submitted, status, logs = submit(head, "metarl-train", "metarl", "train", "--env_name", "ML1", "--task", "reach-v3",
-                                     "--test_mode", "--output_dir", output_uri, "--run_name", "job")
+    submitted, status, logs = submit(
+        head,
+        "metarl-train",
+        "metarl",
+        "train",
+        "--env_name",
+        "ML1",
+        "--task",
+        "reach-v3",
+        "--test_mode",
+        "--output_dir",
+        output_uri,
+        "--run_name",
+        "job",
+    )
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     assert status == "SUCCEEDED", status
     run = tmp_path / "runs" / "job"
@@ -121,9 +191,13 @@ def test_train_job_succeeds_and_writes_a_complete_run_directory(head, tmp_path):
 
 
 def test_tune_job_runs_a_tiny_search(head, tmp_path):
-    spec = {"name": "job-tune", "storage_path": f"file://{tmp_path}/tune",
-            "base": {"benchmark": "ML1", "task": "reach-v3", "test_mode": True, "num_epochs": 1, "max_episode_length": 20},
-            "search_space": {"inner_lr": {"grid": [0.05, 0.1]}}, "resources_per_trial": {"rollout_workers": 1}}
+    spec = {
+        "name": "job-tune",
+        "storage_path": f"file://{tmp_path}/tune",
+        "base": {"benchmark": "ML1", "task": "reach-v3", "test_mode": True, "num_epochs": 1, "max_episode_length": 20},
+        "search_space": {"inner_lr": {"grid": [0.05, 0.1]}},
+        "resources_per_trial": {"rollout_workers": 1},
+    }
     spec_path = tmp_path / "tiny.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
     submitted, status, logs = submit(head, "metarl-tune", "metarl", "tune", str(spec_path))
@@ -135,8 +209,17 @@ def test_tune_job_runs_a_tiny_search(head, tmp_path):
 
 
 def test_job_with_a_bad_flag_fails_with_the_one_line_error(head, tmp_path):
-    submitted, status, logs = submit(head, "metarl-bad-flag", "metarl", "train", "--test_mode", "--inner_lr", "-3",
-                                     "--output_dir", str(tmp_path / "runs"))
+    submitted, status, logs = submit(
+        head,
+        "metarl-bad-flag",
+        "metarl",
+        "train",
+        "--test_mode",
+        "--inner_lr",
+        "-3",
+        "--output_dir",
+        str(tmp_path / "runs"),
+    )
     assert submitted.returncode != 0
     assert status == "FAILED", status
     errors = [line for line in logs.splitlines() if line.startswith("metarl: error:")]

@@ -12,16 +12,22 @@ import numpy as np
 import pytest
 import ray
 
-from metarl_ray.training.metrics import read_metrics
 from metarl_ray.config import build_config
+from metarl_ray.distributed.learner_group import LEARNER_ALLOCATOR_ENV, LearnerGroup
 from metarl_ray.envs.metaworld import BenchmarkTasks, TaskSampler
 from metarl_ray.training.learner import Learner
-from metarl_ray.distributed.learner_group import LEARNER_ALLOCATOR_ENV, LearnerGroup
+from metarl_ray.training.metrics import read_metrics
 from metarl_ray.training.rollout import RolloutWorker
 
-CONFIG = build_config({"env": {"max_episode_length": 20}, "maml": {"num_tasks": 5, "episodes_per_task": 2},
-                       "ppo": {"num_ppo_epochs": 2}, "policy": {"hidden_size": 32},
-                       "learner": {"num_learners": 2}})
+CONFIG = build_config(
+    {
+        "env": {"max_episode_length": 20},
+        "maml": {"num_tasks": 5, "episodes_per_task": 2},
+        "ppo": {"num_ppo_epochs": 2},
+        "policy": {"hidden_size": 32},
+        "learner": {"num_learners": 2},
+    }
+)
 
 
 @pytest.fixture(scope="module")
@@ -70,20 +76,43 @@ def test_two_learners_hold_bit_identical_parameters_equal_to_one_learner(local_r
 
 
 def metarl(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "metarl_ray", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "metarl_ray", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.mark.slow  # a long fault scenario: `make test-slow` (CI time, issue 7)
 def test_two_learners_with_amp_and_accumulation_survive_a_killed_learner_resume_on_one_and_evaluate(tmp_path):
     """The issue's command (--test_mode --num_learners 2 --use_amp --gradient_accumulation_steps 2), made
     long enough to SIGKILL learner 1 mid-run; then resumed with one learner from a file:// URI; then eval."""
-    command = [sys.executable, "-m", "metarl_ray", "train", "--test_mode", "--num_learners", "2", "--use_amp",
-               "--gradient_accumulation_steps", "2", "--max_episode_length", "300", "--num_epochs", "5",
-               "--checkpoint_every", "2", "--output_dir", str(tmp_path / "runs"), "--run_name", "learners"]
+    command = [
+        sys.executable,
+        "-m",
+        "metarl_ray",
+        "train",
+        "--test_mode",
+        "--num_learners",
+        "2",
+        "--use_amp",
+        "--gradient_accumulation_steps",
+        "2",
+        "--max_episode_length",
+        "300",
+        "--num_epochs",
+        "5",
+        "--checkpoint_every",
+        "2",
+        "--output_dir",
+        str(tmp_path / "runs"),
+        "--run_name",
+        "learners",
+    ]
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run = tmp_path / "runs" / "learners"
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not ((run / "train.log").is_file() and "iter 3/5" in (run / "train.log").read_text()):
+    while time.monotonic() < deadline and not (
+        (run / "train.log").is_file() and "iter 3/5" in (run / "train.log").read_text()
+    ):
         time.sleep(0.2)
     learners = json.loads((run / "placement.json").read_text())["learners"]
     assert len(learners) == 2 and len({entry["pid"] for entry in learners}) == 2
@@ -95,14 +124,39 @@ def test_two_learners_with_amp_and_accumulation_survive_a_killed_learner_resume_
     assert {entry["pid"] for entry in new_learners}.isdisjoint(entry["pid"] for entry in learners)
 
     output = f"file://{tmp_path}/runs"
-    resumed = metarl("train", "--resume", "--test_mode", "--num_learners", "1", "--use_amp", "--max_episode_length", "300",
-                     "--num_epochs", "6", "--output_dir", output, "--run_name", "learners", cwd=tmp_path)
+    resumed = metarl(
+        "train",
+        "--resume",
+        "--test_mode",
+        "--num_learners",
+        "1",
+        "--use_amp",
+        "--max_episode_length",
+        "300",
+        "--num_epochs",
+        "6",
+        "--output_dir",
+        output,
+        "--run_name",
+        "learners",
+        cwd=tmp_path,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     rows = read_metrics(run)
     assert [row["iteration"] for row in rows] == [1, 2, 3, 4, 5, 6]
     assert [row["learner/num_learners"] for row in rows] == [2, 2, 2, 2, 2, 1]
     assert rows[-1]["rollout/env_steps_total"] == 6 * 2 * 2 * 300 * 2  # nothing lost or counted twice
-    evaluated = metarl("eval", "--checkpoint", f"{output}/learners", "--json", "--goals_per_class", "2", "--no_official", "--num_workers", "0",
-                       cwd=tmp_path)
+    evaluated = metarl(
+        "eval",
+        "--checkpoint",
+        f"{output}/learners",
+        "--json",
+        "--goals_per_class",
+        "2",
+        "--no_official",
+        "--num_workers",
+        "0",
+        cwd=tmp_path,
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert 0.0 <= json.loads(evaluated.stdout.strip().splitlines()[-1])["success_rate"] <= 1.0

@@ -3,8 +3,6 @@
 the run directory on shared storage given by URI, as on a real cluster."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,8 +11,8 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from metarl_ray.training.metrics import read_metrics
 from metarl_ray.config import ConfigError
+from metarl_ray.training.metrics import read_metrics
 from metarl_ray.training.trainer import learner_actor_options, place_learner, rollout_actor_options
 
 STEPS_PER_ITERATION = 2 * 2 * 2  # tasks x episodes x (support + query), times the episode length
@@ -23,10 +21,18 @@ STEPS_PER_ITERATION = 2 * 2 * 2  # tasks x episodes x (support + query), times t
 @pytest.fixture(scope="module")
 def cluster():
     # Node death is noticed after 3 missed 0.5 s health checks instead of Ray's default ~30 s.
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": False,
-        "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
-                           "health_check_failure_threshold": 3}})
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 0,
+            "include_dashboard": False,
+            "_system_config": {
+                "health_check_initial_delay_ms": 0,
+                "health_check_period_ms": 500,
+                "health_check_failure_threshold": 3,
+            },
+        },
+    )
     cpu_nodes = [cluster.add_node(num_cpus=2) for _ in range(3)]
     # A node that declares a GPU (none is used: only the placement decision is tested on it).
     gpu_node = cluster.add_node(num_cpus=0, num_gpus=1)
@@ -36,9 +42,28 @@ def cluster():
 
 
 def train_command(cluster, output_uri, run_name, *args):
-    return [sys.executable, "-m", "metarl_ray", "train", "--env_name", "ML1", "--task", "reach-v3", "--test_mode",
-            "--device", "cpu", "--num_rollout_workers", "2", "--ray_address", cluster.address,
-            "--output_dir", output_uri, "--run_name", run_name, *args]
+    return [
+        sys.executable,
+        "-m",
+        "metarl_ray",
+        "train",
+        "--env_name",
+        "ML1",
+        "--task",
+        "reach-v3",
+        "--test_mode",
+        "--device",
+        "cpu",
+        "--num_rollout_workers",
+        "2",
+        "--ray_address",
+        cluster.address,
+        "--output_dir",
+        output_uri,
+        "--run_name",
+        run_name,
+        *args,
+    ]
 
 
 def wait_for(predicate, timeout=180, process=None):
@@ -93,8 +118,13 @@ def test_learner_goes_to_the_gpu_node_and_takes_no_cpu_rollout_actors_spread(clu
 def test_run_uses_several_nodes_and_a_killed_driver_resumes_from_shared_storage(cluster, tmp_path):
     cluster, cpu_nodes, _ = cluster
     output_uri, run_path = f"file://{tmp_path}/shared", tmp_path / "shared" / "spread"
-    process = subprocess.Popen(train_command(cluster, output_uri, "spread", "--num_epochs", "4", "--max_episode_length", "100"),
-                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        train_command(cluster, output_uri, "spread", "--num_epochs", "4", "--max_episode_length", "100"),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for(lambda: (run_path / "checkpoints" / "checkpoint_000002.pt").is_file(), process=process)
     process.kill()  # the driver dies with no warning; its actors go with it
     process.wait(timeout=60)
@@ -103,8 +133,13 @@ def test_run_uses_several_nodes_and_a_killed_driver_resumes_from_shared_storage(
     assert len(worker_nodes) == 2 and worker_nodes <= {node.node_id for node in cpu_nodes}
     assert first["driver"]["pid"] == process.pid
 
-    result = subprocess.run(train_command(cluster, output_uri, "spread", "--num_epochs", "4", "--resume"),
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        train_command(cluster, output_uri, "spread", "--num_epochs", "4", "--resume"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = metrics_rows(run_path)
     assert [row["iteration"] for row in rows] == [1, 2, 3, 4]
@@ -118,14 +153,32 @@ def test_worker_node_removed_mid_iteration_loses_no_episodes(cluster, tmp_path):
     cluster, cpu_nodes, _ = cluster
     run_path = tmp_path / "runs" / "lost-node"
     episode_length, num_epochs = 500, 4
-    process = subprocess.Popen(train_command(cluster, f"file://{tmp_path}/runs", "lost-node", "--num_epochs", str(num_epochs),
-                                             "--max_episode_length", str(episode_length), "--checkpoint_every", "10"),
-                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        train_command(
+            cluster,
+            f"file://{tmp_path}/runs",
+            "lost-node",
+            "--num_epochs",
+            str(num_epochs),
+            "--max_episode_length",
+            str(episode_length),
+            "--checkpoint_every",
+            "10",
+        ),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for(lambda: len(metrics_rows(run_path)) >= 1, process=process)
     # Iteration 2 is sampling now. Take away a node that runs a rollout actor (not the learner's).
     record = placement(run_path)
-    victim = next(node for node in cpu_nodes if node.node_id in {w["node_id"] for w in record["rollout_workers"]}
-                  and node.node_id not in (record["learner"]["node_id"], record["driver"]["node_id"]))
+    victim = next(
+        node
+        for node in cpu_nodes
+        if node.node_id in {w["node_id"] for w in record["rollout_workers"]}
+        and node.node_id not in (record["learner"]["node_id"], record["driver"]["node_id"])
+    )
     cluster.remove_node(victim, allow_graceful=False)
     _, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr[-2000:]

@@ -14,27 +14,44 @@ import yaml
 
 from metarl_ray.cli.main import main
 from metarl_ray.config import ConfigError
-from metarl_ray.training.metrics import read_metrics
 from metarl_ray.distributed.tune import load_tune_spec
+from metarl_ray.training.metrics import read_metrics
 
 
 def write_spec(tmp_path, name, num_epochs, grid, max_episode_length=50, checkpoint_every=1, searched="inner_lr"):
-    spec = {"name": name, "storage_path": str(tmp_path / "ray_results"),
-            "base": {"benchmark": "ML1", "task": "reach-v3", "test_mode": True, "num_epochs": num_epochs,
-                     "checkpoint_every": checkpoint_every, "max_episode_length": max_episode_length},
-            "search_space": {searched: {"grid": grid}}, "scheduler": {"type": "fifo"},
-            "metric": "post_adapt/success", "mode": "max", "max_failures": 2, "resources_per_trial": {"rollout_workers": 1}}
+    spec = {
+        "name": name,
+        "storage_path": str(tmp_path / "ray_results"),
+        "base": {
+            "benchmark": "ML1",
+            "task": "reach-v3",
+            "test_mode": True,
+            "num_epochs": num_epochs,
+            "checkpoint_every": checkpoint_every,
+            "max_episode_length": max_episode_length,
+        },
+        "search_space": {searched: {"grid": grid}},
+        "scheduler": {"type": "fifo"},
+        "metric": "post_adapt/success",
+        "mode": "max",
+        "max_failures": 2,
+        "resources_per_trial": {"rollout_workers": 1},
+    }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
 
 
 def metarl_tune(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "metarl_ray", "tune", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "metarl_ray", "tune", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 def reported_iterations(trial_dir: Path) -> list[int]:
-    return [json.loads(line)["iteration"] for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
+    return [
+        json.loads(line)["iteration"] for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()
+    ]
 
 
 def trial_dirs(experiment: Path) -> list[Path]:
@@ -54,7 +71,10 @@ def test_shipped_search_files_are_valid():
     for path in sorted(Path(__file__).parents[2].glob("tune_configs/*.yaml")):
         spec = load_tune_spec(path)
         assert spec.metric == "post_adapt/success"
-    assert {load_tune_spec(p).scheduler["type"] for p in Path(__file__).parents[2].glob("tune_configs/*.yaml")} >= {"asha", "pbt"}
+    assert {load_tune_spec(p).scheduler["type"] for p in Path(__file__).parents[2].glob("tune_configs/*.yaml")} >= {
+        "asha",
+        "pbt",
+    }
 
 
 def test_bad_search_file_is_one_clear_line(tmp_path):
@@ -67,7 +87,9 @@ def test_bad_search_file_is_one_clear_line(tmp_path):
     data["search_space"] = {"inner_lr": {"grid": [-0.5]}}
     path.write_text(yaml.safe_dump(data))
     result = metarl_tune(str(path), cwd=tmp_path)
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "--inner_lr=-0.5" in result.stderr
+    assert (
+        result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "--inner_lr=-0.5" in result.stderr
+    )
     assert not (tmp_path / "ray_results").exists()
 
 
@@ -101,8 +123,13 @@ def test_seed_sweep_reports_every_iteration_writes_the_best_trial_and_evaluates_
 @pytest.mark.slow  # a long fault scenario: `make test-slow` (CI time, issue 7)
 def test_sigkilled_trial_restores_from_its_checkpoint_and_finishes(tmp_path):
     path = write_spec(tmp_path, "killed", 8, [0.1], max_episode_length=500, checkpoint_every=2)
-    process = subprocess.Popen([sys.executable, "-m", "metarl_ray", "tune", str(path)], cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "metarl_ray", "tune", str(path)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     experiment = tmp_path / "ray_results" / "killed"
 
     def results():
@@ -113,8 +140,14 @@ def test_sigkilled_trial_restores_from_its_checkpoint_and_finishes(tmp_path):
     os.kill(results()[-1]["pid"], signal.SIGKILL)  # Tune records the trial process's pid in every result
     _, stderr = process.communicate(timeout=400)
     assert process.returncode == 0, stderr[-3000:]
-    lines = [json.loads(line) for line in (trial_dirs(experiment)[0] / "result.json").read_text().splitlines() if line.strip()]
-    restart = next(i for i, line in enumerate(lines) if line["pid"] != lines[0]["pid"])  # first report of the new process
+    lines = [
+        json.loads(line)
+        for line in (trial_dirs(experiment)[0] / "result.json").read_text().splitlines()
+        if line.strip()
+    ]
+    restart = next(
+        i for i, line in enumerate(lines) if line["pid"] != lines[0]["pid"]
+    )  # first report of the new process
     before, after = lines[restart - 1]["iteration"], lines[restart]["iteration"]
     # Checkpoints every 2 iterations: the restart continues right after a checkpoint, never before the
     # latest reported one. Under load the kill can land after the next iteration was checkpointed but
@@ -127,11 +160,23 @@ def test_sigkilled_trial_restores_from_its_checkpoint_and_finishes(tmp_path):
 @pytest.mark.slow  # a long fault scenario: `make test-slow` (CI time, issue 7)
 def test_interrupted_experiment_completes_with_resume(tmp_path):
     path = write_spec(tmp_path, "interrupted", 4, [0.05, 0.1], max_episode_length=500)
-    process = subprocess.Popen([sys.executable, "-m", "metarl_ray", "tune", str(path)], cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "metarl_ray", "tune", str(path)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     experiment = tmp_path / "ray_results" / "interrupted"
-    assert wait_for(lambda: experiment.exists() and any((t / "result.json").is_file() and (t / "result.json").read_text().strip()
-                                                        for t in trial_dirs(experiment)))
+    assert wait_for(
+        lambda: (
+            experiment.exists()
+            and any(
+                (t / "result.json").is_file() and (t / "result.json").read_text().strip()
+                for t in trial_dirs(experiment)
+            )
+        )
+    )
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130 and "--resume" in stderr, stderr[-2000:]
@@ -150,9 +195,14 @@ def test_pbt_perturbs_inner_and_meta_lr_of_running_trials_from_checkpoints(tmp_p
     # Synchronous PBT: every trial waits (paused, checkpointed) at each perturbation point until the whole
     # population is there, then the bottom half exploits the top half. On 2 cores the two trials run one
     # at a time; asynchronous PBT would exploit only if a score happened to fall below the other's.
-    data["scheduler"] = {"type": "pbt", "synch": True, "perturbation_interval": 1, "quantile_fraction": 0.5, "resample_probability": 1.0,
-                         "hyperparam_mutations": {"inner_lr": {"loguniform": [0.01, 0.3]},
-                                                  "meta_lr": {"loguniform": [0.0001, 0.003]}}}
+    data["scheduler"] = {
+        "type": "pbt",
+        "synch": True,
+        "perturbation_interval": 1,
+        "quantile_fraction": 0.5,
+        "resample_probability": 1.0,
+        "hyperparam_mutations": {"inner_lr": {"loguniform": [0.01, 0.3]}, "meta_lr": {"loguniform": [0.0001, 0.003]}},
+    }
     path.write_text(yaml.safe_dump(data))
     result = metarl_tune(str(path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,14 +1,19 @@
 """Meta-World task sets: held-out tasks never mix with training tasks; same seed, same tasks."""
 
-import numpy as np
 import pickle
+
+import numpy as np
 
 from metarl_ray.config import EnvConfig
 from metarl_ray.envs.metaworld import BenchmarkTasks, TaskSampler
 
 
 def goals(tasks_by_class):
-    return {(name, pickle.loads(task.data)["rand_vec"].tobytes()) for name, tasks in tasks_by_class.items() for task in tasks}
+    return {
+        (name, pickle.loads(task.data)["rand_vec"].tobytes())
+        for name, tasks in tasks_by_class.items()
+        for task in tasks
+    }
 
 
 def test_ml10_train_and_test_classes_are_disjoint():
@@ -24,14 +29,22 @@ def test_ml1_held_out_goals_never_appear_in_training_and_sampler_only_draws_trai
     assert len(train["reach-v3"]) == 50 and len(test["reach-v3"]) == 50
     assert not goals(train) & goals(test)
     sampler = TaskSampler(train, seed=3)
-    sampled = {(s.env_name, pickle.loads(s.task.data)["rand_vec"].tobytes()) for _ in range(20) for s in sampler.sample(10)}
+    sampled = {
+        (s.env_name, pickle.loads(s.task.data)["rand_vec"].tobytes()) for _ in range(20) for s in sampler.sample(10)
+    }
     assert sampled <= goals(train) and not sampled & goals(test)
 
 
 def test_same_seed_same_tasks_and_goals():
     def draw(seed):
-        sampler = TaskSampler(BenchmarkTasks(EnvConfig(benchmark="ML1", task="reach-v3"), seed=seed).train_tasks(), seed)
-        return [(s.env_name, s.goal_index, pickle.loads(s.task.data)["rand_vec"].tolist()) for _ in range(3) for s in sampler.sample(5)]
+        sampler = TaskSampler(
+            BenchmarkTasks(EnvConfig(benchmark="ML1", task="reach-v3"), seed=seed).train_tasks(), seed
+        )
+        return [
+            (s.env_name, s.goal_index, pickle.loads(s.task.data)["rand_vec"].tolist())
+            for _ in range(3)
+            for s in sampler.sample(5)
+        ]
 
     assert draw(7) == draw(7)
     assert draw(7) != draw(8)

@@ -19,8 +19,8 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from metarl_ray.envs import fast_stepping as fast_envs
 from metarl_ray.config import EnvConfig, TrainConfig
+from metarl_ray.envs import fast_stepping as fast_envs
 from metarl_ray.envs.metaworld import ACTION_DIM, OBS_DIM, all_task_names, make_eval_vector_env, make_task_env
 from metarl_ray.evaluation.agent import MAMLAgent, evaluate_official
 from metarl_ray.policies import build_policy
@@ -31,7 +31,7 @@ EPISODE_STEPS = 500
 GOAL_SEED = 7
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sample_goals(env_name: str, count: int) -> tuple:
     """``count`` visible-goal tasks of one class, drawn as Meta-World's own benchmarks draw them (a reset
     with the goal unfrozen draws one from the class's random reset space) but without the other 49."""
@@ -52,8 +52,10 @@ def sample_goals(env_name: str, count: int) -> tuple:
     finally:
         np.random.set_state(saved_state)
         env.close()
-    return tuple(metaworld._encode_task(env_name, dict(rand_vec=vec, env_cls=env_class, partially_observable=False))
-                 for vec in rand_vecs)
+    return tuple(
+        metaworld._encode_task(env_name, dict(rand_vec=vec, env_cls=env_class, partially_observable=False))
+        for vec in rand_vecs
+    )
 
 
 def hidden_goal(task):
@@ -67,7 +69,9 @@ def assert_same_step(stock_out, fast_out, where: str) -> None:
     (obs_a, reward_a, terminated_a, truncated_a, info_a) = stock_out
     (obs_b, reward_b, terminated_b, truncated_b, info_b) = fast_out
     assert obs_a.dtype == obs_b.dtype and np.array_equal(obs_a, obs_b), f"{where}: observation"
-    assert type(reward_a) is type(reward_b) and np.array_equal(reward_a, reward_b), f"{where}: reward {reward_a!r} != {reward_b!r}"
+    assert type(reward_a) is type(reward_b) and np.array_equal(reward_a, reward_b), (
+        f"{where}: reward {reward_a!r} != {reward_b!r}"
+    )
     assert (terminated_a, truncated_a) == (terminated_b, truncated_b), f"{where}: terminated/truncated"
     assert info_a.keys() == info_b.keys(), f"{where}: info keys"
     for key in info_a:
@@ -113,8 +117,10 @@ def test_fast_env_equals_stock_bit_for_bit(env_name):
 
 def test_the_sweep_exercises_success_and_contacts():
     # A sweep in which nothing happens would prove little: the expert must succeed on most classes.
-    expert_successes = [run_side_by_side(name, [(sample_goals(name, 2)[1], "expert")])["expert"]
-                        for name in ("pick-place-v3", "door-open-v3", "assembly-v3")]
+    expert_successes = [
+        run_side_by_side(name, [(sample_goals(name, 2)[1], "expert")])["expert"]
+        for name in ("pick-place-v3", "door-open-v3", "assembly-v3")
+    ]
     assert expert_successes == [1.0, 1.0, 1.0]
 
 
@@ -122,7 +128,9 @@ def test_the_sweep_exercises_success_and_contacts():
 @pytest.mark.parametrize("env_name", all_task_names())
 def test_fast_env_equals_stock_on_more_goals(env_name):
     goals = sample_goals(env_name, 7)
-    episodes = [(hidden_goal(goals[i]) if i % 2 else goals[i], actor) for i in range(2, 7) for actor in ("random", "expert")]
+    episodes = [
+        (hidden_goal(goals[i]) if i % 2 else goals[i], actor) for i in range(2, 7) for actor in ("random", "expert")
+    ]
     run_side_by_side(env_name, episodes, seed=1)
 
 
@@ -165,7 +173,9 @@ def test_fast_env_pickles_by_reference_and_unpickles_like_stock():
         env.reset()
         envs.append(pickle.loads(pickle.dumps(env)))  # Meta-World's own __getstate__/__setstate__
     stock, fast = envs
-    assert type(fast).__name__ == "FastSawyerPickPlaceEnvV3" and type(fast).__module__ == "metarl_ray.envs.fast_stepping"
+    assert (
+        type(fast).__name__ == "FastSawyerPickPlaceEnvV3" and type(fast).__module__ == "metarl_ray.envs.fast_stepping"
+    )
     for step in range(20):
         action = np.array([0.1, -0.2, 0.3, 1.0], dtype=np.float32)
         assert_same_step(stock.step(action), fast.step(action), f"after unpickling, step {step}")
@@ -179,7 +189,9 @@ def test_unverified_versions_fall_back_to_stock_with_one_warning(monkeypatch, ca
             envs = [make_task_env("reach-v3", EnvConfig(benchmark="MT1", task="reach-v3")) for _ in range(2)]
         assert [type(env).__name__ for env in envs] == ["SawyerReachEnvV3"] * 2
         warnings_logged = [r.getMessage() for r in caplog.records if r.name == "metarl_ray.envs.fast_stepping"]
-        assert warnings_logged == ["fast_envs: metaworld 9.9.9 is not a verified version (3.1.1); using stock Meta-World envs"]
+        assert warnings_logged == [
+            "fast_envs: metaworld 9.9.9 is not a verified version (3.1.1); using stock Meta-World envs"
+        ]
     finally:
         fast_envs.fast_path_available.cache_clear()
 

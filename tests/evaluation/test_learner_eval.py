@@ -4,11 +4,11 @@ import numpy as np
 import torch
 from metaworld.evaluation import Timestep
 
+from metarl_ray.algorithms.maml_ppo import TensorBatch, adapt
 from metarl_ray.config import build_config
 from metarl_ray.envs.metaworld import BenchmarkTasks, TaskSampler
 from metarl_ray.evaluation.agent import MAMLAgent
 from metarl_ray.training.learner import Learner
-from metarl_ray.algorithms.maml_ppo import TensorBatch, adapt
 from metarl_ray.training.rollout import RolloutWorker
 
 CONFIG = build_config({"env": {"max_episode_length": 20}, "maml": {"num_tasks": 2, "episodes_per_task": 2}})
@@ -49,11 +49,20 @@ def test_metaworld_agent_adapts_like_the_worker():
     for episode in range(support.rewards.shape[0]):
         for t in range(support.rewards.shape[1]):
             last = t == support.rewards.shape[1] - 1
-            agent.step(Timestep(support.observations[None, episode, t], support.actions[None, episode, t],
-                                support.rewards[None, episode, t], np.array([False]), np.array([last]),
-                                {"log_probs": support.log_probs[None, episode, t]}))
+            agent.step(
+                Timestep(
+                    support.observations[None, episode, t],
+                    support.actions[None, episode, t],
+                    support.rewards[None, episode, t],
+                    np.array([False]),
+                    np.array([last]),
+                    {"log_probs": support.log_probs[None, episode, t]},
+                )
+            )
     agent.adapt()
     params = {k: v.detach().clone().requires_grad_() for k, v in learner.policy.named_parameters()}
-    expected = adapt(learner.policy, params, [TensorBatch.from_numpy(support)], CONFIG.maml.inner_lr, create_graph=False)
+    expected = adapt(
+        learner.policy, params, [TensorBatch.from_numpy(support)], CONFIG.maml.inner_lr, create_graph=False
+    )
     for name, value in expected.items():
         torch.testing.assert_close(agent._params[0][name], value.detach(), atol=1e-6, rtol=1e-5)

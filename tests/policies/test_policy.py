@@ -17,12 +17,14 @@ def test_per_env_parameters_give_each_env_its_own_policy(policy_type):
     with torch.no_grad():
         mean, log_std, new_state = actor.bind(params)(obs, state, starts)
         for k in range(5):
-            expected = _step_with(policy, params[k], obs[k:k + 1], state[k:k + 1], starts[k:k + 1])
+            expected = _step_with(policy, params[k], obs[k : k + 1], state[k : k + 1], starts[k : k + 1])
             torch.testing.assert_close(mean[k], expected[0][0], atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(log_std[k], expected[1], atol=1e-6, rtol=1e-6)
             torch.testing.assert_close(new_state[k], expected[2][0], atol=1e-5, rtol=1e-5)
         shared_mean, _, _ = actor.bind([params[0]] * 5)(obs, state, starts)
-        torch.testing.assert_close(shared_mean[2], _step_with(policy, params[0], obs[2:3], state[2:3], starts[2:3])[0][0])
+        torch.testing.assert_close(
+            shared_mean[2], _step_with(policy, params[0], obs[2:3], state[2:3], starts[2:3])[0][0]
+        )
 
 
 def _step_with(policy, params, obs, state, starts):
@@ -52,7 +54,13 @@ def test_gru_training_loop_equals_its_rollout_steps_and_torch_gru():
         steps.append(step_mean)
     torch.testing.assert_close(torch.stack(steps, 1), mean.detach(), rtol=1e-10, atol=1e-12)
     fused = torch.nn.GRU(16, 16, batch_first=True).double()
-    fused.load_state_dict({"weight_ih_l0": policy.cell.weight_ih, "weight_hh_l0": policy.cell.weight_hh,
-                           "bias_ih_l0": policy.cell.bias_ih, "bias_hh_l0": policy.cell.bias_hh})
+    fused.load_state_dict(
+        {
+            "weight_ih_l0": policy.cell.weight_ih,
+            "weight_hh_l0": policy.cell.weight_hh,
+            "bias_ih_l0": policy.cell.bias_ih,
+            "bias_hh_l0": policy.cell.bias_hh,
+        }
+    )
     hidden, _ = fused(torch.tanh(policy.encoder(obs)))
     torch.testing.assert_close(policy.head(hidden), mean, rtol=1e-10, atol=1e-12)

@@ -17,8 +17,12 @@ from metarl_ray.training.checkpoint import (
 
 
 def state(value):
-    return {"iteration": value, "learner": {"policy": {"w": torch.full((3,), float(value))}}, "numbers": [1, 2.5, None],
-            "rng": {"bit_generator": "PCG64", "state": {"state": 2**100 + 7, "inc": 3}}}
+    return {
+        "iteration": value,
+        "learner": {"policy": {"w": torch.full((3,), float(value))}},
+        "numbers": [1, 2.5, None],
+        "rng": {"bit_generator": "PCG64", "state": {"state": 2**100 + 7, "inc": 3}},
+    }
 
 
 def test_save_and_load_round_trip_with_weights_only(tmp_path):

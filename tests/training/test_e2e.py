@@ -17,7 +17,9 @@ TEST_MODE_STEPS_PER_ITERATION = 2 * 2 * 50 * 2  # tasks x episodes x steps x (su
 
 
 def metarl(*args, cwd):
-    result = subprocess.run([sys.executable, "-m", "metarl_ray", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "metarl_ray", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -25,8 +27,19 @@ def metarl(*args, cwd):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    metarl("train", "--env_name", "ML1", "--task", "reach-v3", "--test_mode", "--output_dir", str(root / "runs"),
-           "--run_name", "smoke", cwd=root)
+    metarl(
+        "train",
+        "--env_name",
+        "ML1",
+        "--task",
+        "reach-v3",
+        "--test_mode",
+        "--output_dir",
+        str(root / "runs"),
+        "--run_name",
+        "smoke",
+        cwd=root,
+    )
     return root, root / "runs" / "smoke"
 
 
@@ -38,8 +51,16 @@ def test_train_writes_config_metrics_log_and_checkpoint(trained_run):
     assert [row["iteration"] for row in rows] == [1, 2]
     assert all(row["rollout/env_steps"] == TEST_MODE_STEPS_PER_ITERATION for row in rows)
     assert rows[-1]["rollout/env_steps_total"] == 2 * TEST_MODE_STEPS_PER_ITERATION
-    for key in ("pre_adapt/return", "post_adapt/return", "pre_adapt/success", "post_adapt/success", "loss/outer",
-                "ppo/kl", "time/sample_s", "time/learn_s"):
+    for key in (
+        "pre_adapt/return",
+        "post_adapt/return",
+        "pre_adapt/success",
+        "post_adapt/success",
+        "loss/outer",
+        "ppo/kl",
+        "time/sample_s",
+        "time/learn_s",
+    ):
         assert all(math.isfinite(row[key]) for row in rows), key
     # Resident memory of every process kind, per iteration (a Python process with torch is > 100 MB).
     for key in ("memory/driver_rss_mb", "memory/learner_rss_mb", "memory/rollout_rss_mb_max"):
@@ -50,7 +71,10 @@ def test_train_writes_config_metrics_log_and_checkpoint(trained_run):
 
 def test_resume_continues_the_iteration_counter_and_eval_reports_both_metrics(trained_run, in_process):
     root, run = trained_run
-    assert in_process("train", "--resume", "--run_name", "smoke", "--output_dir", root / "runs", "--num_epochs", "3")[0] == 0
+    assert (
+        in_process("train", "--resume", "--run_name", "smoke", "--output_dir", root / "runs", "--num_epochs", "3")[0]
+        == 0
+    )
     rows = read_metrics(run)
     assert [row["iteration"] for row in rows] == [1, 2, 3]
     assert rows[-1]["rollout/env_steps_total"] == 3 * TEST_MODE_STEPS_PER_ITERATION
@@ -71,14 +95,35 @@ def test_resume_continues_the_iteration_counter_and_eval_reports_both_metrics(tr
     for key in ("benchmark", "success_rate", "success_rate_official", "mean_return", "per_task"):
         assert key in result
     assert result["benchmark"] == "ML1" and result["protocol"]["split"] == "test"
-    for key in ("success_rate", "success_rate_official", "mean_return", "mean_return_official", "pre_adapt_success_rate"):
+    for key in (
+        "success_rate",
+        "success_rate_official",
+        "mean_return",
+        "mean_return_official",
+        "pre_adapt_success_rate",
+    ):
         assert math.isfinite(result[key]) and (key.startswith("mean") or 0.0 <= result[key] <= 1.0), key
     assert set(result["per_task"]) == {"reach-v3"}
 
 
 def test_multi_task_benchmark_trains_and_evaluates_with_metaworlds_mt_protocol(tmp_path, in_process):
-    assert in_process("train", "--env_name", "MT1", "--task", "reach-v3", "--test_mode", "--num_epochs", "1",
-                      "--output_dir", tmp_path / "runs", "--run_name", "mt")[0] == 0
+    assert (
+        in_process(
+            "train",
+            "--env_name",
+            "MT1",
+            "--task",
+            "reach-v3",
+            "--test_mode",
+            "--num_epochs",
+            "1",
+            "--output_dir",
+            tmp_path / "runs",
+            "--run_name",
+            "mt",
+        )[0]
+        == 0
+    )
     status, out, _ = in_process("eval", "--checkpoint", tmp_path / "runs" / "mt", "--json", "--num_workers", "0")
     result = json.loads(out)
     assert result["benchmark"] == "MT1" and result["protocol"]["split"] == "train"
@@ -91,9 +136,18 @@ def test_resume_refuses_what_would_lose_results_or_swap_goals(trained_run, in_pr
     runs = str(root / "runs")
     cases = [
         (["--resume", "--run_name", "smoke", "--output_dir", runs, "--num_epochs", "2"], "already at iteration"),
-        (["--checkpoint_path", str(run / "checkpoints" / "checkpoint_000001.pt"), "--num_epochs", "9"], "not the latest checkpoint"),
-        (["--resume", "--run_name", "smoke", "--output_dir", runs, "--num_epochs", "9", "--seed", "5"], "--seed=5: differs"),
-        (["--resume", "--run_name", "smoke", "--output_dir", runs, "--num_epochs", "9", "--hidden_size", "7"], "--hidden_size=7: differs"),
+        (
+            ["--checkpoint_path", str(run / "checkpoints" / "checkpoint_000001.pt"), "--num_epochs", "9"],
+            "not the latest checkpoint",
+        ),
+        (
+            ["--resume", "--run_name", "smoke", "--output_dir", runs, "--num_epochs", "9", "--seed", "5"],
+            "--seed=5: differs",
+        ),
+        (
+            ["--resume", "--run_name", "smoke", "--output_dir", runs, "--num_epochs", "9", "--hidden_size", "7"],
+            "--hidden_size=7: differs",
+        ),
     ]
     before = sorted(p.name for p in (run / "checkpoints").iterdir()), (run / "metrics.jsonl").read_bytes()
     for args, fragment in cases:
@@ -109,12 +163,29 @@ def test_doctor_passes_on_this_install(tmp_path):
 
 def test_ssm_policy_trains_resumes_and_evaluates(tmp_path, in_process):
     runs = str(tmp_path / "runs")
-    assert in_process("train", "--env_name", "ML1", "--task", "reach-v3", "--policy_type", "ssm", "--test_mode",
-                      "--output_dir", runs, "--run_name", "ssm")[0] == 0
+    assert (
+        in_process(
+            "train",
+            "--env_name",
+            "ML1",
+            "--task",
+            "reach-v3",
+            "--policy_type",
+            "ssm",
+            "--test_mode",
+            "--output_dir",
+            runs,
+            "--run_name",
+            "ssm",
+        )[0]
+        == 0
+    )
     assert in_process("train", "--resume", "--run_name", "ssm", "--output_dir", runs, "--num_epochs", "3")[0] == 0
     rows = read_metrics(tmp_path / "runs" / "ssm")
     assert [row["iteration"] for row in rows] == [1, 2, 3]
-    assert all(math.isfinite(row["loss/outer"]) and row["rollout/env_steps"] == TEST_MODE_STEPS_PER_ITERATION for row in rows)
+    assert all(
+        math.isfinite(row["loss/outer"]) and row["rollout/env_steps"] == TEST_MODE_STEPS_PER_ITERATION for row in rows
+    )
     status, out, _ = in_process("eval", "--checkpoint", tmp_path / "runs" / "ssm", "--json", "--num_workers", "0")
     result = json.loads(out)
     assert math.isfinite(result["success_rate_official"]) and math.isfinite(result["mean_return"])
@@ -122,21 +193,53 @@ def test_ssm_policy_trains_resumes_and_evaluates(tmp_path, in_process):
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path, in_process):
     runs = str(tmp_path / "runs")
-    common = ["--env_name", "ML1", "--task", "reach-v3", "--test_mode", "--max_episode_length", "20", "--output_dir", runs]
+    common = [
+        "--env_name",
+        "ML1",
+        "--task",
+        "reach-v3",
+        "--test_mode",
+        "--max_episode_length",
+        "20",
+        "--output_dir",
+        runs,
+    ]
     assert in_process("train", *common, "--num_epochs", "3", "--run_name", "straight")[0] == 0
     assert in_process("train", *common, "--num_epochs", "2", "--run_name", "interrupted")[0] == 0
-    assert in_process("train", "--resume", "--run_name", "interrupted", "--output_dir", runs, "--num_epochs", "3")[0] == 0
+    assert (
+        in_process("train", "--resume", "--run_name", "interrupted", "--output_dir", runs, "--num_epochs", "3")[0] == 0
+    )
     straight = read_metrics(tmp_path / "runs" / "straight")
     resumed = read_metrics(tmp_path / "runs" / "interrupted")
-    for key in ("pre_adapt/return", "post_adapt/return", "loss/outer", "ppo/kl", "policy/std", "rollout/env_steps_total"):
+    for key in (
+        "pre_adapt/return",
+        "post_adapt/return",
+        "loss/outer",
+        "ppo/kl",
+        "policy/std",
+        "rollout/env_steps_total",
+    ):
         assert resumed[2][key] == pytest.approx(straight[2][key], rel=1e-6, abs=1e-9), key
 
 
 @pytest.mark.slow  # a long fault scenario: `make test-slow` (CI time, issue 7)
 def test_resume_skips_a_corrupted_latest_checkpoint_with_a_clear_message(tmp_path):
     runs = str(tmp_path / "runs")
-    metarl("train", "--env_name", "ML1", "--task", "reach-v3", "--test_mode", "--max_episode_length", "20",
-           "--output_dir", runs, "--run_name", "c", cwd=tmp_path)
+    metarl(
+        "train",
+        "--env_name",
+        "ML1",
+        "--task",
+        "reach-v3",
+        "--test_mode",
+        "--max_episode_length",
+        "20",
+        "--output_dir",
+        runs,
+        "--run_name",
+        "c",
+        cwd=tmp_path,
+    )
     latest = tmp_path / "runs" / "c" / "checkpoints" / "checkpoint_000002.pt"
     latest.write_bytes(latest.read_bytes()[:1000])  # truncated
     result = metarl("train", "--resume", "--run_name", "c", "--output_dir", runs, "--num_epochs", "3", cwd=tmp_path)

@@ -5,15 +5,14 @@ import copy
 
 import pytest
 import torch
-
-from metarl_ray.config import LearnerConfig, MAMLConfig, PolicyConfig, PPOConfig
-from metarl_ray.training.learner import meta_update, task_chunks
-from metarl_ray.algorithms.maml_ppo import MAMLPPO, TaskTensors, TensorBatch
-from metarl_ray.policies import build_policy
-from metarl_ray.policies.common import log_prob
-from metarl_ray.policies import ssm
-from metarl_ray.policies.ssm import scan_adjoint, scan_chunked, scan_reference
 from maml_tasks import make_setup, make_task
+
+from metarl_ray.algorithms.maml_ppo import MAMLPPO, TaskTensors, TensorBatch
+from metarl_ray.config import LearnerConfig, MAMLConfig, PolicyConfig, PPOConfig
+from metarl_ray.policies import build_policy, ssm
+from metarl_ray.policies.common import log_prob
+from metarl_ray.policies.ssm import scan_adjoint, scan_chunked, scan_reference
+from metarl_ray.training.learner import meta_update, task_chunks
 
 
 def flat(tensors):
@@ -57,9 +56,11 @@ def test_gradient_accumulation_and_per_task_give_the_unchunked_update(policy_typ
     algo.ppo = PPOConfig(meta_lr=1e-2, num_ppo_epochs=3)
     tasks = tasks_for(policy, algo, 5)
     whole, whole_metrics = updated_params(policy, algo, tasks, LearnerConfig(meta_batching="batched"))
-    for config in (LearnerConfig(meta_batching="batched", gradient_accumulation_steps=2),
-                   LearnerConfig(meta_batching="batched", gradient_accumulation_steps=5),
-                   LearnerConfig(meta_batching="per_task")):
+    for config in (
+        LearnerConfig(meta_batching="batched", gradient_accumulation_steps=2),
+        LearnerConfig(meta_batching="batched", gradient_accumulation_steps=5),
+        LearnerConfig(meta_batching="per_task"),
+    ):
         chunked, metrics = updated_params(policy, algo, tasks, config)
         assert (chunked - whole).abs().max().item() < 1e-12, config
         for key in ("loss/outer", "ppo/kl", "ppo/clip_fraction", "ppo/grad_norm"):
@@ -152,13 +153,17 @@ def adjoint_kernel(request, monkeypatch):
 
 @pytest.mark.parametrize("scan", [scan_chunked, scan_adjoint], ids=["chunked", "adjoint"])
 @pytest.mark.parametrize("shared_starts", [True, False])
-def test_fast_scans_first_and_second_derivatives_equal_the_step_loop_over_5000_steps(shared_starts, scan, adjoint_kernel):
+def test_fast_scans_first_and_second_derivatives_equal_the_step_loop_over_5000_steps(
+    shared_starts, scan, adjoint_kernel
+):
     torch.manual_seed(0)
     batch, length, states = 2, 4999, 4  # prime: the two-level kernel pads its last chunk
     log_decay = (-torch.rand(states, dtype=torch.float64) * 0.01).requires_grad_()
     inputs = torch.randn(batch, length, states, dtype=torch.float64, requires_grad=True)
     starts = torch.rand(batch, length) < 0.002
-    starts[:, [31, 32, 49, 50, 64, 95, 99, 4095, 4998]] = True  # on chunk boundaries (32 and 50 steps), chunks' last steps, the end
+    starts[:, [31, 32, 49, 50, 64, 95, 99, 4095, 4998]] = (
+        True  # on chunk boundaries (32 and 50 steps), chunks' last steps, the end
+    )
     if shared_starts:
         starts = starts[:1].expand(batch, length)
     else:

@@ -10,12 +10,24 @@ import time
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from metarl_ray.training.metrics import METRICS_FILE, MetricsJournal, RunMetrics, TensorBoardLog, metrics_table, read_metrics
+from metarl_ray.training.metrics import (
+    METRICS_FILE,
+    MetricsJournal,
+    RunMetrics,
+    TensorBoardLog,
+    metrics_table,
+    read_metrics,
+)
 from metarl_ray.training.storage import StoragePath
 
 
 def row(iteration, **extra):
-    return {"iteration": iteration, "rollout/env_steps_total": 100 * iteration, "post_adapt/success": iteration / 10, **extra}
+    return {
+        "iteration": iteration,
+        "rollout/env_steps_total": 100 * iteration,
+        "post_adapt/success": iteration / 10,
+        **extra,
+    }
 
 
 def test_an_append_adds_one_line_and_never_rewrites_earlier_bytes(tmp_path):
@@ -49,14 +61,20 @@ def test_a_write_torn_by_a_crash_loses_no_earlier_row_and_resume_drops_it(tmp_pa
 def test_a_writer_killed_mid_run_leaves_every_completed_row_readable(tmp_path):
     """A real SIGKILL of a process appending as fast as it can: whatever instant it lands, the rows
     before it read back complete and in order."""
-    code = ("import sys; from metarl_ray.training.metrics import MetricsJournal; from metarl_ray.training.storage import StoragePath\n"
-            "j = MetricsJournal(StoragePath.parse(sys.argv[1]))\n"
-            "i = 0\n"
-            "while True:\n"
-            "    i += 1; j.append({'iteration': i, 'rollout/env_steps_total': i, 'pad': 'x' * 2000})\n")
+    code = (
+        "import sys\n"
+        "from metarl_ray.training.metrics import MetricsJournal\n"
+        "from metarl_ray.training.storage import StoragePath\n"
+        "j = MetricsJournal(StoragePath.parse(sys.argv[1]))\n"
+        "i = 0\n"
+        "while True:\n"
+        "    i += 1; j.append({'iteration': i, 'rollout/env_steps_total': i, 'pad': 'x' * 2000})\n"
+    )
     process = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)])
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not (tmp_path / METRICS_FILE).is_file() or (tmp_path / METRICS_FILE).stat().st_size < 200_000):
+    while time.monotonic() < deadline and (
+        not (tmp_path / METRICS_FILE).is_file() or (tmp_path / METRICS_FILE).stat().st_size < 200_000
+    ):
         time.sleep(0.01)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()

@@ -28,8 +28,9 @@ def test_a_run_from_earlier_code_continues_as_that_code_did_and_evaluates(run, t
     for key, value in expected.items():
         # Same data and noise; the loss's float summation order may differ from the old code's.
         assert rows[1][key] == pytest.approx(value, rel=1e-4, abs=1e-7), key
-    status, out, err = in_process("eval", "--checkpoint", tmp_path / run, "--goals_per_class", "1", "--json",
-                                  "--num_workers", "0")
+    status, out, err = in_process(
+        "eval", "--checkpoint", tmp_path / run, "--goals_per_class", "1", "--json", "--num_workers", "0"
+    )
     assert status == 0, err
     report = json.loads(out)
     assert report["runs"][0]["iteration"] == 2 and report["runs"][0]["goals"]

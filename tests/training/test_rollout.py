@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from metarl_ray.algorithms.maml_ppo import TensorBatch, adapt
 from metarl_ray.config import build_config
 from metarl_ray.envs.metaworld import ACTION_DIM, OBS_DIM, BenchmarkTasks, TaskSampler
-from metarl_ray.algorithms.maml_ppo import TensorBatch, adapt
+from metarl_ray.errors import EnvFaultError
 from metarl_ray.policies import build_policy
 from metarl_ray.policies.common import detached_params, log_prob, params_from_numpy, params_to_numpy
-from metarl_ray.errors import EnvFaultError
 from metarl_ray.training.rollout import EvalPlan, RolloutWorker
 
 
@@ -42,11 +42,17 @@ def test_recorded_log_probs_equal_training_recomputation_and_adaptation_is_repro
     recomputed = log_prob(policy, meta, support.observations, support.actions)
     torch.testing.assert_close(recomputed, support.log_probs, atol=1e-4, rtol=1e-5)
     # The learner re-derives the worker's adaptation from the same data: query log-probs match too.
-    adapted = adapt(policy, {k: v.requires_grad_() for k, v in detached_params(policy).items()}, [support],
-                    config.maml.inner_lr, create_graph=False)
+    adapted = adapt(
+        policy,
+        {k: v.requires_grad_() for k, v in detached_params(policy).items()},
+        [support],
+        config.maml.inner_lr,
+        create_graph=False,
+    )
     query = TensorBatch.from_numpy(task.query)
-    torch.testing.assert_close(log_prob(policy, adapted, query.observations, query.actions).detach(), query.log_probs,
-                               atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(
+        log_prob(policy, adapted, query.observations, query.actions).detach(), query.log_probs, atol=1e-4, rtol=1e-5
+    )
 
 
 def test_results_do_not_depend_on_how_tasks_are_split(setup):
@@ -70,7 +76,9 @@ def test_evaluate_names_its_rules_and_does_not_depend_on_how_goals_are_batched(s
         assert (a.slot, a.env_name, a.goal_index) == (b.slot, b.env_name, b.goal_index)
         assert a.pre_sampled_successes.shape == a.post_sampled_successes.shape == (2,)
         assert a.num_steps == (1 + 2 + 1 + 2) * 30
-        np.testing.assert_allclose([a.pre_mean_return, a.post_mean_return], [b.pre_mean_return, b.post_mean_return], rtol=1e-3)
+        np.testing.assert_allclose(
+            [a.pre_mean_return, a.post_mean_return], [b.pre_mean_return, b.post_mean_return], rtol=1e-3
+        )
         np.testing.assert_allclose(a.post_sampled_returns, b.post_sampled_returns, rtol=1e-2)
     # Noise is keyed by (seed, goal slot): evaluating again repeats every episode exactly.
     first = together[0]
@@ -86,8 +94,13 @@ def test_evaluate_names_its_rules_and_does_not_depend_on_how_goals_are_batched(s
 
 
 def test_ssm_log_probs_recorded_step_by_step_equal_the_training_scan():
-    config = build_config({"env": {"max_episode_length": 40}, "maml": {"num_tasks": 2, "episodes_per_task": 2},
-                           "policy": {"policy_type": "ssm", "hidden_size": 32, "state_size": 8}})
+    config = build_config(
+        {
+            "env": {"max_episode_length": 40},
+            "maml": {"num_tasks": 2, "episodes_per_task": 2},
+            "policy": {"policy_type": "ssm", "hidden_size": 32, "state_size": 8},
+        }
+    )
     torch.manual_seed(0)
     policy = build_policy(OBS_DIM, ACTION_DIM, config.policy)
     specs = TaskSampler(BenchmarkTasks(config.env, 0).train_tasks(), 0).sample(2)
@@ -95,14 +108,21 @@ def test_ssm_log_probs_recorded_step_by_step_equal_the_training_scan():
     meta = detached_params(policy)
     for task in worker.sample(params_to_numpy(meta), specs, iteration=0):
         support = TensorBatch.from_numpy(task.support[0])
-        torch.testing.assert_close(log_prob(policy, meta, support.observations, support.actions), support.log_probs,
-                                   atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(
+            log_prob(policy, meta, support.observations, support.actions), support.log_probs, atol=1e-4, rtol=1e-5
+        )
         # After adaptation (per-env parameters in the rollout) the query log-probs match as well.
-        adapted = adapt(policy, {k: v.clone().requires_grad_() for k, v in meta.items()}, [support],
-                        config.maml.inner_lr, create_graph=False)
+        adapted = adapt(
+            policy,
+            {k: v.clone().requires_grad_() for k, v in meta.items()},
+            [support],
+            config.maml.inner_lr,
+            create_graph=False,
+        )
         query = TensorBatch.from_numpy(task.query)
-        torch.testing.assert_close(log_prob(policy, adapted, query.observations, query.actions).detach(),
-                                   query.log_probs, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(
+            log_prob(policy, adapted, query.observations, query.actions).detach(), query.log_probs, atol=1e-4, rtol=1e-5
+        )
 
 
 class FaultyEnv:
@@ -168,7 +188,9 @@ def test_an_env_that_keeps_faulting_fails_the_sample_call(setup):
     try:  # every rebuilt env faults again at its first step
         rollout_module.make_task_env = lambda name, env_config: FaultyEnv(real_make(name, env_config), 1, "raise")
         inject_fault(worker, specs[:1], 0, fail_at_step=1, mode="raise")
-        with pytest.raises(EnvFaultError, match="faulted 4 times in one episode, rebuilt each time .last: at step 0, ValueError"):
+        with pytest.raises(
+            EnvFaultError, match="faulted 4 times in one episode, rebuilt each time .last: at step 0, ValueError"
+        ):
             worker.sample(params_to_numpy(detached_params(policy)), specs[:1], iteration=5)
     finally:
         rollout_module.make_task_env = real_make

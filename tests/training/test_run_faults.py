@@ -12,9 +12,18 @@ import torch
 from metarl_ray.training.checkpoint import latest_checkpoint, load_checkpoint, trained_config
 from metarl_ray.training.learner import INJECT_NONFINITE_ENV, INJECT_OOM_ENV
 from metarl_ray.training.metrics import read_metrics
-from metarl_ray.training.storage import StoragePath
 
-FLAGS = ("--env_name", "ML1", "--task", "reach-v3", "--test_mode", "--max_episode_length", "20", "--checkpoint_every", "1")
+FLAGS = (
+    "--env_name",
+    "ML1",
+    "--task",
+    "reach-v3",
+    "--test_mode",
+    "--max_episode_length",
+    "20",
+    "--checkpoint_every",
+    "1",
+)
 
 
 def learner_state(run, iteration):
@@ -38,8 +47,20 @@ def assert_same_tensors(a, b):
 
 def test_a_nan_update_is_undone_and_both_learning_rates_scaled(tmp_path, in_process, monkeypatch):
     monkeypatch.setenv(INJECT_NONFINITE_ENV, "2")  # iteration 2's meta-update loss is NaN
-    status, _, err = in_process("train", *FLAGS, "--num_epochs", "4", "--num_learners", "2", "--nonfinite_lr_factor", "0.25",
-                                "--output_dir", tmp_path, "--run_name", "nan")
+    status, _, err = in_process(
+        "train",
+        *FLAGS,
+        "--num_epochs",
+        "4",
+        "--num_learners",
+        "2",
+        "--nonfinite_lr_factor",
+        "0.25",
+        "--output_dir",
+        tmp_path,
+        "--run_name",
+        "nan",
+    )
     assert status == 0, err
     run = tmp_path / "nan"
     rows = read_metrics(run)
@@ -69,16 +90,33 @@ def test_a_nan_on_one_learner_rolls_back_every_learner_like_a_single_learner(tmp
     assert [r["fault/nonfinite_update"] for r in two] == [r["fault/nonfinite_update"] for r in one] == [0.0, 1.0, 0.0]
     assert [r["learner/lr_scale"] for r in two] == [1.0, 0.3, 0.3]  # exactly the learners' value
     for name, value in learner_state(tmp_path / "one", 3)["policy"].items():
-        np.testing.assert_allclose(learner_state(tmp_path / "two", 3)["policy"][name].numpy(), value.numpy(),
-                                   rtol=1e-4, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(
+            learner_state(tmp_path / "two", 3)["policy"][name].numpy(),
+            value.numpy(),
+            rtol=1e-4,
+            atol=1e-6,
+            err_msg=name,
+        )
 
 
 def test_too_many_nan_updates_in_a_row_stop_the_run_with_its_last_good_checkpoint(tmp_path, in_process, monkeypatch):
     monkeypatch.setenv(INJECT_NONFINITE_ENV, "2,3,4")
-    status, _, err = in_process("train", *FLAGS, "--num_epochs", "5", "--max_nonfinite_rollbacks", "2",
-                                "--output_dir", tmp_path, "--run_name", "diverged")
+    status, _, err = in_process(
+        "train",
+        *FLAGS,
+        "--num_epochs",
+        "5",
+        "--max_nonfinite_rollbacks",
+        "2",
+        "--output_dir",
+        tmp_path,
+        "--run_name",
+        "diverged",
+    )
     lines = err.strip().splitlines()
-    assert status == 1 and lines[-1].startswith("metarl: error: training diverged: iteration 3: 2 non-finite updates in a row")
+    assert status == 1 and lines[-1].startswith(
+        "metarl: error: training diverged: iteration 3: 2 non-finite updates in a row"
+    )
     assert "Traceback" not in err and "checkpoint_000002.pt" in lines[-1]
     run = tmp_path / "diverged"
     assert [r["iteration"] for r in read_metrics(run)] == [1, 2, 3]  # the failing iteration's row is kept
@@ -102,8 +140,10 @@ def test_out_of_memory_on_the_learner_is_retried_in_more_chunks_with_the_same_up
     rows = read_metrics(tmp_path / "oom")
     assert [r["fault/oom_retries"] for r in rows] == [1.0, 0.0]  # the larger chunk count is kept
     assert [r["learner/gradient_accumulation_steps"] for r in rows] == [2.0, 2.0]
-    assert "iteration 1: the learner ran out of memory; update retried with the meta-batch in 2 chunks" in \
-        (tmp_path / "oom" / "train.log").read_text()
+    assert (
+        "iteration 1: the learner ran out of memory; update retried with the meta-batch in 2 chunks"
+        in (tmp_path / "oom" / "train.log").read_text()
+    )
     # The retried update is the one a run configured with 2 chunks from the start makes.
     retried, chunked = learner_state(tmp_path / "oom", 2)["policy"], learner_state(tmp_path / "chunked", 2)["policy"]
     for name in chunked:
@@ -130,10 +170,15 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_the_run_resumes(tmp_pat
     status, _, err = in_process("train", *FLAGS, "--num_epochs", "3", "--output_dir", tmp_path, "--run_name", "full")
     lines = err.strip().splitlines()
     assert status == 1 and "Traceback" not in err
-    assert lines[-1].startswith("metarl: error: iteration 2: cannot write a checkpoint to ") and \
-        "(No space left on device); earlier files are intact, latest checkpoint checkpoint_000001.pt" in lines[-1]
+    assert (
+        lines[-1].startswith("metarl: error: iteration 2: cannot write a checkpoint to ")
+        and "(No space left on device); earlier files are intact, latest checkpoint checkpoint_000001.pt" in lines[-1]
+    )
     run = tmp_path / "full"
-    assert latest_checkpoint(run).name == "checkpoint_000001.pt" and load_checkpoint(latest_checkpoint(run))["iteration"] == 1
+    assert (
+        latest_checkpoint(run).name == "checkpoint_000001.pt"
+        and load_checkpoint(latest_checkpoint(run))["iteration"] == 1
+    )
     assert not [p.name for p in (run / "checkpoints").iterdir() if p.name.endswith(".tmp")]  # partial copies removed
     assert [r["iteration"] for r in read_metrics(run)] == [1, 2]
     space_back()
@@ -158,4 +203,6 @@ def test_a_full_disk_on_the_metrics_journal_is_one_line_and_loses_no_earlier_row
     assert lines[-1].startswith("metarl: error: iteration 2: cannot write its metrics to ")
     monkeypatch.undo()
     rows = read_metrics(tmp_path / "journal")
-    assert [r["iteration"] for r in rows][:1] == [1] and latest_checkpoint(tmp_path / "journal").name == "checkpoint_000001.pt"
+    assert [r["iteration"] for r in rows][:1] == [1] and latest_checkpoint(
+        tmp_path / "journal"
+    ).name == "checkpoint_000001.pt"

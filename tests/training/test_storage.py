@@ -15,8 +15,8 @@ import pyarrow.fs as pafs
 import pytest
 import torch
 
-from metarl_ray.training.metrics import read_metrics
 from metarl_ray.training.checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
+from metarl_ray.training.metrics import read_metrics
 from metarl_ray.training.storage import StoragePath
 
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_EC2_METADATA_DISABLED": "true"}
@@ -29,12 +29,21 @@ def s3_uri(tmp_path_factory):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         options = f"endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
-        filesystem = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1",
-                                       access_key="test", secret_key="test", allow_bucket_creation=True)
+        filesystem = pafs.S3FileSystem(
+            endpoint_override=f"127.0.0.1:{port}",
+            scheme="http",
+            region="us-east-1",
+            access_key="test",
+            secret_key="test",
+            allow_bucket_creation=True,
+        )
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -76,8 +85,13 @@ def test_checkpoints_on_s3_are_verified_and_a_damaged_latest_falls_back(s3_uri, 
         save_checkpoint(run, iteration, {"iteration": iteration, "w": torch.full((3,), float(iteration))})
     names = sorted(entry.name for entry in (run / "checkpoints").iterdir())
     # Only final objects: the temporary ones were moved onto their keys.
-    assert names == ["checkpoint_000001.pt", "checkpoint_000001.pt.sha256", "checkpoint_000002.pt",
-                     "checkpoint_000002.pt.sha256", "latest"]
+    assert names == [
+        "checkpoint_000001.pt",
+        "checkpoint_000001.pt.sha256",
+        "checkpoint_000002.pt",
+        "checkpoint_000002.pt.sha256",
+        "latest",
+    ]
     assert resolve_checkpoint(run) == run / "checkpoints" / "checkpoint_000002.pt"
     assert load_checkpoint(resolve_checkpoint(str(run)))["iteration"] == 2
     damaged = run / "checkpoints" / "checkpoint_000002.pt"
@@ -88,19 +102,48 @@ def test_checkpoints_on_s3_are_verified_and_a_damaged_latest_falls_back(s3_uri, 
 
 
 def test_train_to_a_file_uri_then_eval_reads_it(tmp_path, in_process):
-    assert in_process("train", "--env_name", "ML1", "--task", "reach-v3", "--test_mode", "--max_episode_length", "20",
-                      "--output_dir", f"file://{tmp_path}/shared/runs", "--run_name", "a")[0] == 0
+    assert (
+        in_process(
+            "train",
+            "--env_name",
+            "ML1",
+            "--task",
+            "reach-v3",
+            "--test_mode",
+            "--max_episode_length",
+            "20",
+            "--output_dir",
+            f"file://{tmp_path}/shared/runs",
+            "--run_name",
+            "a",
+        )[0]
+        == 0
+    )
     run = tmp_path / "shared" / "runs" / "a"
     for name in ("config.yaml", "metrics.jsonl", "train.log", "placement.json", "checkpoints/latest"):
         assert (run / name).is_file(), name
-    status, out, _ = in_process("eval", "--checkpoint", f"file://{tmp_path}/shared/runs/a", "--json", "--num_workers", "0")
+    status, out, _ = in_process(
+        "eval", "--checkpoint", f"file://{tmp_path}/shared/runs/a", "--json", "--num_workers", "0"
+    )
     result = json.loads(out)
-    assert result["benchmark"] == "ML1" and 0.0 <= result["success_rate"] <= 1.0 and result["protocol"]["split"] == "test"
+    assert (
+        result["benchmark"] == "ML1" and 0.0 <= result["success_rate"] <= 1.0 and result["protocol"]["split"] == "test"
+    )
 
 
 def test_train_resume_and_eval_on_s3(s3_uri, tmp_path, in_process):
     output = s3_uri("runs")
-    common = ["--env_name", "ML1", "--task", "reach-v3", "--test_mode", "--max_episode_length", "20", "--output_dir", output]
+    common = [
+        "--env_name",
+        "ML1",
+        "--task",
+        "reach-v3",
+        "--test_mode",
+        "--max_episode_length",
+        "20",
+        "--output_dir",
+        output,
+    ]
     status, out, _ = in_process("train", *common, "--run_name", "s3run")
     assert status == 0 and out.strip().splitlines()[-1] == s3_uri("runs/s3run")
     assert in_process("train", "--resume", "--run_name", "s3run", "--output_dir", output, "--num_epochs", "3")[0] == 0
@@ -110,18 +153,32 @@ def test_train_resume_and_eval_on_s3(s3_uri, tmp_path, in_process):
     log = (run / "train.log").read_text()  # uploaded at every checkpoint and at the end
     assert "iter 2/2" in log and "resumed" in log and "iter 3/3" in log
     assert (run / "checkpoints" / "latest").read_text() == "checkpoint_000003.pt"
-    assert not list((tmp_path).glob("**/metrics.jsonl")) and not list(tmp_path.glob("**/events.out.tfevents.*"))  # nothing landed on the local disk instead
+    assert not list((tmp_path).glob("**/metrics.jsonl")) and not list(
+        tmp_path.glob("**/events.out.tfevents.*")
+    )  # nothing landed on the local disk instead
     status, out, _ = in_process("eval", "--checkpoint", str(run), "--json", "--no_official", "--num_workers", "0")
     result = json.loads(out)
     assert result["benchmark"] == "ML1" and 0.0 <= result["success_rate"] <= 1.0
 
 
 def test_unreachable_or_unknown_storage_is_a_one_line_error(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "metarl_ray", "train", "--test_mode", "--output_dir", "ftp://host/runs"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "--output_dir='ftp://host/runs': expected a path or a URI" in result.stderr, result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "metarl_ray", "train", "--test_mode", "--output_dir", "ftp://host/runs"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "--output_dir='ftp://host/runs': expected a path or a URI" in result.stderr, (
+        result.stderr
+    )
     assert len(result.stderr.strip().splitlines()) == 1
-    result = subprocess.run([sys.executable, "-m", "metarl_ray", "eval", "--checkpoint", f"file://{tmp_path}/nothing"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "metarl_ray", "eval", "--checkpoint", f"file://{tmp_path}/nothing"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and f"--checkpoint='file://{tmp_path}/nothing'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
