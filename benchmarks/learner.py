@@ -41,8 +41,8 @@ import torch
 from report import write_report  # benchmarks/report.py
 from torch.utils._pytree import tree_leaves, tree_map_only
 
+from metarl_ray.batch import EpisodeBatch, TaskRollouts
 from metarl_ray.config import build_config
-from metarl_ray.training.batch import EpisodeBatch, TaskRollouts
 
 CACHE = Path(__file__).parent / "runs" / "learner_rollouts.pkl"
 PROJECTED_CORES = (8, 32, 128)

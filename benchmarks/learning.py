@@ -432,7 +432,7 @@ def cmd_eval(
     """Meta-test every checkpoint of every run (one record per seed and iteration, added to SUITE.json
     as it is made, so an interrupted eval continues where it stopped), then pool each iteration's seeds.
     A run without a local directory (a fresh clone) is read from its committed state: its latest checkpoint."""
-    from metarl_ray.training.trainer import ray_session
+    from metarl_ray.distributed.session import ray_session
 
     output = RESULTS / f"{suite_name}.json"
     with _locked_results(output) as results:

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from report import write_report  # benchmarks/report.py
 
+from metarl_ray.batch import TaskTrials, TrialBatch
 from metarl_ray.config import LearnerConfig, MAMLConfig, MetaLearnerConfig, PolicyConfig, PPOConfig, TrainConfig
 from metarl_ray.envs.metaworld import ACTION_DIM, OBS_DIM
-from metarl_ray.training.batch import TaskTrials, TrialBatch
 from metarl_ray.training.learner import Learner
 
 EPISODE, EPISODES_PER_TRIAL, TRIALS_PER_TASK = 500, 10, 2

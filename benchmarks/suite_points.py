@@ -172,7 +172,8 @@ def dumps(results: dict[str, Any]) -> str:
 def evaluate_seed(checkpoint: Path, request: dict[str, Any]) -> dict[str, Any]:
     """One seed's record at one checkpoint: its goals' scores on the held-out goals (and on the training
     classes' unseen goals when asked) and Meta-World's official figure when asked."""
-    from metarl_ray.evaluation.meta_test import EvalOptions, evaluate_runs
+    from metarl_ray.distributed.eval_runner import evaluate_runs
+    from metarl_ray.evaluation.meta_test import EvalOptions
     from metarl_ray.training.storage import StoragePath
 
     started = time.perf_counter()

@@ -51,7 +51,7 @@ def collection_rate(config, specs_per_iteration, num_workers: int) -> float:
     import ray
 
     from metarl_ray.distributed.actors import RolloutActor
-    from metarl_ray.training.trainer import split_tasks
+    from metarl_ray.driver.trainer import split_tasks
 
     workers = [
         RolloutActor.options(num_cpus=1).remote(config.env, config.policy, config.maml, config.ppo, 0)

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from metarl_ray.batch import EpisodeBatch, GoalEvaluation, TrialBatch
 from metarl_ray.envs.metaworld import TaskSpec
 from metarl_ray.policies.common import Params
-from metarl_ray.training.batch import EpisodeBatch, GoalEvaluation, TrialBatch
 
 
 @dataclass(frozen=True)

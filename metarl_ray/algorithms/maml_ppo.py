@@ -24,9 +24,9 @@ from torch import nn
 
 from metarl_ray.algorithms.base import EvalPlan, SamplePlan
 from metarl_ray.algorithms.ppo import clipped_surrogate
+from metarl_ray.batch import EpisodeBatch, GoalEvaluation, TaskRollouts
 from metarl_ray.config import MAMLConfig, PPOConfig
 from metarl_ray.policies.common import Params, as_policy, log_prob
-from metarl_ray.training.batch import EpisodeBatch, GoalEvaluation, TaskRollouts
 
 # Tasks in one batched graph at most; more are split into chunks (the gradient is the same).
 MAX_TASKS_PER_GRAPH = 8

@@ -32,10 +32,10 @@ from torch import nn
 from metarl_ray.algorithms.advantages import trial_advantages
 from metarl_ray.algorithms.base import EvalPlan, SamplePlan
 from metarl_ray.algorithms.ppo import clipped_surrogate
+from metarl_ray.batch import GoalEvaluation, TaskTrials, TrialBatch
 from metarl_ray.config import MetaLearnerConfig, PPOConfig
 from metarl_ray.envs.metaworld import ACTION_DIM, OBS_DIM
 from metarl_ray.policies.common import LOG_STD_MAX, LOG_STD_MIN, Params, SequencePolicy, gaussian_log_prob
-from metarl_ray.training.batch import GoalEvaluation, TaskTrials, TrialBatch
 
 # Meta-World's dense rewards are 0..10 per step: a tenth keeps the reward input at the observations' scale.
 REWARD_INPUT_SCALE = np.float32(0.1)

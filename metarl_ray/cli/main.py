@@ -221,7 +221,7 @@ def _saved_config(state: dict[str, Any], checkpoint: StoragePath) -> TrainConfig
 
 
 def cmd_train(argv: Sequence[str]) -> int:
-    from metarl_ray.training.trainer import train
+    from metarl_ray.driver.trainer import train
 
     config, run_path, checkpoint = resolve_train(argv)
     run_path = train(config, run_path, checkpoint)
@@ -317,7 +317,8 @@ def _eval_parser() -> argparse.ArgumentParser:
 
 
 def cmd_eval(argv: Sequence[str]) -> int:
-    from metarl_ray.evaluation.meta_test import EvalOptions, evaluate_runs, find_checkpoints
+    from metarl_ray.distributed.eval_runner import evaluate_runs
+    from metarl_ray.evaluation.meta_test import EvalOptions, find_checkpoints
 
     args = _eval_parser().parse_args(argv)
     limits = {
@@ -516,7 +517,7 @@ def _tune_parser() -> argparse.ArgumentParser:
 
 
 def _tune_spec(argv: Sequence[str]) -> tuple[Any, argparse.Namespace]:
-    from metarl_ray.distributed.tune import load_tune_spec
+    from metarl_ray.driver.tune import load_tune_spec
 
     args = _tune_parser().parse_args(argv)
     return load_tune_spec(args.file, storage_path=args.storage_path), args
@@ -546,8 +547,8 @@ def check_command(argv: Sequence[str]) -> None:
 
 
 def cmd_tune(argv: Sequence[str]) -> int:
-    from metarl_ray.distributed.tune import TuneInterrupted, run_tune
-    from metarl_ray.training.trainer import ray_session
+    from metarl_ray.distributed.session import ray_session
+    from metarl_ray.driver.tune import TuneInterrupted, run_tune
 
     spec, args = _tune_spec(argv)
     with ray_session(args.ray_address, args.ray_dashboard):

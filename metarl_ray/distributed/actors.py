@@ -12,6 +12,7 @@ import numpy as np
 import ray
 import torch
 
+from metarl_ray.batch import GoalEvaluation, TaskRollouts
 from metarl_ray.config import (
     EnvConfig,
     LearnerConfig,
@@ -22,7 +23,7 @@ from metarl_ray.config import (
     TrainConfig,
 )
 from metarl_ray.envs.metaworld import TaskSpec
-from metarl_ray.training.batch import GoalEvaluation, TaskRollouts
+from metarl_ray.evaluation.meta_test import official_result
 from metarl_ray.training.learner import Learner
 from metarl_ray.training.rollout import EvalPlan, RolloutWorker, SamplePlan
 
@@ -92,8 +93,6 @@ class RolloutActor:
         mt_episodes: int,
         meta_batch_size: int | None = None,
     ) -> Any:
-        from metarl_ray.distributed.eval_runner import official_result
-
         return official_result(config, meta_params, goals_per_class, num_evals, mt_episodes, meta_batch_size)
 
     def location(self) -> dict[str, Any]:

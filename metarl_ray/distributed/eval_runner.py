@@ -3,37 +3,40 @@ one per CPU, each taking the next batch of goals (or a run's official evaluation
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
+import ray
 
-from metarl_ray.config import TrainConfig
+from metarl_ray.batch import GoalEvaluation
+from metarl_ray.config import ConfigError
+from metarl_ray.distributed.actors import RolloutActor
+from metarl_ray.distributed.rollout_pool import run_queue
+from metarl_ray.distributed.session import ray_session, rollout_actor_options
 from metarl_ray.envs.metaworld import TaskSpec
-from metarl_ray.evaluation.agent import build_agent, evaluate_official
-from metarl_ray.evaluation.meta_test import EvalOptions, OfficialResult, RunToEvaluate, goal_specs, official_goals_for
-from metarl_ray.training.batch import GoalEvaluation
+from metarl_ray.evaluation.meta_test import (
+    EvalOptions,
+    OfficialResult,
+    RunToEvaluate,
+    check_compatible,
+    check_official_layout,
+    find_checkpoints,
+    goal_specs,
+    goals_per_class_for,
+    load_run,
+    official_applies,
+    official_goals_for,
+    official_result,
+    summarize,
+)
 from metarl_ray.training.progress import Progress
 from metarl_ray.training.rollout import EvalPlan, RolloutWorker
+from metarl_ray.training.storage import StoragePath
 
 logger = logging.getLogger(__name__)
 MAX_GOALS_PER_CALL = 10  # envs stepped in lockstep by one call; more calls balance and report better
-
-
-def official_result(
-    config: TrainConfig,
-    meta_params: dict[str, np.ndarray],
-    goals_per_class: int,
-    num_evals: int,
-    mt_episodes: int,
-    meta_batch_size: int | None = None,
-) -> OfficialResult:
-    agent = build_agent(config, meta_params)
-    success, mean_return, per_task = evaluate_official(
-        agent, config, goals_per_class, num_evals, mt_episodes, config.run.seed, meta_batch_size
-    )
-    return OfficialResult(success, mean_return, per_task)
 
 
 def _batches(specs: Sequence[TaskSpec], size: int) -> list[list[TaskSpec]]:
@@ -95,12 +98,6 @@ def _run_on_actors(
     results: list[list[GoalEvaluation]],
     official: list[OfficialResult | None],
 ) -> None:
-    import ray
-
-    from metarl_ray.distributed.actors import RolloutActor
-    from metarl_ray.distributed.rollout_pool import run_queue
-    from metarl_ray.training.trainer import ray_session, rollout_actor_options
-
     with ray_session(ray_address):
         num_cpus = int(ray.cluster_resources().get("CPU", 1))
         num_workers = min(options.num_workers or num_cpus, num_cpus)
@@ -149,3 +146,27 @@ def _run_on_actors(
         )
         logger.info("meta-test: %d runs x %d goals on %d rollout actors", len(runs), len(specs[0]), num_workers)
         run_queue(make_actor, num_workers, calls, on_result, config.rollout.sample_timeout_s)
+
+
+def evaluate_runs(
+    locations: Sequence[StoragePath], options: EvalOptions, ray_address: str | None = None
+) -> dict[str, Any]:
+    """Load every run, meta-test it (in this process, or on Ray rollout actors) and summarise."""
+    checkpoints = [c for location in locations for c in find_checkpoints(location)]
+    runs = [load_run(c) for c in checkpoints]
+    if not runs:
+        raise ConfigError(
+            f"--checkpoint={[str(location) for location in locations]!r}: no checkpoint found; expected checkpoint "
+            "files, run directories or a Tune experiment directory"
+        )
+    check_compatible(runs)
+    goals_per_class = goals_per_class_for(options, runs[0].config)
+    if official_applies(runs[0].config, options):
+        check_official_layout(runs[0], options, goals_per_class)
+    options = dataclasses.replace(
+        options,
+        mt_episodes=options.mt_episodes or (2 if runs[0].config.run.test_mode else 50),
+        official=official_applies(runs[0].config, options),
+    )
+    results, official = run_meta_test(runs, goals_per_class, options, ray_address)
+    return summarize(runs, results, official, options, goals_per_class)

@@ -17,6 +17,7 @@ import ray
 from ray.exceptions import RayError
 
 from metarl_ray.config import TrainConfig
+from metarl_ray.distributed.actors import LearnerActor
 from metarl_ray.training.learner import INJECT_NONFINITE_ENV, INJECT_OOM_ENV, task_chunks
 
 # A peer that dies mid all-reduce closes its sockets and the others fail at once; this bounds the
@@ -35,8 +36,6 @@ LEARNER_ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_TH
 
 class LearnerGroup:
     def __init__(self, config: TrainConfig, device: str, actor_options: dict[str, Any], num_threads_each: int) -> None:
-        from metarl_ray.distributed.actors import LearnerActor
-
         self.num_learners = config.learner.num_learners
         self.num_tasks = config.maml.num_tasks
         # Fault injection (tests) reaches the learner processes with the allocator settings.

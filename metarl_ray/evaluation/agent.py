@@ -19,11 +19,11 @@ import torch
 from metarl_ray.algorithms.advantages import compute_advantages
 from metarl_ray.algorithms.maml_ppo import TensorBatch, adapt
 from metarl_ray.algorithms.rl2 import IN_CONTEXT_INPUT_DIM, in_context_step_inputs
+from metarl_ray.batch import EpisodeBatch
 from metarl_ray.config import TrainConfig
 from metarl_ray.envs.metaworld import ACTION_DIM, OBS_DIM, BenchmarkTasks, make_eval_vector_env
 from metarl_ray.policies import build_policy
 from metarl_ray.policies.common import BatchedPolicy, Params, detached_params, gaussian_log_prob
-from metarl_ray.training.batch import EpisodeBatch
 from metarl_ray.training.checkpoint import load_checkpoint, resolve_checkpoint, trained_config
 
 logger = logging.getLogger(__name__)

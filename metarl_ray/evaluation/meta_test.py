@@ -14,7 +14,6 @@ Meta-World's official figures (``evaluation.evaluate_official``) are computed be
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,12 +22,13 @@ from typing import Any
 import numpy as np
 
 from metarl_ray.algorithms import policy_input_dim
+from metarl_ray.batch import GoalEvaluation
 from metarl_ray.config import EVAL_SPLITS, NOT_PART_OF_THE_METHOD, ConfigError, TrainConfig, config_from_dict
 from metarl_ray.envs.metaworld import ACTION_DIM, BenchmarkTasks, TaskSpec, fixed_task_specs
+from metarl_ray.evaluation.agent import build_agent, evaluate_official
 from metarl_ray.evaluation.statistics import estimate
 from metarl_ray.policies import build_policy
 from metarl_ray.policies.common import params_to_numpy
-from metarl_ray.training.batch import GoalEvaluation
 from metarl_ray.training.checkpoint import CHECKPOINT_DIR, load_checkpoint, resolve_checkpoint, trained_config
 from metarl_ray.training.rollout import EvalPlan
 from metarl_ray.training.storage import StoragePath
@@ -325,27 +325,16 @@ def _split_name(config: TrainConfig, split: str) -> str:
     return "test" if config.env.is_meta_learning else "train"
 
 
-def evaluate_runs(
-    locations: Sequence[StoragePath], options: EvalOptions, ray_address: str | None = None
-) -> dict[str, Any]:
-    """Load every run, meta-test it (in this process, or on Ray rollout actors) and summarise."""
-    from metarl_ray.distributed.eval_runner import run_meta_test  # the Ray edge; it imports this module
-
-    checkpoints = [c for location in locations for c in find_checkpoints(location)]
-    runs = [load_run(c) for c in checkpoints]
-    if not runs:
-        raise ConfigError(
-            f"--checkpoint={[str(location) for location in locations]!r}: no checkpoint found; expected checkpoint "
-            "files, run directories or a Tune experiment directory"
-        )
-    check_compatible(runs)
-    goals_per_class = goals_per_class_for(options, runs[0].config)
-    if official_applies(runs[0].config, options):
-        check_official_layout(runs[0], options, goals_per_class)
-    options = dataclasses.replace(
-        options,
-        mt_episodes=options.mt_episodes or (2 if runs[0].config.run.test_mode else 50),
-        official=official_applies(runs[0].config, options),
+def official_result(
+    config: TrainConfig,
+    meta_params: dict[str, np.ndarray],
+    goals_per_class: int,
+    num_evals: int,
+    mt_episodes: int,
+    meta_batch_size: int | None = None,
+) -> OfficialResult:
+    agent = build_agent(config, meta_params)
+    success, mean_return, per_task = evaluate_official(
+        agent, config, goals_per_class, num_evals, mt_episodes, config.run.seed, meta_batch_size
     )
-    results, official = run_meta_test(runs, goals_per_class, options, ray_address)
-    return summarize(runs, results, official, options, goals_per_class)
+    return OfficialResult(success, mean_return, per_task)

@@ -24,11 +24,11 @@ import torch.distributed as dist
 
 from metarl_ray.algorithms import build_meta_learner, policy_input_dim
 from metarl_ray.algorithms.base import MetaLearner
+from metarl_ray.batch import TaskRollouts, TaskTrials
 from metarl_ray.config import LearnerConfig, MAMLConfig, MetaLearnerConfig, PolicyConfig, PPOConfig
 from metarl_ray.envs.metaworld import ACTION_DIM
 from metarl_ray.policies import build_policy
 from metarl_ray.policies.common import params_to_numpy
-from metarl_ray.training.batch import TaskRollouts, TaskTrials
 
 
 def rollout_metrics(rollouts: Sequence[TaskRollouts | TaskTrials]) -> dict[str, float]:

@@ -16,12 +16,12 @@ from metarl_ray.algorithms import build_rollout_program, policy_input_dim
 from metarl_ray.algorithms.advantages import compute_advantages
 from metarl_ray.algorithms.base import EvalPlan, SamplePlan  # noqa: F401  (re-exported: callers import them here)
 from metarl_ray.algorithms.rl2 import InContextMemory, in_context_step_inputs
+from metarl_ray.batch import EpisodeBatch, GoalEvaluation, TaskRollouts, TaskTrials, TrialBatch
 from metarl_ray.config import EnvConfig, MAMLConfig, MetaLearnerConfig, PolicyConfig, PPOConfig
 from metarl_ray.envs.metaworld import ACTION_DIM, OBS_DIM, TaskSpec, all_task_names, make_task_env
 from metarl_ray.errors import EnvFaultError
 from metarl_ray.policies import build_policy
 from metarl_ray.policies.common import BatchedPolicy, Params, State, params_from_numpy
-from metarl_ray.training.batch import EpisodeBatch, GoalEvaluation, TaskRollouts, TaskTrials, TrialBatch
 
 logger = logging.getLogger(__name__)
 

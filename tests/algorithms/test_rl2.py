@@ -18,11 +18,11 @@ from metarl_ray.algorithms.rl2 import (
     in_context_step_inputs,
     trial_chunks,
 )
+from metarl_ray.batch import TaskTrials
 from metarl_ray.config import EnvConfig, MAMLConfig, MetaLearnerConfig, PolicyConfig, PPOConfig
 from metarl_ray.envs.metaworld import ACTION_DIM, OBS_DIM, BenchmarkTasks, TaskSampler
 from metarl_ray.policies import build_policy
 from metarl_ray.policies.common import gaussian_log_prob, log_prob
-from metarl_ray.training.batch import TaskTrials
 from metarl_ray.training.metrics import read_metrics
 from metarl_ray.training.rollout import RolloutWorker
 

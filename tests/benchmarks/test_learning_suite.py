@@ -70,7 +70,8 @@ def test_a_run_continues_exactly_from_its_committed_folder(tmp_path, in_process)
 
 
 def test_seeds_evaluated_apart_pool_to_the_figures_of_seeds_evaluated_together(tmp_path, in_process):
-    from metarl_ray.evaluation.meta_test import EvalOptions, evaluate_runs
+    from metarl_ray.distributed.eval_runner import evaluate_runs
+    from metarl_ray.evaluation.meta_test import EvalOptions
     from metarl_ray.training.storage import StoragePath
 
     for seed in (0, 1):

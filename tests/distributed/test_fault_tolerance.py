@@ -12,11 +12,11 @@ import ray
 
 from metarl_ray.config import build_config
 from metarl_ray.distributed.rollout_pool import RolloutPool
+from metarl_ray.driver.trainer import split_tasks
 from metarl_ray.envs.metaworld import BenchmarkTasks, TaskSampler
 from metarl_ray.policies import build_policy
 from metarl_ray.policies.common import detached_params, params_to_numpy
 from metarl_ray.training.metrics import read_metrics
-from metarl_ray.training.trainer import split_tasks
 
 
 def placement(run_path):

@@ -12,8 +12,8 @@ import ray
 from ray.cluster_utils import Cluster
 
 from metarl_ray.config import ConfigError
+from metarl_ray.distributed.session import learner_actor_options, place_learner, rollout_actor_options
 from metarl_ray.training.metrics import read_metrics
-from metarl_ray.training.trainer import learner_actor_options, place_learner, rollout_actor_options
 
 STEPS_PER_ITERATION = 2 * 2 * 2  # tasks x episodes x (support + query), times the episode length
 

@@ -3,8 +3,9 @@
 import pytest
 
 from metarl_ray.config import ConfigError, build_config
+from metarl_ray.distributed.session import default_num_rollout_workers, place_learner
+from metarl_ray.driver.trainer import split_tasks
 from metarl_ray.envs.metaworld import TaskSpec
-from metarl_ray.training.trainer import default_num_rollout_workers, place_learner, split_tasks
 
 pytestmark = pytest.mark.usefixtures("local_ray")  # conftest.py: a 2-CPU local Ray for the module
 

@@ -14,7 +14,7 @@ import yaml
 
 from metarl_ray.cli.main import main
 from metarl_ray.config import ConfigError
-from metarl_ray.distributed.tune import load_tune_spec
+from metarl_ray.driver.tune import load_tune_spec
 from metarl_ray.training.metrics import read_metrics
 
 

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from metarl_ray.batch import GoalEvaluation
 from metarl_ray.cli.main import main
 from metarl_ray.config import ConfigError, build_config
 from metarl_ray.envs.metaworld import ACTION_DIM, OBS_DIM
 from metarl_ray.evaluation.meta_test import EvalOptions, RunToEvaluate, check_compatible, find_checkpoints, summarize
 from metarl_ray.policies import build_policy
-from metarl_ray.training.batch import GoalEvaluation
 from metarl_ray.training.checkpoint import save_checkpoint
 from metarl_ray.training.storage import StoragePath
 

@@ -8,7 +8,7 @@ from metarl_ray.training.progress import Progress
 def test_live_bar_counts_from_a_resumed_start_and_keeps_log_lines_readable(capsys):
     progress = Progress(5, "it", "train run", live=True, initial=2)
     progress.update(1, steps=300, post_succ="0.50")
-    logging.getLogger("metarl_ray.training.trainer").warning("a log line while the bar is shown")
+    logging.getLogger("metarl_ray.driver.trainer").warning("a log line while the bar is shown")
     progress.close()
     err = capsys.readouterr().err
     assert "train run" in err and "3/5" in err and "steps=300" in err and "post_succ=0.50" in err

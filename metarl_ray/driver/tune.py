@@ -36,7 +36,9 @@ from metarl_ray.config import (
     merge_overrides,
     uri_scheme,
 )
+from metarl_ray.driver.trainer import train
 from metarl_ray.envs.metaworld import check_env_config
+from metarl_ray.training.checkpoint import load_checkpoint, resolve_checkpoint
 from metarl_ray.training.storage import StoragePath
 
 logger = logging.getLogger(__name__)
@@ -265,9 +267,6 @@ def _scheduler(spec: TuneSpec) -> Any:
 def make_trainable(spec: TuneSpec):
     """The function trainable: ``metarl train``'s loop, reporting to Tune and resuming from its checkpoints."""
     from ray import tune
-
-    from metarl_ray.training.checkpoint import load_checkpoint, resolve_checkpoint
-    from metarl_ray.training.trainer import train
 
     def trainable(sampled: dict[str, Any]) -> None:
         config = trial_config(spec, sampled)

@@ -1,5 +1,5 @@
-"""The meta-training loop: sample tasks -> rollouts with inner adaptation (actors) -> meta-update
-(learner) -> log / checkpoint. Ray lives here and in ``actors.py`` only."""
+"""The meta-training loop, the driver above what it drives: sample tasks -> rollouts with inner
+adaptation (rollout actors) -> meta-update (learner actors) -> log / checkpoint."""
 
 from __future__ import annotations
 
@@ -9,15 +9,23 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import ray
 from ray.exceptions import RayError
 
-from metarl_ray.config import ConfigError, TrainConfig
+from metarl_ray.config import TrainConfig
+from metarl_ray.distributed.actors import RolloutActor, process_location, process_memory_mb
 from metarl_ray.distributed.learner_group import LearnerGroup
 from metarl_ray.distributed.rollout_pool import RolloutPool
+from metarl_ray.distributed.session import (
+    LearnerPlacement,
+    default_num_rollout_workers,
+    learner_actor_options,
+    place_learner,
+    ray_session,
+    rollout_actor_options,
+)
 from metarl_ray.envs.metaworld import BenchmarkTasks, TaskSampler, TaskSpec
 from metarl_ray.errors import EnvFaultError, RunStorageError, TrainingDivergedError
 from metarl_ray.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -27,77 +35,6 @@ from metarl_ray.training.run_dir import PLACEMENT_FILE, RunLogFile, write_config
 from metarl_ray.training.storage import StoragePath
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LearnerPlacement:
-    device: str  # "cpu" or "cuda"
-    num_gpus: int  # per learner
-    num_threads: int  # per learner
-
-
-@contextlib.contextmanager
-def ray_session(address: str | None, dashboard: bool = False) -> Iterator[None]:
-    """Join the given (or RAY_ADDRESS) cluster, else start Ray in-process; shut down only what we started.
-
-    A local Ray starts without its dashboard unless asked: the dashboard is about 4 s of every local
-    start-up on 2 cores, and the run's own log and metrics already show its progress."""
-    if ray.is_initialized():
-        yield
-        return
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
-    # address="local" never joins a stale cluster left in Ray's temp dir. Ray refuses include_dashboard
-    # when joining a running cluster, whose dashboard is the cluster's own business.
-    local = {"include_dashboard": dashboard} if address == "local" else {}
-    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, configure_logging=False, **local)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-def place_learner(device: str, num_learners: int = 1) -> LearnerPlacement:
-    """One GPU per learner when learning on GPUs: ``cuda`` requires them, ``auto`` uses them when the
-    cluster has one per learner."""
-    num_gpus = int(ray.cluster_resources().get("GPU", 0))
-    if device == "cuda" and num_gpus == 0:
-        raise ConfigError("--device='cuda': the Ray cluster has no GPU; use auto or cpu")
-    if device == "cuda" and num_gpus < num_learners:
-        raise ConfigError(
-            f"--num_learners={num_learners}: --device=cuda needs one GPU per learner and the Ray "
-            f"cluster has {num_gpus}; expected at most {num_gpus}"
-        )
-    use_gpu = device == "cuda" or (device == "auto" and num_gpus >= num_learners)
-    # On CPU the learners reserve no core: they are idle while the rollout actors simulate, and those
-    # are idle while they learn, so together they may use every core then.
-    num_cpus = int(ray.cluster_resources().get("CPU", 1))
-    return LearnerPlacement("cuda" if use_gpu else "cpu", 1 if use_gpu else 0, max(1, num_cpus // num_learners))
-
-
-def rollout_actor_options() -> dict[str, Any]:
-    """One CPU per rollout actor, spread over the nodes. SPREAD rather than a placement group: the pool
-    replaces actors one at a time, and a replacement must land on any node with a free CPU at once,
-    not wait for a lost node's bundle to be rescheduled. Inside a placement group (a Tune trial) the
-    actors stay in the group, which already holds their CPUs."""
-    if ray.util.get_current_placement_group() is not None:
-        return {"num_cpus": 1}
-    return {"num_cpus": 1, "scheduling_strategy": "SPREAD"}
-
-
-def learner_actor_options(placement: LearnerPlacement) -> dict[str, Any]:
-    """The learner takes no CPU slot (a rollout actor may use it), and a GPU when it learns on one,
-    which puts it on a GPU node."""
-    return {"num_cpus": 0, "num_gpus": placement.num_gpus}
-
-
-def default_num_rollout_workers(config: TrainConfig) -> int:
-    num_cpus = int(ray.cluster_resources().get("CPU", 1))
-    requested = config.rollout.num_rollout_workers or num_cpus
-    if requested > num_cpus:  # each actor needs one CPU: more would wait forever for a slot
-        raise ConfigError(
-            f"--num_rollout_workers={requested}: the Ray cluster has {num_cpus} CPUs; expected at most {num_cpus}"
-        )
-    return max(1, min(requested, config.maml.num_tasks))  # a worker without tasks would idle
 
 
 def split_tasks(tasks: Sequence[TaskSpec], num_workers: int) -> list[list[TaskSpec]]:
@@ -159,7 +96,6 @@ def write_placement(
     """Record where the driver, learners and rollout actors run (``placement.json``: pids and Ray node
     ids, for users on a cluster and for tests; ``learner`` is learner 0); returns the number of nodes
     the rollout actors use."""
-    from metarl_ray.distributed.actors import process_location
 
     rollout = ray.get([actor.location.remote() for actor in workers.actors])
     learner_locations = [{**location, "device": placement.device} for location in learners.locations()]
@@ -183,7 +119,6 @@ def _train_loop(
     on_iteration: IterationCallback | None,
     log_file: RunLogFile,
 ) -> StoragePath:
-    from metarl_ray.distributed.actors import RolloutActor
 
     sampler = TaskSampler(BenchmarkTasks(config.env, config.run.seed).train_tasks(), config.run.seed)
     learners = LearnerGroup(config, placement.device, learner_actor_options(placement), placement.num_threads)
@@ -221,7 +156,6 @@ def _iterate(
     learners: LearnerGroup,
     workers: RolloutPool,
 ) -> StoragePath:
-    from metarl_ray.distributed.actors import process_memory_mb
 
     start_iteration, env_steps_total, lr_scale = 0, 0, 1.0
     if state is not None:
