@@ -18,7 +18,7 @@ from ray.exceptions import RayError
 
 from metarl_ray.config import TrainConfig
 from metarl_ray.distributed.actors import LearnerActor
-from metarl_ray.training.learner import INJECT_NONFINITE_ENV, INJECT_OOM_ENV, task_chunks
+from metarl_ray.training.learner import INJECT_NONFINITE_ENV, INJECT_OOM_ENV, LearnerResult, task_chunks
 
 # A peer that dies mid all-reduce closes its sockets and the others fail at once; this bounds the
 # wait if a peer hangs instead.
@@ -75,7 +75,7 @@ class LearnerGroup:
         rollout_refs: Sequence[ray.ObjectRef],
         worker_slot_ranges: Sequence[tuple[int, int]],
         iteration: int | None = None,
-    ) -> dict[str, float]:
+    ) -> LearnerResult:
         """One meta-update. ``rollout_refs[w]`` holds the rollouts of slots ``worker_slot_ranges[w]``;
         each learner is handed only the workers' outputs that overlap its share."""
         calls = []
@@ -86,7 +86,7 @@ class LearnerGroup:
                 if w_first < end and first < w_end
             ]
             calls.append(actor.update.remote(first, end, self.num_tasks, iteration, *refs))
-        return merge_learner_metrics(self._get_all(calls))
+        return LearnerResult.from_metrics(merge_learner_metrics(self._get_all(calls)))
 
     def state_dict(self) -> dict[str, Any]:
         return self._get_all([self.actors[0].state_dict.remote()])[0]

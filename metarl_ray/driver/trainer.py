@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -29,6 +30,7 @@ from metarl_ray.distributed.session import (
 from metarl_ray.envs.metaworld import BenchmarkTasks, TaskSampler, TaskSpec
 from metarl_ray.errors import EnvFaultError, RunStorageError, TrainingDivergedError
 from metarl_ray.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from metarl_ray.training.learner import LearnerResult
 from metarl_ray.training.metrics import RunMetrics
 from metarl_ray.training.progress import Progress
 from metarl_ray.training.run_dir import PLACEMENT_FILE, RunLogFile, write_config
@@ -183,77 +185,21 @@ def _iterate(
     progress = Progress(
         config.run.num_epochs, "it", f"train {run_path.name}", log_every_s=float("inf"), initial=start_iteration
     )
-    rollbacks_in_a_row, finished = 0, False
+    loop = LoopState(env_steps_total, lr_scale, num_nodes)
+    finished = False
     try:
         for iteration in range(start_iteration, config.run.num_epochs):
             started = time.perf_counter()
-            tasks = sampler.sample(config.maml.num_tasks)
-            # Publish the meta-parameters once; every worker reads the same object.
-            params_ref = learners.get_params()
-            # Lost or hung workers are replaced inside and their tasks sampled again: no episode is lost.
-            replaced_before = workers.num_replaced
-            worker_tasks = split_tasks(tasks, num_workers)
-            sample_refs, _ = workers.sample(params_ref, worker_tasks, iteration, config.maml.inner_lr * lr_scale)
+            tasks = split_tasks(sampler.sample(config.maml.num_tasks), num_workers)
+            params_ref = learners.get_params()  # publish: one object every worker reads
+            sample_refs = _sample(config, run_path, learners, placement, workers, params_ref, tasks, iteration, loop)
             sampled = time.perf_counter()
-            if workers.num_replaced != replaced_before:
-                num_nodes = write_placement(run_path, learners, placement, workers)
-            # The learners take the rollouts straight from the object store; the driver never copies them.
-            metrics = learners.update(
-                sample_refs, [(chunk[0].slot, chunk[-1].slot + 1) for chunk in worker_tasks], iteration + 1
-            )
+            slot_ranges = [(chunk[0].slot, chunk[-1].slot + 1) for chunk in tasks]
+            result = learners.update(sample_refs, slot_ranges, iteration + 1)
             learned = time.perf_counter()
-
-            env_steps_total += int(metrics["rollout/env_steps"])
-            lr_scale = metrics["learner/lr_scale"]
-            rollbacks_in_a_row = rollbacks_in_a_row + 1 if metrics["fault/nonfinite_update"] else 0
-            if metrics["fault/oom_retries"]:
-                logger.warning(
-                    "iteration %d: the learner ran out of memory; update retried with the meta-batch in %d "
-                    "chunks (kept for the rest of the run)",
-                    iteration + 1,
-                    metrics["learner/gradient_accumulation_steps"],
-                )
-            if rollbacks_in_a_row:
-                logger.warning(
-                    "iteration %d: non-finite loss or gradient; update undone, meta_lr and inner_lr now "
-                    "%.3g of the configured values (%d in a row, at most %d)",
-                    iteration + 1,
-                    lr_scale,
-                    rollbacks_in_a_row,
-                    config.learner.max_nonfinite_rollbacks,
-                )
-            row = {
-                "iteration": iteration + 1,
-                "rollout/env_steps_total": env_steps_total,
-                **metrics,
-                "time/sample_s": sampled - started,
-                "time/learn_s": learned - sampled,
-                "time/iteration_s": learned - started,
-                "rollout/env_steps_per_s": metrics["rollout/env_steps"] / (sampled - started),
-                "rollout/workers_replaced": workers.num_replaced,
-                "rollout/num_nodes": num_nodes,
-                "memory/driver_rss_mb": process_memory_mb(),
-                "memory/rollout_rss_mb_max": workers.max_rss_mb,
-                "fault/nonfinite_rollbacks_in_a_row": rollbacks_in_a_row,
-            }
-            with _run_storage(run_path, iteration + 1, "its metrics"):
-                run_metrics.append(row)
-            _log_iteration(config, row, progress)
-            if rollbacks_in_a_row >= config.learner.max_nonfinite_rollbacks:
-                last = latest_checkpoint(run_path)
-                raise TrainingDivergedError(
-                    f"iteration {iteration + 1}: {rollbacks_in_a_row} non-finite updates in a row "
-                    f"(--max_nonfinite_rollbacks={config.learner.max_nonfinite_rollbacks}); last good checkpoint: "
-                    f"{last if last is not None else 'none'}"
-                )
-            path = None
-            if (iteration + 1) % config.run.checkpoint_every == 0 or iteration + 1 == config.run.num_epochs:
-                with _run_storage(run_path, iteration + 1, "a checkpoint"):
-                    # Metrics first: a crash between the two leaves extra rows (dropped on resume), never
-                    # a checkpoint whose rows an object store lacks.
-                    run_metrics.sync()
-                    path = _checkpoint(config, run_path, iteration + 1, env_steps_total, learners, sampler, row)
-                    log_file.sync()
+            seconds = (sampled - started, learned - sampled)
+            row = _record(config, run_path, run_metrics, progress, workers, result, iteration, loop, seconds)
+            path = _checkpoint_if_due(config, run_path, run_metrics, log_file, learners, sampler, row, iteration, loop)
             if on_iteration is not None:
                 on_iteration(row, path)
         finished = True
@@ -261,6 +207,118 @@ def _iterate(
         progress.close()
         _close_run_file(run_metrics.close, run_path, config.run.num_epochs, failing=not finished)
     return run_path
+
+
+@dataclass
+class LoopState:
+    """What the training loop carries from one iteration to the next."""
+
+    env_steps_total: int
+    lr_scale: float  # the learners' step-size scale after rollbacks: the workers adapt with it
+    num_nodes: int  # nodes the rollout actors run on
+    rollbacks_in_a_row: int = 0
+
+
+def _sample(
+    config: TrainConfig,
+    run_path: StoragePath,
+    learners: LearnerGroup,
+    placement: LearnerPlacement,
+    workers: RolloutPool,
+    params_ref: Any,
+    worker_tasks: list[list[TaskSpec]],
+    iteration: int,
+    loop: LoopState,
+) -> list[Any]:
+    """Rollouts with inner adaptation on every worker's tasks. Lost or hung workers are replaced inside
+    and their tasks sampled again: no episode is lost (then placement.json is rewritten)."""
+    replaced_before = workers.num_replaced
+    sample_refs, _ = workers.sample(params_ref, worker_tasks, iteration, config.maml.inner_lr * loop.lr_scale)
+    if workers.num_replaced != replaced_before:
+        loop.num_nodes = write_placement(run_path, learners, placement, workers)
+    # The learners take the rollouts straight from the object store; the driver never copies them.
+    return list(sample_refs)
+
+
+def _record(
+    config: TrainConfig,
+    run_path: StoragePath,
+    run_metrics: RunMetrics,
+    progress: Progress,
+    workers: RolloutPool,
+    result: LearnerResult,
+    iteration: int,
+    loop: LoopState,
+    seconds: tuple[float, float],
+) -> dict[str, float]:
+    """The iteration's journal row and log line; stops the run after too many undone updates in a row."""
+    sample_s, learn_s = seconds
+    loop.env_steps_total += result.env_steps
+    loop.lr_scale = result.lr_scale
+    loop.rollbacks_in_a_row = loop.rollbacks_in_a_row + 1 if result.update_undone else 0
+    if result.oom_retries:
+        logger.warning(
+            "iteration %d: the learner ran out of memory; update retried with the meta-batch in %d "
+            "chunks (kept for the rest of the run)",
+            iteration + 1,
+            result.gradient_accumulation_steps,
+        )
+    if loop.rollbacks_in_a_row:
+        logger.warning(
+            "iteration %d: non-finite loss or gradient; update undone, meta_lr and inner_lr now "
+            "%.3g of the configured values (%d in a row, at most %d)",
+            iteration + 1,
+            loop.lr_scale,
+            loop.rollbacks_in_a_row,
+            config.learner.max_nonfinite_rollbacks,
+        )
+    row = {
+        "iteration": iteration + 1,
+        "rollout/env_steps_total": loop.env_steps_total,
+        **result.metrics,
+        "time/sample_s": sample_s,
+        "time/learn_s": learn_s,
+        "time/iteration_s": sample_s + learn_s,
+        "rollout/env_steps_per_s": result.env_steps / sample_s,
+        "rollout/workers_replaced": workers.num_replaced,
+        "rollout/num_nodes": loop.num_nodes,
+        "memory/driver_rss_mb": process_memory_mb(),
+        "memory/rollout_rss_mb_max": workers.max_rss_mb,
+        "fault/nonfinite_rollbacks_in_a_row": loop.rollbacks_in_a_row,
+    }
+    with _run_storage(run_path, iteration + 1, "its metrics"):
+        run_metrics.append(row)
+    _log_iteration(config, row, progress)
+    if loop.rollbacks_in_a_row >= config.learner.max_nonfinite_rollbacks:
+        last = latest_checkpoint(run_path)
+        raise TrainingDivergedError(
+            f"iteration {iteration + 1}: {loop.rollbacks_in_a_row} non-finite updates in a row "
+            f"(--max_nonfinite_rollbacks={config.learner.max_nonfinite_rollbacks}); last good checkpoint: "
+            f"{last if last is not None else 'none'}"
+        )
+    return row
+
+
+def _checkpoint_if_due(
+    config: TrainConfig,
+    run_path: StoragePath,
+    run_metrics: RunMetrics,
+    log_file: RunLogFile,
+    learners: LearnerGroup,
+    sampler: TaskSampler,
+    row: dict[str, float],
+    iteration: int,
+    loop: LoopState,
+) -> StoragePath | None:
+    if (iteration + 1) % config.run.checkpoint_every and iteration + 1 != config.run.num_epochs:
+        return None
+    with _run_storage(run_path, iteration + 1, "a checkpoint"):
+        # Metrics first: a crash between the two leaves extra rows (dropped on resume), never a
+        # checkpoint whose rows an object store lacks.
+        run_metrics.sync()
+        path = _checkpoint(config, run_path, iteration + 1, loop.env_steps_total, learners, sampler, row)
+        log_file.sync()
+    return path
 
 
 def _close_run_file(close: Callable[[], None], run_path: StoragePath, iteration: int, failing: bool) -> None:

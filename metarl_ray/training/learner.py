@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,30 @@ def rollout_metrics(rollouts: Sequence[TaskRollouts | TaskTrials]) -> dict[str, 
         "post_adapt/return": float(np.mean([batch.episode_returns.mean() for batch in after])),
         "post_adapt/success": float(np.mean([batch.successes.mean() for batch in after])),
     }
+
+
+@dataclass(frozen=True)
+class LearnerResult:
+    """One iteration's meta-update as the training loop reads it; ``metrics`` is its journal row."""
+
+    env_steps: int  # env steps of the rollouts it learned from
+    lr_scale: float  # of the configured step sizes, after any rollback (the rollout workers adapt with it)
+    update_undone: bool  # a non-finite loss or gradient: parameters and Adam state went back
+    oom_retries: int  # out-of-memory retries, each with the meta-batch in more graphs
+    gradient_accumulation_steps: int  # graphs per optimizer step after those retries
+    metrics: dict[str, float]
+
+    @staticmethod
+    def from_metrics(metrics: dict[str, float]) -> LearnerResult:
+        """From the (merged) row the learners wrote."""
+        return LearnerResult(
+            env_steps=int(metrics["rollout/env_steps"]),
+            lr_scale=float(metrics["learner/lr_scale"]),
+            update_undone=bool(metrics["fault/nonfinite_update"]),
+            oom_retries=int(metrics["fault/oom_retries"]),
+            gradient_accumulation_steps=int(metrics["learner/gradient_accumulation_steps"]),
+            metrics=metrics,
+        )
 
 
 def task_chunks(tasks: Sequence[Any], num_chunks: int) -> list[list[Any]]:

@@ -53,7 +53,7 @@ def test_two_learners_hold_bit_identical_parameters_equal_to_one_learner(local_r
         ranges = [(0, 2), (2, 4), (4, 5)]
         refs = [ray.put([task for task in rollouts if first <= task.slot < end]) for first, end in ranges]
         for _ in range(3):
-            merged = group.update(refs, ranges)
+            result = group.update(refs, ranges)
         params = ray.get([actor.get_params.remote() for actor in group.actors])
         # The learner processes started with the malloc settings that keep freed memory for reuse.
         environments = ray.get([actor.__ray_call__.remote(lambda self: dict(os.environ)) for actor in group.actors])
@@ -69,6 +69,8 @@ def test_two_learners_hold_bit_identical_parameters_equal_to_one_learner(local_r
         expected = single.update(rollouts)
     for name, value in single.get_params().items():
         np.testing.assert_allclose(params[0][name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+    merged = result.metrics
+    assert result.env_steps == expected["rollout/env_steps"] and result.lr_scale == 1.0 and not result.update_undone
     assert merged["learner/num_learners"] == 2
     assert merged["rollout/env_steps"] == expected["rollout/env_steps"]
     for key in ("loss/outer", "ppo/kl", "pre_adapt/return", "post_adapt/success", "ppo/grad_norm"):
