@@ -24,6 +24,7 @@ from metarl_ray.config import (
 )
 from metarl_ray.envs.metaworld import TaskSpec
 from metarl_ray.evaluation.meta_test import official_result
+from metarl_ray.training.faults import FaultPlan, install_faults
 from metarl_ray.training.learner import Learner
 from metarl_ray.training.rollout import EvalPlan, RolloutWorker, SamplePlan
 
@@ -117,6 +118,9 @@ class LearnerActor:
         self.learner = Learner(
             policy_config, maml_config, ppo_config, seed, device, learner_config, meta_learner_config
         )
+        faults = FaultPlan.from_environment()  # only the fault-tolerance tests set one
+        if faults is not None:
+            install_faults(self.learner, faults)
 
     def rendezvous_address(self) -> str:
         """A free TCP port on this node for torch.distributed's rendezvous (rank 0 calls this)."""

@@ -18,7 +18,8 @@ from ray.exceptions import RayError
 
 from metarl_ray.config import TrainConfig
 from metarl_ray.distributed.actors import LearnerActor
-from metarl_ray.training.learner import INJECT_NONFINITE_ENV, INJECT_OOM_ENV, LearnerResult, task_chunks
+from metarl_ray.training.faults import INJECT_NONFINITE_ENV, INJECT_OOM_ENV
+from metarl_ray.training.learner import LearnerResult, task_chunks
 
 # A peer that dies mid all-reduce closes its sockets and the others fail at once; this bounds the
 # wait if a peer hangs instead.

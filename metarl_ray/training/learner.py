@@ -14,8 +14,7 @@ import contextlib
 import copy
 import dataclasses
 import logging
-import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,11 +76,6 @@ def task_chunks(tasks: Sequence[Any], num_chunks: int) -> list[list[Any]]:
     return [list(tasks[bounds[i] : bounds[i + 1]]) for i in range(num_chunks)]
 
 
-# Fault injection for tests: comma-separated iterations (1-based) whose meta-update loss is made NaN
-# ("N@R": on learner rank R only);
-# and a simulated memory limit: a graph of more than this many tasks raises an out-of-memory error.
-INJECT_NONFINITE_ENV = "METARL_INJECT_NONFINITE"
-INJECT_OOM_ENV = "METARL_INJECT_OOM_ABOVE_TASKS"
 logger = logging.getLogger(__name__)
 
 
@@ -103,14 +97,12 @@ def meta_update(
     config: LearnerConfig,
     grad_clip: float,
     num_tasks_total: int | None = None,
-    poison_loss: bool = False,
-    max_tasks_per_graph_injected: int | None = None,
     rng: np.random.Generator | None = None,
 ) -> dict[str, float]:
     """The meta-learner's optimizer steps (``algorithm.optimizer_steps``), each on the mean loss of its
     items over every learner. ``num_tasks_total``: tasks over all learners (default: these); each
     learner's items weigh by its share of them. Raises NonFiniteUpdateError, before that optimizer
-    step, if a loss or the gradient is not finite (``poison_loss`` injects a NaN loss)."""
+    step, if a loss or the gradient is not finite."""
     num_tasks_total = num_tasks_total or len(tasks)
     parameters = list(algorithm.policy.parameters())
     per_item = (
@@ -129,14 +121,8 @@ def meta_update(
         optimizer.zero_grad(set_to_none=True)
         loss_sum, stats_sum = 0.0, {}
         for group in groups:
-            if max_tasks_per_graph_injected is not None and len(group) > max_tasks_per_graph_injected:
-                raise torch.OutOfMemoryError(
-                    f"injected: a graph of {len(group)} tasks > {max_tasks_per_graph_injected}"
-                )
             with _autocast(config.use_amp, parameters[0].device):
                 loss, stats = algorithm.loss(group)
-            if poison_loss:
-                loss = loss * float("nan")
             # Each group's share of the step's mean over the items of all learners (integers multiplied
             # first, so with whole tasks as items this is exactly len(group) / num_tasks_total).
             (loss * (len(group) * len(tasks) / (len(items) * num_tasks_total))).backward()
@@ -221,13 +207,8 @@ class Learner:
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.algorithm.learning_rate)
         # Product of the nonfinite_lr_factor of every rollback so far: scales meta_lr and inner_lr.
         self.lr_scale = 1.0
-        # "N" poisons iteration N on every learner, "N@R" only on learner rank R.
-        self._poisoned = [
-            tuple(int(x) for x in item.split("@"))
-            for item in os.environ.get(INJECT_NONFINITE_ENV, "").split(",")
-            if item.strip()
-        ]
-        self._oom_above_tasks = int(os.environ[INJECT_OOM_ENV]) if os.environ.get(INJECT_OOM_ENV) else None
+        # Called with the iteration before each update (the fault-injection tests install one).
+        self.before_update: list[Callable[[int | None], None]] = []
         # Raised for the rest of the run after an out-of-memory error (not checkpointed: a resumed run,
         # perhaps on a bigger device, starts from the configured value again).
         self.accumulation_steps = self.config.gradient_accumulation_steps
@@ -247,6 +228,8 @@ class Learner:
         A non-finite loss or gradient in any PPO epoch undoes the whole iteration's update: parameters
         and Adam state return to the last good iteration's and both learning rates are scaled down
         (``fault/nonfinite_update`` = 1 in the metrics; the trainer stops after too many in a row)."""
+        for hook in self.before_update:
+            hook(iteration)
         rollouts = sorted(rollouts, key=lambda task: task.slot)  # independent of which worker finished first
         tasks = [self.algorithm.tensors(task, self.device) for task in rollouts]
         last_good = copy.deepcopy(self.state_dict())
@@ -263,8 +246,6 @@ class Learner:
                     config,
                     self.ppo_config.grad_clip,
                     num_tasks_total or len(tasks),
-                    poison_loss=self._is_poisoned(iteration),
-                    max_tasks_per_graph_injected=self._oom_above_tasks,
                     rng=rng,
                 )
                 metrics["fault/nonfinite_update"] = 0.0
@@ -291,10 +272,6 @@ class Learner:
             metrics["memory/learner_cuda_peak_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
             torch.cuda.reset_peak_memory_stats(self.device)
         return metrics
-
-    def _is_poisoned(self, iteration: int | None) -> bool:
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        return any(item[0] == iteration and (len(item) == 1 or item[1] == rank) for item in self._poisoned)
 
     def _recover_from_out_of_memory(self, error: Exception, last_good: dict[str, Any], num_tasks: int) -> None:
         """Undo the partial update, free the cached blocks and split the meta-batch into twice the

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from metarl_ray.training.checkpoint import latest_checkpoint, load_checkpoint, trained_config
-from metarl_ray.training.learner import INJECT_NONFINITE_ENV, INJECT_OOM_ENV
+from metarl_ray.training.faults import INJECT_NONFINITE_ENV, INJECT_OOM_ENV
 from metarl_ray.training.metrics import read_metrics
 
 FLAGS = (
