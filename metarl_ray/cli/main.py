@@ -27,13 +27,12 @@ from metarl_ray.config import (
     merge_overrides,
     setting_doc,
 )
-from metarl_ray.envs.metaworld import check_env_config
+from metarl_ray.envs.metaworld import GOALS_PER_CLASS, check_env_config
 from metarl_ray.errors import EnvFaultError, RunStorageError, TrainingDivergedError
 from metarl_ray.training.storage import StoragePath
 
 logger = logging.getLogger("metarl_ray")
 EXIT_USAGE = 2
-GOALS_PER_CLASS = 50  # Meta-World generates 50 goals per task class and split
 
 # Seed-project spellings that map onto a field of another name.
 ALIASES = {"env_name": "benchmark", "batch_size": "episodes_per_task"}

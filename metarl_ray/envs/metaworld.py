@@ -19,6 +19,7 @@ from metarl_ray.config import ConfigError, EnvConfig
 
 OBS_DIM = 39
 ACTION_DIM = 4
+GOALS_PER_CLASS = 50  # Meta-World generates 50 goals per task class and split
 
 
 @functools.lru_cache(maxsize=1)

@@ -24,7 +24,7 @@ import numpy as np
 from metarl_ray.algorithms import policy_input_dim
 from metarl_ray.batch import GoalEvaluation
 from metarl_ray.config import EVAL_SPLITS, NOT_PART_OF_THE_METHOD, ConfigError, TrainConfig, config_from_dict
-from metarl_ray.envs.metaworld import ACTION_DIM, BenchmarkTasks, TaskSpec, fixed_task_specs
+from metarl_ray.envs.metaworld import ACTION_DIM, GOALS_PER_CLASS, BenchmarkTasks, TaskSpec, fixed_task_specs
 from metarl_ray.evaluation.agent import build_agent, evaluate_official
 from metarl_ray.evaluation.statistics import estimate
 from metarl_ray.policies import build_policy
@@ -34,7 +34,6 @@ from metarl_ray.training.rollout import EvalPlan
 from metarl_ray.training.storage import StoragePath
 
 logger = logging.getLogger(__name__)
-GOALS_PER_CLASS = 50  # Meta-World generates 50 goals per task class and split
 TEST_MODE_GOALS_PER_CLASS = 2  # the fewest that give an interval
 OFFICIAL_GOALS_PER_CLASS = 10  # Meta-World's official evaluation holds one sub-env per goal
 RULES = ("mean_action", "sampled")
