@@ -471,6 +471,22 @@ class TrainConfig:
             chunk,
             f"expected 0 or a divisor of the trial length {trial_length} (episodes_per_trial x max_episode_length)",
         )
+        if self.meta_learner.in_context:
+            # Every learner takes rl2_minibatches steps per epoch (each an all-reduce): the smallest
+            # learner share must have a trial chunk for each.
+            tasks, learners = self.maml.num_tasks, self.learner.num_learners
+            smallest_share = min(
+                round((i + 1) * tasks / learners) - round(i * tasks / learners) for i in range(learners)
+            )
+            chunks = smallest_share * self.meta_learner.trials_per_task * (trial_length // chunk if chunk else 1)
+            _check(
+                self.meta_learner.rl2_minibatches <= chunks,
+                "rl2_minibatches",
+                self.meta_learner.rl2_minibatches,
+                f"expected at most {chunks}, the trial chunks of the smallest learner's share "
+                f"({smallest_share} tasks x {self.meta_learner.trials_per_task} trials x "
+                f"{trial_length // chunk if chunk else 1} chunks)",
+            )
         if self.policy.ssm_max_timescale is None:  # resolved once, so the saved config says what ran
             object.__setattr__(
                 self,
@@ -565,12 +581,13 @@ def coerce(name: str, raw: Any, annotation: Any) -> Any:
 
 def build_config(overrides: dict[str, dict[str, Any]] | None = None, base: TrainConfig | None = None) -> TrainConfig:
     """Build a TrainConfig from ``base`` (default: defaults) with per-section raw overrides."""
-    base = base or TrainConfig()
     overrides = overrides or {}
     sections: dict[str, Any] = {}
     for section, cls in SECTIONS.items():
         hints = _field_types(cls)
-        values = dataclasses.asdict(getattr(base, section))
+        # The sections' own defaults, not a built TrainConfig's: that one has resolved the settings
+        # whose default depends on others (ssm_max_timescale on the algorithm) for its own defaults.
+        values = dataclasses.asdict(getattr(base, section) if base is not None else cls())
         for key, raw in overrides.get(section, {}).items():
             if key not in hints:
                 raise ConfigError(f"{section}.{key}={raw!r}: unknown setting; allowed: {', '.join(sorted(hints))}")
@@ -630,7 +647,7 @@ def _with_legacy_defaults(sections: dict[str, dict[str, Any]]) -> dict[str, dict
     policy, meta, ppo = (sections.setdefault(name, {}) for name in ("policy", "meta_learner", "ppo"))
     if policy and "ssm_max_timescale" not in policy:
         policy["ssm_max_timescale"] = 0  # S4D-Real, the only initialisation then
-    if meta and "rl2_epochs" not in meta:
+    if meta.get("algorithm") == "rl2" and "rl2_epochs" not in meta:
         # In-context PPO then: full-batch epochs over whole trials, the PPO section's lambda and step
         # size, normalised advantages and no entropy bonus.
         defaults = PPOConfig()
@@ -644,6 +661,22 @@ def _with_legacy_defaults(sections: dict[str, dict[str, Any]]) -> dict[str, dict
             rl2_normalize_advantages=True,
         )
     return sections
+
+
+def method_settings(config: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The settings that make a method on a benchmark (``to_dict`` sections): none of
+    NOT_PART_OF_THE_METHOD, and no other meta-learner's settings (an rl2_* value is no part of a
+    MAML+PPO run). Runs pooled into one estimate must agree in these."""
+    in_context = config.get("meta_learner", {}).get("algorithm") == "rl2"
+    kept: dict[str, dict[str, Any]] = {}
+    for section, values in config.items():
+        ignored = NOT_PART_OF_THE_METHOD.get(section, set())
+        if ignored is None:
+            continue
+        kept[section] = {
+            k: v for k, v in values.items() if k not in ignored and (in_context or not k.startswith("rl2_"))
+        }
+    return kept
 
 
 # Settings that are not part of the method or the benchmark: runs pooled into one estimate may differ

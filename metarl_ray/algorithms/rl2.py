@@ -130,10 +130,12 @@ def carried_memories(policy: nn.Module, inputs: torch.Tensor, chunk_length: int)
     memory_policy = cast(SequencePolicy, policy)
     state = memory_policy.initial_state(inputs.shape[0])
     memories = []
+    chunks = torch.split(inputs, chunk_length, dim=1)
     with torch.no_grad():
-        for chunk in torch.split(inputs, chunk_length, dim=1):
+        for index, chunk in enumerate(chunks):
             memories.append(state)
-            _, _, state = memory_policy.sequence(chunk, state)
+            if index + 1 < len(chunks):  # the state after the last chunk enters nothing
+                _, _, state = memory_policy.sequence(chunk, state)
     return memories
 
 
@@ -194,7 +196,10 @@ class RL2PPO:
         for _ in range(self.config.rl2_epochs):
             chunks = trial_chunks(self.policy, tasks, self.config.rl2_chunk_length)
             order = rng.permutation(len(chunks))
-            for indices in np.array_split(order, min(self.config.rl2_minibatches, len(chunks))):
+            # Exactly rl2_minibatches steps, whatever this learner's share: with several learners every
+            # step is an all-reduce, so all of them must take the same number (the config checks that
+            # each share has a chunk for every minibatch).
+            for indices in np.array_split(order, self.config.rl2_minibatches):
                 yield [chunks[i] for i in indices]
 
     def loss(self, chunks: Sequence[TrialChunk]) -> tuple[torch.Tensor, dict[str, float]]:

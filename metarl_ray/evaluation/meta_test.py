@@ -23,7 +23,7 @@ import numpy as np
 
 from metarl_ray.algorithms import policy_input_dim
 from metarl_ray.batch import GoalEvaluation
-from metarl_ray.config import EVAL_SPLITS, NOT_PART_OF_THE_METHOD, ConfigError, TrainConfig, config_from_dict
+from metarl_ray.config import EVAL_SPLITS, ConfigError, TrainConfig, config_from_dict, method_settings
 from metarl_ray.envs.metaworld import ACTION_DIM, GOALS_PER_CLASS, BenchmarkTasks, TaskSpec, fixed_task_specs
 from metarl_ray.evaluation.agent import build_agent, evaluate_official
 from metarl_ray.evaluation.statistics import estimate
@@ -121,13 +121,12 @@ def load_run(checkpoint: StoragePath) -> RunToEvaluate:
 
 def check_compatible(runs: Sequence[RunToEvaluate]) -> None:
     """Runs pooled into one estimate must be seeds of one method on one benchmark at one budget."""
-    first = runs[0].config.to_dict()
+    first = method_settings(runs[0].config.to_dict())
     for run in runs[1:]:
-        other = run.config.to_dict()
+        other = method_settings(run.config.to_dict())
         for section, values in first.items():
-            ignored = NOT_PART_OF_THE_METHOD.get(section, set())
-            for name in [] if ignored is None else sorted(set(values) - ignored):
-                if values[name] != other[section][name]:
+            for name in sorted(values):
+                if values[name] != other[section].get(name):
                     raise ConfigError(
                         f"--checkpoint={str(run.checkpoint)!r}: {name}={other[section][name]!r} differs from "
                         f"{values[name]!r} of {runs[0].checkpoint}; "

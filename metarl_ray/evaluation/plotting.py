@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metarl_ray.config import NOT_PART_OF_THE_METHOD, ConfigError
+from metarl_ray.config import ConfigError, config_from_dict, method_settings
 from metarl_ray.training.metrics import STEP_KEY, read_metrics
 from metarl_ray.training.run_dir import CONFIG_FILE, read_config_dict
 from metarl_ray.training.storage import StoragePath
@@ -35,13 +35,9 @@ class Curve:
 
 
 def setting_key(config: dict) -> str:
-    kept = {}
-    for section, values in config.items():
-        ignored = NOT_PART_OF_THE_METHOD.get(section, set())
-        if ignored is None:
-            continue
-        kept[section] = {k: v for k, v in values.items() if k not in ignored}
-    return json.dumps(kept, sort_keys=True)
+    """Runs of one setting share this key: their method settings, read through ``config_from_dict``
+    so that a run saved before a setting existed gets the value it ran with."""
+    return json.dumps(method_settings(config_from_dict(config).to_dict()), sort_keys=True)
 
 
 def load_runs(locations: Sequence[str]) -> dict[str, list[tuple[StoragePath, list[dict]]]]:

@@ -159,6 +159,60 @@ def test_a_config_saved_before_the_in_context_settings_resumes_with_the_behaviou
     assert config_from_dict(new.to_dict()) == new and new.policy.ssm_max_timescale == 5000
 
 
+def test_the_cli_resolves_the_in_context_ssm_time_scales_to_the_trial_and_keeps_s4d_for_maml():
+    """build_config (what the CLI, Tune and the benchmark suites call) resolves ssm_max_timescale from
+    the algorithm, not from a default config's already resolved value."""
+    rl2 = build_config({"meta_learner": {"algorithm": "rl2"}, "policy": {"policy_type": "ssm"}})
+    assert rl2.policy.ssm_max_timescale == 10 * 500
+    short = build_config(
+        {"meta_learner": {"algorithm": "rl2", "episodes_per_trial": 4}, "policy": {"policy_type": "ssm"}}
+    )
+    assert short.policy.ssm_max_timescale == 4 * 500
+    assert build_config({"policy": {"policy_type": "ssm"}}).policy.ssm_max_timescale == 0
+    explicit = build_config(
+        {"meta_learner": {"algorithm": "rl2"}, "policy": {"policy_type": "ssm", "ssm_max_timescale": 0}}
+    )
+    assert explicit.policy.ssm_max_timescale == 0
+
+
+def test_every_learner_has_a_trial_chunk_for_each_minibatch():
+    """Each minibatch step is an all-reduce across learners, so the smallest share must fill them all."""
+    flags = {"algorithm": "rl2", "rl2_chunk_length": 0}
+    with pytest.raises(ConfigError, match="--rl2_minibatches=8: expected at most 4, the trial chunks"):
+        build_config(
+            {
+                "meta_learner": flags,
+                "policy": {"policy_type": "gru"},
+                "maml": {"num_tasks": 5},
+                "learner": {"num_learners": 2},
+            }
+        )
+    ok = build_config(
+        {
+            "meta_learner": {**flags, "rl2_minibatches": 4},
+            "policy": {"policy_type": "gru"},
+            "maml": {"num_tasks": 5},
+            "learner": {"num_learners": 2},
+        }
+    )
+    assert ok.meta_learner.rl2_minibatches == 4
+
+
+def test_a_maml_run_saved_before_the_in_context_settings_pools_with_a_new_one():
+    """rl2_* settings are no part of a MAML+PPO run: an old MAML config and a new one are one method."""
+    from metarl_ray.config import TrainConfig, config_from_dict, method_settings
+
+    new = TrainConfig()
+    saved = new.to_dict()
+    for key in [k for k in saved["meta_learner"] if k.startswith("rl2_")]:
+        del saved["meta_learner"][key]
+    del saved["policy"]["ssm_max_timescale"], saved["policy"]["num_encoder_layers"]
+    old = config_from_dict(saved)
+    assert old.meta_learner == MetaLearnerConfig() and old.policy == new.policy
+    legacy_rl2_values = {**saved, "meta_learner": {**new.to_dict()["meta_learner"], "rl2_epochs": 5}}
+    assert method_settings(config_from_dict(legacy_rl2_values).to_dict()) == method_settings(new.to_dict())
+
+
 def test_existing_run_directory_is_never_overwritten(tmp_path):
     run = tmp_path / "runs" / "keep"
     run.mkdir(parents=True)
