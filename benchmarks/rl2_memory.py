@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from report import write_report  # benchmarks/report.py
 
-from metarl_ray.algorithms.rl2 import InContextMemory
+from metarl_ray.algorithms.base import CarriedMemory
+from metarl_ray.algorithms.rl2 import in_context_step_inputs
 from metarl_ray.config import EVAL_SPLITS, ConfigError
 from metarl_ray.evaluation.meta_test import find_checkpoints, goal_specs, load_run
 from metarl_ray.evaluation.statistics import estimate
@@ -43,7 +44,7 @@ def probe_run(location: str, split: str, goals_per_class: int) -> dict:
         raise ConfigError(f"--checkpoint={location!r}: no checkpoint there")
     run = load_run(checkpoints[0])
     config = run.config
-    if not config.meta_learner.in_context:
+    if config.meta_learner.algorithm != "rl2":
         raise ConfigError(
             f"--checkpoint={location!r}: a {config.meta_learner.algorithm} run; the probe is for rl2 runs"
         )
@@ -57,13 +58,15 @@ def probe_run(location: str, split: str, goals_per_class: int) -> dict:
         batch = specs[start : start + GOALS_PER_BATCH]
         envs = worker._envs_for(batch)
         per_env = [params] * len(batch)
-        rngs = _eval_rngs(batch, run.seed)
+        rngs = _eval_rngs(batch, run.seed, worker.family)
         with torch.no_grad():
-            before, _ = worker.collect_trials(envs, per_env, rngs, 1, [False])
-            _, memory = worker.collect_trials(envs, per_env, rngs, 1, [True] * ADAPTATION_EPISODES)
-            carried, _ = worker.collect_trials(envs, per_env, rngs, 1, [False], initial_memory=memory)
-            fresh = InContextMemory(worker.actor.initial_state(len(batch)), memory.last_actions, memory.last_rewards)
-            reset, _ = worker.collect_trials(envs, per_env, rngs, 1, [False], initial_memory=fresh)
+            before, _ = worker.collect_trials(envs, per_env, rngs, 1, [False], in_context_step_inputs)
+            _, memory = worker.collect_trials(
+                envs, per_env, rngs, 1, [True] * ADAPTATION_EPISODES, in_context_step_inputs
+            )
+            carried, _ = worker.collect_trials(envs, per_env, rngs, 1, [False], in_context_step_inputs, memory)
+            fresh = CarriedMemory(worker.actor.initial_state(len(batch)), memory.last_actions, memory.last_rewards)
+            reset, _ = worker.collect_trials(envs, per_env, rngs, 1, [False], in_context_step_inputs, fresh)
         for name, trials in (("before", before), ("carried", carried), ("reset", reset)):
             scores[name].extend(float(t.successes[0, 0]) for t in trials)
     classes = sorted({spec.env_name for spec in specs})

@@ -19,7 +19,9 @@ class EpisodeBatch:
     actions: np.ndarray  # (N, T, act_dim) float32, as sampled (before the env clips them)
     rewards: np.ndarray  # (N, T) float32
     log_probs: np.ndarray  # (N, T) float32, log pi(a|s) of the sampling policy
-    advantages: np.ndarray  # (N, T) float32, GAE over the linear baseline, normalised per batch
+    advantages: (
+        np.ndarray | None
+    )  # (N, T) float32, the rollout program's (MAML: GAE over a linear baseline); None: not computed
     successes: np.ndarray  # (N,) bool, the episode reached success at some step
     num_env_faults: int = 0  # episodes sampled again after their env raised or went non-finite
 
@@ -30,6 +32,20 @@ class EpisodeBatch:
     @property
     def episode_returns(self) -> np.ndarray:  # (N,)
         return self.rewards.sum(axis=1)
+
+    def first(self, num_episodes: int) -> EpisodeBatch:
+        """The first ``num_episodes`` episodes."""
+        rows = slice(0, num_episodes)
+        advantages = None if self.advantages is None else self.advantages[rows]
+        return EpisodeBatch(
+            self.observations[rows],
+            self.actions[rows],
+            self.rewards[rows],
+            self.log_probs[rows],
+            advantages,
+            self.successes[rows],
+            self.num_env_faults,
+        )
 
 
 @dataclass(frozen=True)
@@ -80,13 +96,12 @@ class TrialBatch:
     def episode(self, index: int) -> EpisodeBatch:
         """Episode ``index`` of every trial, as an EpisodeBatch (for metrics)."""
         steps = slice(index * self.episode_length, (index + 1) * self.episode_length)
-        advantages = np.zeros_like(self.rewards) if self.advantages is None else self.advantages
         return EpisodeBatch(
             self.observations[:, steps],
             self.actions[:, steps],
             self.rewards[:, steps],
             self.log_probs[:, steps],
-            advantages[:, steps],
+            None if self.advantages is None else self.advantages[:, steps],
             self.successes[:, index],
         )
 
@@ -135,3 +150,29 @@ class GoalEvaluation:
     pre_sampled_returns: np.ndarray  # (K,) float32
     post_sampled_returns: np.ndarray  # (K,) float32
     num_steps: int  # env steps this goal cost (adaptation included)
+
+    @staticmethod
+    def from_episodes(
+        slot: int,
+        env_name: str,
+        goal_index: int,
+        phases: tuple[EpisodeBatch, EpisodeBatch, EpisodeBatch, EpisodeBatch],
+        num_steps: int,
+    ) -> GoalEvaluation:
+        """From the goal's episodes: (pre mean-action, post mean-action, pre sampled, post sampled); a
+        mean-action batch's first episode is the phase's one episode."""
+        pre_mean, post_mean, pre_sampled, post_sampled = phases
+        return GoalEvaluation(
+            slot=slot,
+            env_name=env_name,
+            goal_index=goal_index,
+            pre_mean_success=bool(pre_mean.successes[0]),
+            post_mean_success=bool(post_mean.successes[0]),
+            pre_mean_return=float(pre_mean.episode_returns[0]),
+            post_mean_return=float(post_mean.episode_returns[0]),
+            pre_sampled_successes=pre_sampled.successes.copy(),
+            post_sampled_successes=post_sampled.successes.copy(),
+            pre_sampled_returns=pre_sampled.episode_returns.copy(),
+            post_sampled_returns=post_sampled.episode_returns.copy(),
+            num_steps=num_steps,
+        )

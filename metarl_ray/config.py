@@ -17,6 +17,8 @@ from urllib.parse import urlparse
 
 import yaml
 
+from metarl_ray.registry import algorithm_names, get_builder
+
 ML_BENCHMARKS = ("ML1", "ML10", "ML45")
 MT_BENCHMARKS = ("MT1", "MT10", "MT50")
 BENCHMARKS = ML_BENCHMARKS + MT_BENCHMARKS
@@ -203,9 +205,6 @@ class MAMLConfig:
         )
 
 
-ALGORITHMS = ("maml_ppo", "rl2")
-
-
 @dataclass(frozen=True)
 class MetaLearnerConfig:
     algorithm: str = setting(
@@ -235,7 +234,12 @@ class MetaLearnerConfig:
     )
 
     def __post_init__(self) -> None:
-        _check(self.algorithm in ALGORITHMS, "algorithm", self.algorithm, f"expected one of {', '.join(ALGORITHMS)}")
+        _check(
+            self.algorithm in algorithm_names(),
+            "algorithm",
+            self.algorithm,
+            f"expected one of {', '.join(algorithm_names())}",
+        )
         _check(
             1 <= self.episodes_per_trial <= 1000,
             "episodes_per_trial",
@@ -275,10 +279,6 @@ class MetaLearnerConfig:
             self.rl2_normalize_advantages,
             "expected true or false",
         )
-
-    @property
-    def in_context(self) -> bool:
-        return self.algorithm == "rl2"
 
 
 @dataclass(frozen=True)
@@ -456,42 +456,13 @@ class TrainConfig:
             self.learner.num_learners,
             f"expected at most --num_tasks={self.maml.num_tasks} (each learner needs a task)",
         )
-        # In-context adaptation lives in the policy's memory: a memoryless policy cannot adapt.
-        _check(
-            not self.meta_learner.in_context or self.policy.policy_type != "mlp",
-            "policy_type",
-            self.policy.policy_type,
-            "--algorithm=rl2 adapts in the policy's memory: expected ssm or gru",
-        )
-        trial_length = self.meta_learner.episodes_per_trial * self.env.max_episode_length
-        chunk = self.meta_learner.rl2_chunk_length
-        _check(
-            not self.meta_learner.in_context or chunk == 0 or trial_length % chunk == 0,
-            "rl2_chunk_length",
-            chunk,
-            f"expected 0 or a divisor of the trial length {trial_length} (episodes_per_trial x max_episode_length)",
-        )
-        if self.meta_learner.in_context:
-            # Every learner takes rl2_minibatches steps per epoch (each an all-reduce): the smallest
-            # learner share must have a trial chunk for each.
-            tasks, learners = self.maml.num_tasks, self.learner.num_learners
-            smallest_share = min(
-                round((i + 1) * tasks / learners) - round(i * tasks / learners) for i in range(learners)
-            )
-            chunks = smallest_share * self.meta_learner.trials_per_task * (trial_length // chunk if chunk else 1)
-            _check(
-                self.meta_learner.rl2_minibatches <= chunks,
-                "rl2_minibatches",
-                self.meta_learner.rl2_minibatches,
-                f"expected at most {chunks}, the trial chunks of the smallest learner's share "
-                f"({smallest_share} tasks x {self.meta_learner.trials_per_task} trials x "
-                f"{trial_length // chunk if chunk else 1} chunks)",
-            )
+        builder = get_builder(self.meta_learner.algorithm)
+        builder.check_config(self)
         if self.policy.ssm_max_timescale is None:  # resolved once, so the saved config says what ran
             object.__setattr__(
                 self,
                 "policy",
-                dataclasses.replace(self.policy, ssm_max_timescale=trial_length if self.meta_learner.in_context else 0),
+                dataclasses.replace(self.policy, ssm_max_timescale=builder.default_ssm_max_timescale(self)),
             )
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -644,37 +615,30 @@ def config_from_dict(data: dict[str, dict[str, Any]]) -> TrainConfig:
 def _with_legacy_defaults(sections: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """A config saved before a setting existed ran with the behaviour that setting now names: fill it
     in, so that an old run resumes and evaluates as it trained."""
-    policy, meta, ppo = (sections.setdefault(name, {}) for name in ("policy", "meta_learner", "ppo"))
+    policy = sections.setdefault("policy", {})
     if policy and "ssm_max_timescale" not in policy:
         policy["ssm_max_timescale"] = 0  # S4D-Real, the only initialisation then
-    if meta.get("algorithm") == "rl2" and "rl2_epochs" not in meta:
-        # In-context PPO then: full-batch epochs over whole trials, the PPO section's lambda and step
-        # size, normalised advantages and no entropy bonus.
-        defaults = PPOConfig()
-        meta.update(
-            rl2_epochs=ppo.get("num_ppo_epochs", defaults.num_ppo_epochs),
-            rl2_minibatches=1,
-            rl2_chunk_length=0,
-            rl2_gae_lambda=ppo.get("gae_lambda", defaults.gae_lambda),
-            rl2_entropy_coef=0.0,
-            rl2_lr=ppo.get("meta_lr", defaults.meta_lr),
-            rl2_normalize_advantages=True,
-        )
+    algorithm = sections.get("meta_learner", {}).get("algorithm", MetaLearnerConfig().algorithm)
+    if algorithm in algorithm_names():  # an unknown one fails with its own message when the config is built
+        get_builder(algorithm).legacy_settings(sections)
     return sections
 
 
 def method_settings(config: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The settings that make a method on a benchmark (``to_dict`` sections): none of
-    NOT_PART_OF_THE_METHOD, and no other meta-learner's settings (an rl2_* value is no part of a
-    MAML+PPO run). Runs pooled into one estimate must agree in these."""
-    in_context = config.get("meta_learner", {}).get("algorithm") == "rl2"
+    NOT_PART_OF_THE_METHOD, and no other meta-learner's own settings (those named ``<algorithm>_*``:
+    an rl2_* value is no part of a MAML+PPO run). Runs pooled into one estimate must agree in these."""
+    algorithm = config.get("meta_learner", {}).get("algorithm")
+    others = tuple(f"{name}_" for name in algorithm_names() if name != algorithm)
     kept: dict[str, dict[str, Any]] = {}
     for section, values in config.items():
         ignored = NOT_PART_OF_THE_METHOD.get(section, set())
         if ignored is None:
             continue
         kept[section] = {
-            k: v for k, v in values.items() if k not in ignored and (in_context or not k.startswith("rl2_"))
+            k: v
+            for k, v in values.items()
+            if k not in ignored and not (section == "meta_learner" and k.startswith(others))
         }
     return kept
 

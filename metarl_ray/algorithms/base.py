@@ -3,26 +3,30 @@
 - the rollout side (``RolloutProgram``): what a rollout actor runs on a meta-batch of tasks to sample
   training data, and on held-out goals to meta-test them;
 - the learner side (``MetaLearner``): the differentiable loss the learner optimises;
-- the evaluation side: an agent for Meta-World's ``MetaLearningAgent`` protocol
-  (``metarl_ray.evaluation.agent.build_agent``).
+- the evaluation side (``Agent``): an agent for Meta-World's ``MetaLearningAgent`` protocol, which the
+  official evaluation runs;
+- the config side: the checks and resolved defaults that only that meta-learner knows.
 
-The rollout actor, the learner, the trainer and the evaluator call these and never ask which
-meta-learner they hold; ``metarl_ray.algorithms`` builds the pair a config names.
+Each meta-learner is one folder (``maml_ppo/``, ``rl2/``) whose ``BUILDER`` (``MetaLearnerBuilder``)
+hands these out; ``metarl_ray.registry`` maps a config's ``--algorithm`` to it. The rollout actor,
+the learner, the trainer and the evaluator call the builder and never ask which meta-learner runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from metarl_ray.batch import EpisodeBatch, GoalEvaluation, TrialBatch
-from metarl_ray.envs.metaworld import TaskSpec
-from metarl_ray.policies.common import Params
+from metarl_ray.config import MAMLConfig, MetaLearnerConfig, PPOConfig, TrainConfig
+from metarl_ray.envs import EnvFamily, TaskSpec
+from metarl_ray.policies.common import Params, State
+from metarl_ray.registry import get_builder
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,34 @@ class EvalPlan:
     num_sampled_episodes: int = 3  # sampled-action episodes before and after adaptation
 
 
+@dataclass(frozen=True)
+class CarriedMemory:
+    """Where a trial stopped, to continue it: the policy's memory (K, ...) and the last step's actions
+    (K, A) and rewards (K,). The next episode's first step sees that action and reward, as the first
+    step of every later episode of a trial does."""
+
+    state: State
+    last_actions: np.ndarray
+    last_rewards: np.ndarray
+
+    def rows(self, start: int, stop: int) -> CarriedMemory:
+        return CarriedMemory(self.state[start:stop], self.last_actions[start:stop], self.last_rewards[start:stop])
+
+
+class StepInputs(Protocol):
+    """A meta-learner's policy input at one step of K envs, from what the env and the policy just did:
+    observations (K, D), previous actions (K, A) and rewards (K,) (zeros at a trial's first step), and
+    whether the step starts an episode -> (K, policy input size)."""
+
+    def __call__(
+        self,
+        observations: np.ndarray,
+        previous_actions: np.ndarray,
+        previous_rewards: np.ndarray,
+        episode_start: bool | np.ndarray,
+    ) -> np.ndarray: ...
+
+
 class Collector(Protocol):
     """What a rollout worker offers a rollout program: Meta-World envs stepped in lockstep, one per task."""
 
@@ -55,7 +87,8 @@ class Collector(Protocol):
         num_episodes: int,
         deterministic: bool = False,
     ) -> list[EpisodeBatch]:
-        """``num_episodes`` episodes per env, each from a fresh memory (one batch per env)."""
+        """``num_episodes`` episodes per env, each from a fresh memory (one batch per env), the policy
+        seeing the observation alone; their ``advantages`` are the program's to compute (None)."""
         ...
 
     def collect_trials(
@@ -65,12 +98,13 @@ class Collector(Protocol):
         rngs: Sequence[np.random.Generator],
         num_trials: int,
         sampled: Sequence[bool],
-        initial_memory: Any = None,
-    ) -> tuple[list[TrialBatch], Any]:
+        step_inputs: StepInputs,
+        initial_memory: CarriedMemory | None = None,
+    ) -> tuple[list[TrialBatch], CarriedMemory]:
         """``num_trials`` trials per env of ``len(sampled)`` episodes each, the memory carried across a
-        trial's episodes; episode e samples its actions if ``sampled[e]``, else takes the mean. Each trial
-        continues ``initial_memory`` (default: a fresh one); also returns where the last trial stopped
-        (``rl2.InContextMemory``: memory, last action and reward)."""
+        trial's episodes and the policy seeing ``step_inputs``; episode e samples its actions if
+        ``sampled[e]``, else takes the mean. Each trial continues ``initial_memory`` (default: a fresh
+        one); also returns where the last trial stopped. Advantages are the program's (None)."""
         ...
 
 
@@ -103,6 +137,19 @@ class RolloutProgram(Protocol):
         inner_lr: float | None,
     ) -> list[GoalEvaluation]:
         """Meta-test every task: before adaptation, adaptation, after adaptation, both action rules."""
+        ...
+
+    def adapt_to_goal(
+        self,
+        collector: Collector,
+        envs: Sequence[Any],
+        params: Params,
+        rngs: Sequence[np.random.Generator],
+        plan: EvalPlan,
+        inner_lr: float | None,
+    ) -> Params:
+        """The adapted parameters ``evaluate`` reaches on one goal (its adaptation episodes, same noise),
+        for ``metarl render``; a meta-learner that adapts in context raises ConfigError."""
         ...
 
 
@@ -147,3 +194,80 @@ class MetaLearner(Protocol):
         """Scale the meta-learner's own step sizes (MAML: inner_lr) by ``lr_scale`` of their configured
         values; the learner scales the Adam step size itself (after a rolled-back non-finite update)."""
         ...
+
+
+class Agent(Protocol):
+    """Meta-World's ``MetaLearningAgent``: what its official evaluation functions call, one task per
+    sub-env of a vector env."""
+
+    def init(self) -> None:
+        """Forget every task: the meta-parameters and a fresh memory for every sub-env."""
+        ...
+
+    def adapt_action(self, observations: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Sampled actions of the adaptation episodes, with what ``step`` records beside them."""
+        ...
+
+    def step(self, timestep: Any) -> None:
+        """Record one step of the adaptation episodes."""
+        ...
+
+    def adapt(self) -> None:
+        """Adapt every sub-env's policy to what its adaptation episodes showed."""
+        ...
+
+    def eval_action(self, observations: np.ndarray) -> np.ndarray:
+        """Mean actions of the adapted policies."""
+        ...
+
+    def reset(self, env_mask: np.ndarray) -> None:
+        """Sub-envs in ``env_mask`` start a new episode."""
+        ...
+
+
+class MetaLearnerBuilder(Protocol):
+    """One meta-learner's parts for every side of the system (Acme's builder shape). A component gets
+    only the config sections it needs."""
+
+    name: str  # the ``--algorithm`` value
+
+    def check_config(self, config: TrainConfig) -> None:
+        """What this meta-learner needs of the other sections (a memory, say); raises ConfigError."""
+        ...
+
+    def default_ssm_max_timescale(self, config: TrainConfig) -> int:
+        """``--ssm_max_timescale`` when the config leaves it unset (0: S4D-Real's time scales)."""
+        ...
+
+    def legacy_settings(self, sections: dict[str, dict[str, Any]]) -> None:
+        """Fill in, in place, this meta-learner's settings that a config saved before they existed
+        lacks, with the behaviour it then had."""
+        ...
+
+    def policy_input_dim(self, family: EnvFamily) -> int:
+        """What the policy sees per step."""
+        ...
+
+    def rollout_program(self, meta_learner: MetaLearnerConfig, maml: MAMLConfig, ppo: PPOConfig) -> RolloutProgram: ...
+
+    def meta_learner(
+        self, policy: nn.Module, meta_learner: MetaLearnerConfig, maml: MAMLConfig, ppo: PPOConfig
+    ) -> MetaLearner: ...
+
+    def agent(self, policy: nn.Module, config: TrainConfig, family: EnvFamily, seed: int) -> Agent:
+        """An agent for the family's official evaluation; ``config`` holds the learning rates it adapts with."""
+        ...
+
+    def official_envs(self, envs: Any) -> Any:
+        """The official evaluation's vector env as this meta-learner's agent needs to see it."""
+        ...
+
+    def adaptation_protocol(self, config: TrainConfig) -> dict[str, Any]:
+        """How it adapts at meta-test: ``num_inner_steps`` (None: in context), for reports and the
+        official evaluation."""
+        ...
+
+
+def builder_for(meta_learner: MetaLearnerConfig) -> MetaLearnerBuilder:
+    """The builder of the meta-learner a config names (``metarl_ray.registry.META_LEARNERS``)."""
+    return cast(MetaLearnerBuilder, get_builder(meta_learner.algorithm))

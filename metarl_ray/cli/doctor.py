@@ -28,16 +28,17 @@ def _env_steps() -> str:
     import numpy as np
 
     from metarl_ray.config import EnvConfig
-    from metarl_ray.envs.metaworld import BenchmarkTasks, make_task_env
+    from metarl_ray.envs import env_family
 
     config = EnvConfig(benchmark="ML1", task="reach-v3")
-    task = BenchmarkTasks(config, seed=0).train_tasks()["reach-v3"][0]
-    env = make_task_env("reach-v3", config)
+    family = env_family(config)
+    task = family.tasks(config, seed=0).train_tasks()["reach-v3"][0]
+    env = family.make_task_env("reach-v3", config)
     env.set_task(task)
     obs, _ = env.reset()
     started = time.perf_counter()
     for _ in range(200):
-        obs, reward, _, _, info = env.step(np.zeros(4))
+        obs, reward, _, _, info = env.step(np.zeros(family.action_dim))
     rate = 200 / (time.perf_counter() - started)
     if not np.all(np.isfinite(obs)):
         raise RuntimeError("non-finite observation")

@@ -27,7 +27,7 @@ from metarl_ray.config import (
     merge_overrides,
     setting_doc,
 )
-from metarl_ray.envs.metaworld import GOALS_PER_CLASS, check_env_config
+from metarl_ray.envs import MAX_GOALS_PER_CLASS, env_family
 from metarl_ray.errors import EnvFaultError, RunStorageError, TrainingDivergedError
 from metarl_ray.training.storage import StoragePath
 
@@ -127,7 +127,7 @@ def _train_config(argv: Sequence[str]) -> tuple[TrainConfig, dict[str, dict[str,
     explicit = _explicit_overrides(_train_parser().parse_args(argv))
     test_mode = bool(explicit.get("run", {}).get("test_mode", False))
     config = build_config(merge_overrides(TEST_MODE_OVERRIDES if test_mode else {}, explicit))
-    check_env_config(config.env)
+    env_family(config.env).check(config.env)
     return config, explicit
 
 
@@ -254,7 +254,7 @@ def _eval_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help=f"goals per task class (default: all {GOALS_PER_CLASS}; 2 for test-mode runs)",
+        help=f"goals per task class (default: all {MAX_GOALS_PER_CLASS}; 2 for test-mode runs)",
     )
     parser.add_argument(
         "--sampled_episodes",
@@ -321,12 +321,12 @@ def cmd_eval(argv: Sequence[str]) -> int:
 
     args = _eval_parser().parse_args(argv)
     limits = {
-        "goals_per_class": (1, GOALS_PER_CLASS),
+        "goals_per_class": (1, MAX_GOALS_PER_CLASS),
         "sampled_episodes": (1, 10),
         "num_workers": (0, 10_000),
         "num_evals": (1, 1000),
         "mt_episodes": (1, 10_000),
-        "official_goals_per_class": (1, GOALS_PER_CLASS),
+        "official_goals_per_class": (1, MAX_GOALS_PER_CLASS),
         "official_meta_batch_size": (1, 10_000),
     }
     for name, (lower, upper) in limits.items():
@@ -454,7 +454,7 @@ def _render_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--task", default=None, metavar="NAME", help="meta-test class (default: the first)")
     parser.add_argument(
-        "--goal", type=int, default=0, metavar="I", help=f"goal index within the class, 0-{GOALS_PER_CLASS - 1}"
+        "--goal", type=int, default=0, metavar="I", help=f"goal index within the class, 0-{MAX_GOALS_PER_CLASS - 1}"
     )
     parser.add_argument("--out", required=True, metavar="FILE", help="video to write (.mp4)")
     parser.add_argument("--camera", default="corner", help=f"Meta-World camera: {', '.join(CAMERAS)}")
@@ -468,8 +468,8 @@ def cmd_render(argv: Sequence[str]) -> int:
     from metarl_ray.training.checkpoint import resolve_checkpoint
 
     args = _render_parser().parse_args(argv)
-    if not 0 <= args.goal < GOALS_PER_CLASS:
-        raise ConfigError(f"--goal={args.goal}: expected an integer in [0, {GOALS_PER_CLASS - 1}]")
+    if not 0 <= args.goal < MAX_GOALS_PER_CLASS:
+        raise ConfigError(f"--goal={args.goal}: expected an integer in [0, {MAX_GOALS_PER_CLASS - 1}]")
     if not 16 <= args.size <= 2048 or args.size % 2:
         raise ConfigError(f"--size={args.size}: expected an even number of pixels in [16, 2048]")
     if not 1 <= args.fps <= 240:

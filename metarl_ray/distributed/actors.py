@@ -22,7 +22,7 @@ from metarl_ray.config import (
     PPOConfig,
     TrainConfig,
 )
-from metarl_ray.envs.metaworld import TaskSpec
+from metarl_ray.envs import TaskSpec
 from metarl_ray.evaluation.meta_test import official_result
 from metarl_ray.training.faults import FaultPlan, install_faults
 from metarl_ray.training.learner import Learner
@@ -112,11 +112,12 @@ class LearnerActor:
         device: str,
         num_threads: int,
         meta_learner_config: MetaLearnerConfig | None = None,
+        env_config: EnvConfig | None = None,
     ) -> None:
         # Never more threads than this node has cores, whatever the cluster's total.
         torch.set_num_threads(max(1, min(num_threads, os.cpu_count() or 1)))
         self.learner = Learner(
-            policy_config, maml_config, ppo_config, seed, device, learner_config, meta_learner_config
+            policy_config, maml_config, ppo_config, seed, device, learner_config, meta_learner_config, env_config
         )
         faults = FaultPlan.from_environment()  # only the fault-tolerance tests set one
         if faults is not None:

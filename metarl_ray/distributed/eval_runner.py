@@ -15,7 +15,7 @@ from metarl_ray.config import ConfigError
 from metarl_ray.distributed.actors import RolloutActor
 from metarl_ray.distributed.rollout_pool import run_queue
 from metarl_ray.distributed.session import ray_session, rollout_actor_options
-from metarl_ray.envs.metaworld import TaskSpec
+from metarl_ray.envs import TaskSpec
 from metarl_ray.evaluation.meta_test import (
     EvalOptions,
     OfficialResult,

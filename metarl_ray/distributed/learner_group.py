@@ -52,6 +52,7 @@ class LearnerGroup:
                 device,
                 num_threads_each,
                 config.meta_learner,
+                config.env,
             )
             for _ in range(self.num_learners)
         ]

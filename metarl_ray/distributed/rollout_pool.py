@@ -14,7 +14,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
-from metarl_ray.envs.metaworld import TaskSpec
+from metarl_ray.envs import TaskSpec
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from metarl_ray.distributed.session import (
     ray_session,
     rollout_actor_options,
 )
-from metarl_ray.envs.metaworld import BenchmarkTasks, TaskSampler, TaskSpec
+from metarl_ray.envs import TaskSampler, TaskSpec, env_family
 from metarl_ray.errors import EnvFaultError, RunStorageError, TrainingDivergedError
 from metarl_ray.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from metarl_ray.training.learner import LearnerResult
@@ -122,7 +122,8 @@ def _train_loop(
     log_file: RunLogFile,
 ) -> StoragePath:
 
-    sampler = TaskSampler(BenchmarkTasks(config.env, config.run.seed).train_tasks(), config.run.seed)
+    tasks = env_family(config.env).tasks(config.env, config.run.seed)
+    sampler = TaskSampler(tasks.train_tasks(), config.run.seed)
     learners = LearnerGroup(config, placement.device, learner_actor_options(placement), placement.num_threads)
     workers = None
     try:

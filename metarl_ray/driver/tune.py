@@ -37,7 +37,7 @@ from metarl_ray.config import (
     uri_scheme,
 )
 from metarl_ray.driver.trainer import train
-from metarl_ray.envs.metaworld import check_env_config
+from metarl_ray.envs import env_family
 from metarl_ray.training.checkpoint import load_checkpoint, resolve_checkpoint
 from metarl_ray.training.storage import StoragePath
 
@@ -223,7 +223,7 @@ def trial_config(spec: TuneSpec, sampled: dict[str, Any]) -> TrainConfig:
         overrides = merge_overrides(TEST_MODE_OVERRIDES, overrides)
     try:
         config = build_config(overrides)
-        check_env_config(config.env)
+        env_family(config.env).check(config.env)
         return config
     except ValueError as error:
         raise TuneSpecError(f"{spec.source}: {error}") from None

@@ -10,12 +10,10 @@ classes, so settings can be chosen without ever touching the benchmark's test cl
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from metarl_ray.config import ConfigError, EnvConfig
+from metarl_ray.config import BENCHMARKS, ConfigError, EnvConfig
+from metarl_ray.envs.base import TaskSampler, TaskSpec, fixed_task_specs  # noqa: F401  (re-exported)
 
 OBS_DIM = 39
 ACTION_DIM = 4
@@ -58,16 +56,6 @@ def check_env_config(env_config: EnvConfig) -> EnvConfig:
                 f"{len(known)} of {env_config.benchmark}'s training classes ({', '.join(sorted(known))})"
             )
     return env_config
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """One (task class, goal) pair: what a rollout worker needs to set up an env."""
-
-    slot: int  # position in the meta-batch; seeds the action noise, so results do not depend on workers
-    env_name: str  # e.g. "reach-v3"
-    goal_index: int  # index of the goal within its class's task list
-    task: Any  # metaworld.types.Task (a picklable NamedTuple)
 
 
 @functools.lru_cache(maxsize=8)
@@ -126,41 +114,6 @@ class BenchmarkTasks:
         if split == "test":
             return self.test_tasks()
         raise ValueError(f"split={split!r}: expected test or train")
-
-
-class TaskSampler:
-    """Samples meta-batches of training tasks from a seeded generator whose state is checkpointed."""
-
-    def __init__(self, tasks_by_class: dict[str, list[Any]], seed: int) -> None:
-        self.tasks_by_class = tasks_by_class
-        self.class_names = sorted(tasks_by_class)
-        self.rng = np.random.Generator(np.random.PCG64(seed))
-
-    def sample(self, num_tasks: int) -> list[TaskSpec]:
-        # Classes are balanced within a meta-batch (as Meta-World's own ML envs do), goals random.
-        repeats = -(-num_tasks // len(self.class_names))
-        order = np.concatenate([self.rng.permutation(len(self.class_names)) for _ in range(repeats)])[:num_tasks]
-        specs = []
-        for slot, class_index in enumerate(order):
-            name = self.class_names[class_index]
-            goal_index = int(self.rng.integers(len(self.tasks_by_class[name])))
-            specs.append(TaskSpec(slot, name, goal_index, self.tasks_by_class[name][goal_index]))
-        return specs
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"bit_generator": self.rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rng.bit_generator.state = state["bit_generator"]
-
-
-def fixed_task_specs(tasks_by_class: dict[str, list[Any]], goals_per_class: int) -> list[TaskSpec]:
-    """The first ``goals_per_class`` goals of every class: a fixed evaluation set."""
-    specs = []
-    for name in sorted(tasks_by_class):
-        for goal_index, task in enumerate(tasks_by_class[name][:goals_per_class]):
-            specs.append(TaskSpec(len(specs), name, goal_index, task))
-    return specs
 
 
 def make_task_env(env_name: str, env_config: EnvConfig) -> Any:
@@ -222,3 +175,80 @@ def make_eval_vector_env(
         sub_env.unwrapped.max_path_length = env_config.max_episode_length
         _maybe_fast(sub_env.unwrapped, env_config)  # in place: the wrappers around it stay Meta-World's
     return envs
+
+
+class MetaWorld:
+    """Meta-World v3 as an ``envs.base.EnvFamily``: its official evaluation is Meta-World's own
+    ``metalearning_evaluation`` (ML: the test classes) and ``evaluation`` (MT: the training tasks)."""
+
+    name = "metaworld"
+    benchmarks = BENCHMARKS
+    observation_dim = OBS_DIM
+    action_dim = ACTION_DIM
+    goals_per_class = GOALS_PER_CLASS
+
+    def check(self, env_config: EnvConfig) -> EnvConfig:
+        return check_env_config(env_config)
+
+    def class_names(self) -> tuple[str, ...]:
+        return all_task_names()
+
+    def tasks(self, env_config: EnvConfig, seed: int) -> BenchmarkTasks:
+        return BenchmarkTasks(env_config, seed)
+
+    def make_task_env(self, env_name: str, env_config: EnvConfig) -> Any:
+        return make_task_env(env_name, env_config)
+
+    def official_evaluation(
+        self,
+        agent: Any,
+        env_config: EnvConfig,
+        seed: int,
+        wrap_envs: Any,
+        goals_per_class: int,
+        num_evals: int,
+        adaptation_steps: int,
+        mt_episodes: int,
+        meta_batch_size: int | None = None,
+    ) -> tuple[float, float, dict[str, float]]:
+        """ML: ``metalearning_evaluation`` over ``goals_per_class`` goals per test class held by
+        ``meta_batch_size`` sub-envs (default: one per goal); each of ``num_evals`` rounds hands the
+        sub-envs their next goals. MT: ``evaluation`` with ``mt_episodes`` per task."""
+        from metaworld.evaluation import evaluation, metalearning_evaluation
+
+        num_classes = len(BenchmarkTasks(env_config, seed).test_tasks())
+        if env_config.is_meta_learning:
+            # By default one goal per sub-env: one round visits each of the first goals_per_class goals of
+            # every class once. With fewer sub-envs, the rounds go through the goals in turn.
+            envs = wrap_envs(
+                make_eval_vector_env(
+                    env_config,
+                    seed,
+                    meta_batch_size=meta_batch_size or num_classes * goals_per_class,
+                    total_tasks_per_cls=goals_per_class,
+                )
+            )
+            try:
+                success, mean_return, per_task = metalearning_evaluation(
+                    agent,
+                    envs,
+                    num_evals=num_evals,
+                    adaptation_steps=adaptation_steps,
+                    adaptation_episodes=OFFICIAL_ADAPTATION_EPISODES,
+                    evaluation_episodes=OFFICIAL_EVALUATION_EPISODES,
+                )
+            finally:
+                envs.close()
+        else:
+            envs = wrap_envs(make_eval_vector_env(env_config, seed, meta_batch_size=num_classes))
+            try:
+                agent.init()
+                success, mean_return, per_task, _ = evaluation(agent, envs, num_episodes=mt_episodes)
+            finally:
+                envs.close()
+        return float(success), float(mean_return), {name: float(value) for name, value in per_task.items()}
+
+
+OFFICIAL_ADAPTATION_EPISODES = 10  # Meta-World's protocol
+OFFICIAL_EVALUATION_EPISODES = 3
+METAWORLD = MetaWorld()

@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from metarl_ray.algorithms import policy_input_dim
+from metarl_ray.algorithms.base import builder_for
 from metarl_ray.batch import GoalEvaluation
 from metarl_ray.config import EVAL_SPLITS, ConfigError, TrainConfig, config_from_dict, method_settings
-from metarl_ray.envs.metaworld import ACTION_DIM, GOALS_PER_CLASS, BenchmarkTasks, TaskSpec, fixed_task_specs
+from metarl_ray.envs import TaskSpec, env_family, fixed_task_specs
 from metarl_ray.evaluation.agent import build_agent, evaluate_official
 from metarl_ray.evaluation.statistics import estimate
 from metarl_ray.policies import build_policy
@@ -108,7 +108,9 @@ def load_run(checkpoint: StoragePath) -> RunToEvaluate:
         state = load_checkpoint(checkpoint)
         config = config_from_dict(state["config"])
         adapting_config = trained_config(state)  # runs are compared by ``config``, adapt by this
-        policy = build_policy(policy_input_dim(config.meta_learner), ACTION_DIM, config.policy)
+        family = env_family(config.env)
+        input_dim = builder_for(config.meta_learner).policy_input_dim(family)
+        policy = build_policy(input_dim, family.action_dim, config.policy)
         policy.load_state_dict(state["learner"]["policy"])  # also checks the checkpoint fits the config
     except (KeyError, RuntimeError, TypeError, ValueError) as error:  # a damaged or foreign checkpoint is input
         reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
@@ -148,7 +150,7 @@ def check_compatible(runs: Sequence[RunToEvaluate]) -> None:
 def goals_per_class_for(options: EvalOptions, config: TrainConfig) -> int:
     if options.goals_per_class is not None:
         return options.goals_per_class
-    return TEST_MODE_GOALS_PER_CLASS if config.run.test_mode else GOALS_PER_CLASS
+    return TEST_MODE_GOALS_PER_CLASS if config.run.test_mode else env_family(config.env).goals_per_class
 
 
 def official_goals_for(options: EvalOptions, goals_per_class: int) -> int:
@@ -157,7 +159,9 @@ def official_goals_for(options: EvalOptions, goals_per_class: int) -> int:
 
 
 def goal_specs(run: RunToEvaluate, goals_per_class: int, split: str = "test") -> list[TaskSpec]:
-    return fixed_task_specs(BenchmarkTasks(run.config.env, run.seed).evaluation_tasks(split), goals_per_class)
+    return fixed_task_specs(
+        env_family(run.config.env).tasks(run.config.env, run.seed).evaluation_tasks(split), goals_per_class
+    )
 
 
 def official_applies(config: TrainConfig, options: EvalOptions) -> bool:
@@ -274,10 +278,10 @@ def summarize(
             "goals_per_class": goals_per_class,
             "num_goals_per_run": sum(len(r) for r in results) // max(1, len(results)),
             "algorithm": config.meta_learner.algorithm,
-            # rl2 adapts in one trial of the adaptation episodes; its pre-adaptation sampled episodes are
-            # their own fresh-memory episodes, its post-adaptation ones continue the trial's memory.
+            # An in-context learner adapts in one trial of the adaptation episodes; its pre-adaptation
+            # sampled episodes start fresh memories, its post-adaptation ones continue the trial's memory.
             "adaptation_episodes": EvalPlan.num_adaptation_episodes,
-            "num_inner_steps": None if config.meta_learner.in_context else config.maml.num_inner_steps,
+            **builder_for(config.meta_learner).adaptation_protocol(config),
             "sampled_episodes": options.num_sampled_episodes,
             "mean_action_episodes": 1,
             "max_episode_length": config.env.max_episode_length,
@@ -306,7 +310,7 @@ def check_official_layout(run: RunToEvaluate, options: EvalOptions, goals_per_cl
     evenly over its sub-envs; a layout that does not divide is a one-line error, not a traceback."""
     if not run.config.env.is_meta_learning or options.official_meta_batch_size is None:
         return
-    num_classes = len(BenchmarkTasks(run.config.env, run.seed).test_tasks())
+    num_classes = len(env_family(run.config.env).tasks(run.config.env, run.seed).test_tasks())
     size, goals = options.official_meta_batch_size, official_goals_for(options, goals_per_class)
     if size % num_classes or goals % (size // num_classes):
         raise ConfigError(

@@ -54,10 +54,6 @@ def render_goal(
 
     run = load_run(checkpoint)
     config = run.config
-    if config.meta_learner.in_context:
-        raise ConfigError(
-            f"--checkpoint={str(checkpoint)!r}: algorithm=rl2; metarl render supports maml_ppo only (yet)"
-        )
     specs = goal_specs(run, goal_index + 1)  # the first goal_index + 1 goals of every class
     classes = sorted({spec.env_name for spec in specs})
     task = task or classes[0]
@@ -66,7 +62,7 @@ def render_goal(
             f"--task={task!r}: not a meta-test class of this run's benchmark; expected one of {', '.join(classes)}"
         )
     spec = next(s for s in specs if s.env_name == task and s.goal_index == goal_index)
-    worker = RolloutWorker(config.env, config.policy, config.maml, config.ppo, run.seed)
+    worker = RolloutWorker(config.env, config.policy, config.maml, config.ppo, run.seed, config.meta_learner)
     meta = {name: torch.tensor(value) for name, value in run.meta_params.items()}
     adapted = worker.adapt_to_goal(run.meta_params, spec, EvalPlan(), run.seed, run.inner_lr)
     env = _render_env(task, spec.task, config, camera, size, backend)

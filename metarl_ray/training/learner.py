@@ -22,11 +22,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from metarl_ray.algorithms import build_meta_learner, policy_input_dim
-from metarl_ray.algorithms.base import MetaLearner
+from metarl_ray.algorithms.base import MetaLearner, builder_for
 from metarl_ray.batch import TaskRollouts, TaskTrials
-from metarl_ray.config import LearnerConfig, MAMLConfig, MetaLearnerConfig, PolicyConfig, PPOConfig
-from metarl_ray.envs.metaworld import ACTION_DIM
+from metarl_ray.config import EnvConfig, LearnerConfig, MAMLConfig, MetaLearnerConfig, PolicyConfig, PPOConfig
+from metarl_ray.envs import env_family
 from metarl_ray.policies import build_policy
 from metarl_ray.policies.common import params_to_numpy
 
@@ -194,6 +193,7 @@ class Learner:
         device: str,
         learner_config: LearnerConfig | None = None,
         meta_learner_config: MetaLearnerConfig | None = None,
+        env_config: EnvConfig | None = None,  # only its family's sizes
     ) -> None:
         self.device = torch.device(device)
         self.ppo_config = ppo_config
@@ -202,8 +202,10 @@ class Learner:
         torch.manual_seed(seed)
         self.seed = seed
         meta_learner_config = meta_learner_config or MetaLearnerConfig()
-        self.policy = build_policy(policy_input_dim(meta_learner_config), ACTION_DIM, policy_config).to(self.device)
-        self.algorithm: MetaLearner = build_meta_learner(meta_learner_config, self.policy, maml_config, ppo_config)
+        family = env_family(env_config or EnvConfig())
+        builder = builder_for(meta_learner_config)
+        self.policy = build_policy(builder.policy_input_dim(family), family.action_dim, policy_config).to(self.device)
+        self.algorithm: MetaLearner = builder.meta_learner(self.policy, meta_learner_config, maml_config, ppo_config)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.algorithm.learning_rate)
         # Product of the nonfinite_lr_factor of every rollback so far: scales meta_lr and inner_lr.
         self.lr_scale = 1.0

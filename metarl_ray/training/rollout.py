@@ -1,4 +1,4 @@
-"""The rollout loop: a worker steps one Meta-World env per task in lockstep, with one batched policy
+"""The rollout loop: a worker steps one env per task in lockstep, with one batched policy
 call per time step, and runs each task's inner adaptation itself, so a meta-iteration costs one
 parameter broadcast and one gather. Plain Python; the Ray actor in ``actors.py`` only wraps it.
 """
@@ -12,13 +12,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarl_ray.algorithms import build_rollout_program, policy_input_dim
-from metarl_ray.algorithms.advantages import compute_advantages
-from metarl_ray.algorithms.base import EvalPlan, SamplePlan  # noqa: F401  (re-exported: callers import them here)
-from metarl_ray.algorithms.rl2 import InContextMemory, in_context_step_inputs
+from metarl_ray.algorithms.base import (  # noqa: F401  (EvalPlan, SamplePlan re-exported: callers import them here)
+    CarriedMemory,
+    EvalPlan,
+    SamplePlan,
+    StepInputs,
+    builder_for,
+)
 from metarl_ray.batch import EpisodeBatch, GoalEvaluation, TaskRollouts, TaskTrials, TrialBatch
 from metarl_ray.config import EnvConfig, MAMLConfig, MetaLearnerConfig, PolicyConfig, PPOConfig
-from metarl_ray.envs.metaworld import ACTION_DIM, OBS_DIM, TaskSpec, all_task_names, make_task_env
+from metarl_ray.envs import EnvFamily, TaskSpec, env_family
 from metarl_ray.errors import EnvFaultError
 from metarl_ray.policies import build_policy
 from metarl_ray.policies.common import BatchedPolicy, Params, State, params_from_numpy
@@ -33,10 +36,10 @@ EVAL_NOISE_STREAM = 2**32 - 1
 MAX_FAULTS_PER_EPISODE = 3
 
 
-def _eval_rngs(tasks: Sequence[TaskSpec], seed: int) -> list[np.random.Generator]:
+def _eval_rngs(tasks: Sequence[TaskSpec], seed: int, family: EnvFamily) -> list[np.random.Generator]:
     """Keyed by the goal itself (class, goal index), not its place in an evaluation's list: a goal
     draws the same episodes whatever --goals_per_class, batch or worker it runs in."""
-    class_ids = {name: index for index, name in enumerate(all_task_names())}
+    class_ids = {name: index for index, name in enumerate(family.class_names())}
     return [
         np.random.Generator(
             np.random.PCG64(
@@ -61,9 +64,11 @@ def _finite(observation: np.ndarray) -> np.ndarray:
 
 
 class RolloutWorker:
-    """Meta-World envs stepped in lockstep for a meta-learner's rollout program (``algorithms.base``):
-    ``collect`` (episodes from a fresh memory, MAML) and ``collect_trials`` (a memory carried across a
-    trial's episodes, in context) are the two ways of stepping them; the program decides what to run."""
+    """Envs stepped in lockstep for a meta-learner's rollout program (``algorithms.base.Collector``):
+    ``collect`` (episodes, each from a fresh memory, the policy seeing the observation) and
+    ``collect_trials`` (a memory carried across a trial's episodes, the policy seeing the program's step
+    inputs) are the two ways of stepping them; the program decides what to run and computes its own
+    advantages."""
 
     def __init__(
         self,
@@ -79,9 +84,12 @@ class RolloutWorker:
         self.ppo_config = ppo_config
         self.meta_learner_config = meta_learner_config or MetaLearnerConfig()
         self.seed = seed
-        self.program = build_rollout_program(self.meta_learner_config, maml_config, ppo_config)
-        self.input_dim = policy_input_dim(self.meta_learner_config)
-        self.policy = build_policy(self.input_dim, ACTION_DIM, policy_config)
+        self.family = env_family(env_config)
+        builder = builder_for(self.meta_learner_config)
+        self.program = builder.rollout_program(self.meta_learner_config, maml_config, ppo_config)
+        self.input_dim = builder.policy_input_dim(self.family)
+        self.action_dim = self.family.action_dim
+        self.policy = build_policy(self.input_dim, self.action_dim, policy_config)
         self.actor = BatchedPolicy(self.policy)
         self._env_pool: dict[str, list[Any]] = {}
         self._task_of: dict[int, tuple[str, Any]] = {}  # id(env) -> (class, task), to rebuild a faulted env
@@ -98,7 +106,7 @@ class RolloutWorker:
             pool = self._env_pool.setdefault(spec.env_name, [])
             index = used.get(spec.env_name, 0)
             if index == len(pool):
-                pool.append(make_task_env(spec.env_name, self.env_config))
+                pool.append(self.family.make_task_env(spec.env_name, self.env_config))
             used[spec.env_name] = index + 1
             env = pool[index]
             env.set_task(spec.task)
@@ -141,7 +149,7 @@ class RolloutWorker:
             )
         envs = self._envs_for(tasks)
         return self.program.evaluate(
-            self, envs, tasks, params_from_numpy(meta_params), _eval_rngs(tasks, seed), plan, inner_lr
+            self, envs, tasks, params_from_numpy(meta_params), _eval_rngs(tasks, seed, self.family), plan, inner_lr
         )
 
     def adapt_to_goal(
@@ -152,20 +160,25 @@ class RolloutWorker:
         seed: int,
         inner_lr: float | None = None,
     ) -> Params:
-        """MAML: the adapted parameters ``evaluate`` reaches on one goal: its adaptation episodes, same noise."""
+        """The adapted parameters ``evaluate`` reaches on one goal: its adaptation episodes, same noise."""
         return self.program.adapt_to_goal(
-            self, self._envs_for([task]), params_from_numpy(meta_params), _eval_rngs([task], seed), plan, inner_lr
+            self,
+            self._envs_for([task]),
+            params_from_numpy(meta_params),
+            _eval_rngs([task], seed, self.family),
+            plan,
+            inner_lr,
         )
 
     def _noise(self, rngs: Sequence[np.random.Generator], sampled: Sequence[bool]) -> np.ndarray:
         """Standard normal action noise for consecutive episodes, (K, len(sampled) * T, A); zero for the
         mean-action ones. One generator call per env and sampled episode (not one per step)."""
         horizon = self.episode_length
-        noise = np.zeros((len(rngs), len(sampled) * horizon, ACTION_DIM), dtype=np.float32)
+        noise = np.zeros((len(rngs), len(sampled) * horizon, self.action_dim), dtype=np.float32)
         for e, draw in enumerate(sampled):
             if draw:
                 noise[:, e * horizon : (e + 1) * horizon] = np.stack(
-                    [rng.standard_normal((horizon, ACTION_DIM), dtype=np.float32) for rng in rngs]
+                    [rng.standard_normal((horizon, self.action_dim), dtype=np.float32) for rng in rngs]
                 )
         return noise
 
@@ -174,7 +187,7 @@ class RolloutWorker:
         all_start = torch.ones(num_envs, dtype=torch.bool)
         with torch.no_grad():
             log_std = step(torch.zeros(num_envs, self.input_dim), self.actor.initial_state(num_envs), all_start)[1]
-        return log_std.expand(num_envs, ACTION_DIM).numpy()
+        return log_std.expand(num_envs, self.action_dim).numpy()
 
     def collect(
         self,
@@ -185,10 +198,10 @@ class RolloutWorker:
         deterministic: bool = False,
     ) -> list[EpisodeBatch]:
         """``num_episodes`` full-length episodes per env, all envs stepped in lockstep, each episode
-        from a fresh memory."""
+        from a fresh memory; advantages are the program's (None)."""
         num_envs, horizon = len(envs), self.episode_length
-        observations = np.zeros((num_envs, num_episodes, horizon, OBS_DIM), dtype=np.float32)
-        actions = np.zeros((num_envs, num_episodes, horizon, ACTION_DIM), dtype=np.float32)
+        observations = np.zeros((num_envs, num_episodes, horizon, self.family.observation_dim), dtype=np.float32)
+        actions = np.zeros((num_envs, num_episodes, horizon, self.action_dim), dtype=np.float32)
         rewards = np.zeros((num_envs, num_episodes, horizon), dtype=np.float32)
         log_probs = np.zeros((num_envs, num_episodes, horizon), dtype=np.float32)
         successes = np.zeros((num_envs, num_episodes), dtype=bool)
@@ -214,7 +227,7 @@ class RolloutWorker:
                 actions[k],
                 rewards[k],
                 log_probs[k],
-                compute_advantages(observations[k], rewards[k], self.ppo_config.gamma, self.ppo_config.gae_lambda),
+                None,  # the program's advantages
                 successes[k],
                 int(num_faults[k]),
             )
@@ -228,19 +241,18 @@ class RolloutWorker:
         rngs: Sequence[np.random.Generator],
         num_trials: int,
         sampled: Sequence[bool],
-        initial_memory: InContextMemory | None = None,
-    ) -> tuple[list[TrialBatch], InContextMemory]:
+        step_inputs: StepInputs,
+        initial_memory: CarriedMemory | None = None,
+    ) -> tuple[list[TrialBatch], CarriedMemory]:
         """``num_trials`` trials per env of ``len(sampled)`` consecutive episodes each; the policy's memory
-        carries across a trial's episodes and its input is the observation plus the in-context inputs
-        (``algorithms.rl2``). Episode e samples its actions if ``sampled[e]``, else takes the mean. Each
-        trial continues ``initial_memory`` (default: a fresh memory, zero previous action and reward);
-        returns the batches and where the last trial stopped. Continued trials are for evaluation: the
-        learner recomputes a trial from a fresh memory (``rl2.in_context_inputs``)."""
+        carries across a trial's episodes and its input is ``step_inputs``. Episode e samples its actions
+        if ``sampled[e]``, else takes the mean. Each trial continues ``initial_memory`` (default: a fresh
+        memory, zero previous action and reward); returns the batches and where the last trial stopped."""
         if num_trials < 1:
             raise ValueError(f"num_trials={num_trials}: expected at least 1")
         num_envs, length = len(envs), len(sampled) * self.episode_length
-        observations = np.zeros((num_envs, num_trials, length, OBS_DIM), dtype=np.float32)
-        actions = np.zeros((num_envs, num_trials, length, ACTION_DIM), dtype=np.float32)
+        observations = np.zeros((num_envs, num_trials, length, self.family.observation_dim), dtype=np.float32)
+        actions = np.zeros((num_envs, num_trials, length, self.action_dim), dtype=np.float32)
         rewards = np.zeros((num_envs, num_trials, length), dtype=np.float32)
         log_probs = np.zeros((num_envs, num_trials, length), dtype=np.float32)
         successes = np.zeros((num_envs, num_trials, len(sampled)), dtype=bool)
@@ -251,7 +263,7 @@ class RolloutWorker:
             noise = self._noise(rngs, sampled)
             scaled_noise = np.exp(log_std)[:, None, :] * noise  # (K, L, A)
             arrays, final_state, faults = self._lockstep_with_recovery(
-                envs, params, step, scaled_noise, initial_memory, in_context=True
+                envs, params, step, scaled_noise, initial_memory, step_inputs
             )
             num_faults += faults
             observations[:, trial], actions[:, trial], rewards[:, trial], successes[:, trial] = arrays
@@ -269,7 +281,7 @@ class RolloutWorker:
             )
             for k in range(num_envs)
         ]
-        return batches, InContextMemory(final_state, actions[:, -1, -1].copy(), rewards[:, -1, -1].copy())
+        return batches, CarriedMemory(final_state, actions[:, -1, -1].copy(), rewards[:, -1, -1].copy())
 
     def _lockstep_with_recovery(
         self,
@@ -277,27 +289,27 @@ class RolloutWorker:
         params: Sequence[Params],
         step: Any,
         scaled_noise: np.ndarray,
-        initial_memory: InContextMemory | None,
-        in_context: bool = False,
+        initial_memory: CarriedMemory | None,
+        step_inputs: StepInputs | None = None,
     ) -> tuple[tuple[np.ndarray, ...], State, np.ndarray]:
         """``_lockstep`` in every env; a faulted env is rebuilt (same class and task) and its episodes
         (a whole trial, in context) run again alone with the same noise and start state, so the batch is
         what it would have been without the fault: the policy acts on each env independently. Returns
         the arrays, the final memory and the faults per env."""
-        arrays, faulted, state = self._lockstep(envs, step, scaled_noise, initial_memory, in_context)
+        arrays, faulted, state = self._lockstep(envs, step, scaled_noise, initial_memory, step_inputs)
         num_faults = np.zeros(len(envs), dtype=np.int64)
         for k in np.flatnonzero(faulted):
             start = None if initial_memory is None else initial_memory.rows(k, k + 1)
             for attempt in range(1, MAX_FAULTS_PER_EPISODE + 1):  # noqa: B007 - the count is kept below
                 envs[k] = self._rebuild(envs[k])
                 redone, still_faulted, redone_state = self._lockstep(
-                    [envs[k]], self.actor.bind([params[k]]), scaled_noise[k : k + 1], start, in_context
+                    [envs[k]], self.actor.bind([params[k]]), scaled_noise[k : k + 1], start, step_inputs
                 )
                 if not still_faulted[0]:
                     break
             else:
                 env_name = self._task_of[id(envs[k])][0]
-                unit = "trial" if in_context else "episode"
+                unit = "episode" if step_inputs is None else "trial"
                 raise EnvFaultError(
                     f"env {env_name} faulted {MAX_FAULTS_PER_EPISODE + 1} times in one {unit}, "
                     f"rebuilt each time (last: {self._last_fault}); see the worker's log for each fault"
@@ -314,29 +326,31 @@ class RolloutWorker:
         envs: Sequence[Any],
         step: Any,
         scaled_noise: np.ndarray,
-        initial_memory: InContextMemory | None,
-        in_context: bool,
+        initial_memory: CarriedMemory | None,
+        step_inputs: StepInputs | None,
     ) -> tuple[tuple[np.ndarray, ...], np.ndarray, State]:
         """Consecutive episodes of T steps in every env, stepped together, L = scaled_noise.shape[1]:
         (observations (K, L, D), actions (K, L, A), rewards (K, L), successes (K, L // T)), which envs
         faulted, and the policy's memory after the last step. The memory continues ``initial_memory``
-        (default: fresh) and is never reset within the call; without ``in_context`` the policy sees only
-        the observation (MAML: one episode per call). An env that raises, or returns a non-finite
+        (default: fresh) and is never reset within the call; without ``step_inputs`` the policy sees only
+        the observation (one episode per call). An env that raises, or returns a non-finite
         observation or reward (a MuJoCo instability, say), stops there; its row is junk."""
         num_envs, length = scaled_noise.shape[:2]
         horizon = self.episode_length
-        observations = np.zeros((num_envs, length, OBS_DIM), dtype=np.float32)
-        actions = np.zeros((num_envs, length, ACTION_DIM), dtype=np.float32)
+        observations = np.zeros((num_envs, length, self.family.observation_dim), dtype=np.float32)
+        actions = np.zeros((num_envs, length, self.action_dim), dtype=np.float32)
         rewards = np.zeros((num_envs, length), dtype=np.float32)
         successes = np.zeros((num_envs, length // horizon), dtype=bool)
         faulted = np.zeros(num_envs, dtype=bool)
-        obs = np.zeros((num_envs, OBS_DIM), dtype=np.float32)
+        obs = np.zeros((num_envs, self.family.observation_dim), dtype=np.float32)
         all_start = torch.ones(num_envs, dtype=torch.bool)
         no_start = torch.zeros(num_envs, dtype=torch.bool)
         state = self.actor.initial_state(num_envs) if initial_memory is None else initial_memory.state
         # The first step's previous action and reward: none at a fresh start, else where the memory stopped.
         first_previous = (
-            (None, None) if initial_memory is None else (initial_memory.last_actions, initial_memory.last_rewards)
+            (np.zeros((num_envs, self.action_dim), np.float32), np.zeros(num_envs, np.float32))
+            if initial_memory is None
+            else (initial_memory.last_actions, initial_memory.last_rewards)
         )
         for t in range(length):
             episode, t_in_episode = divmod(t, horizon)
@@ -351,9 +365,9 @@ class RolloutWorker:
                         faulted[k] = True
             observations[:, t] = obs
             policy_input = obs
-            if in_context:
+            if step_inputs is not None:
                 previous = (actions[:, t - 1], rewards[:, t - 1]) if t else first_previous
-                policy_input = in_context_step_inputs(obs, *previous, t_in_episode == 0)
+                policy_input = step_inputs(obs, *previous, t_in_episode == 0)
             with torch.no_grad():
                 starts = all_start if t == 0 and initial_memory is None else no_start
                 mean, _, state = step(torch.from_numpy(policy_input), state, starts)
@@ -383,7 +397,7 @@ class RolloutWorker:
     def _rebuild(self, env: Any) -> Any:
         """A fresh env of the faulted one's class and task, in the faulted one's place in the pool."""
         env_name, task = self._task_of[id(env)]
-        fresh = make_task_env(env_name, self.env_config)
+        fresh = self.family.make_task_env(env_name, self.env_config)
         fresh.set_task(task)
         pool = self._env_pool[env_name]
         pool[next(i for i, e in enumerate(pool) if e is env)] = fresh

@@ -9,13 +9,15 @@ import pytest
 import torch
 
 from metarl_ray.algorithms.advantages import trial_advantages
+from metarl_ray.algorithms.base import CarriedMemory
 from metarl_ray.algorithms.rl2 import (
-    IN_CONTEXT_INPUT_DIM,
     RL2PPO,
-    InContextMemory,
+    InContextAgent,
+    InContextInputs,
     TrialTensors,
     in_context_inputs,
     in_context_step_inputs,
+    policy_input_dim,
     trial_chunks,
 )
 from metarl_ray.batch import TaskTrials
@@ -25,6 +27,8 @@ from metarl_ray.policies import build_policy
 from metarl_ray.policies.common import gaussian_log_prob, log_prob
 from metarl_ray.training.metrics import read_metrics
 from metarl_ray.training.rollout import RolloutWorker
+
+IN_CONTEXT_INPUT_DIM = policy_input_dim(OBS_DIM, ACTION_DIM)
 
 
 def test_trial_inputs_equal_the_step_inputs_the_rollout_built():
@@ -36,7 +40,10 @@ def test_trial_inputs_equal_the_step_inputs_the_rollout_built():
     whole = in_context_inputs(obs, actions, rewards, horizon)
     for t in range(horizon * episodes):
         step = in_context_step_inputs(
-            obs[:, t], actions[:, t - 1] if t else None, rewards[:, t - 1] if t else None, t % horizon == 0
+            obs[:, t],
+            actions[:, t - 1] if t else np.zeros_like(actions[:, 0]),
+            rewards[:, t - 1] if t else np.zeros_like(rewards[:, 0]),
+            t % horizon == 0,
         )
         np.testing.assert_array_equal(whole[:, t], step)
     assert whole.shape[-1] == IN_CONTEXT_INPUT_DIM
@@ -214,18 +221,18 @@ def test_a_continued_memory_plays_the_trials_next_episode():
     params = [dict(worker.policy.named_parameters())] * len(tasks)
     rngs = [np.random.default_rng(k) for k in range(len(tasks))]
     with torch.no_grad():
-        whole, _ = worker.collect_trials(envs, params, rngs, 1, [False, False])
-        first, memory = worker.collect_trials(envs, params, rngs, 1, [False])
-        continued, _ = worker.collect_trials(envs, params, rngs, 1, [False], initial_memory=memory)
+        whole, _ = worker.collect_trials(envs, params, rngs, 1, [False, False], in_context_step_inputs)
+        first, memory = worker.collect_trials(envs, params, rngs, 1, [False], in_context_step_inputs)
+        continued, _ = worker.collect_trials(envs, params, rngs, 1, [False], in_context_step_inputs, memory)
     for k in range(len(tasks)):
         np.testing.assert_allclose(first[k].actions[0], whole[k].actions[0, :30], atol=1e-5)
         np.testing.assert_allclose(continued[k].actions[0], whole[k].actions[0, 30:], atol=1e-5)
         np.testing.assert_allclose(memory.last_rewards[k], whole[k].rewards[0, 29], rtol=1e-6)
     # Both parts of where it stopped matter: the memory alone (zero previous action and reward) or a
     # fresh memory plays the second episode differently.
-    memory_only = InContextMemory(memory.state, np.zeros_like(memory.last_actions), np.zeros_like(memory.last_rewards))
+    memory_only = CarriedMemory(memory.state, np.zeros_like(memory.last_actions), np.zeros_like(memory.last_rewards))
     with torch.no_grad():
-        without_inputs, _ = worker.collect_trials(envs, params, rngs, 1, [False], initial_memory=memory_only)
+        without_inputs, _ = worker.collect_trials(envs, params, rngs, 1, [False], in_context_step_inputs, memory_only)
     assert not np.allclose(without_inputs[0].actions[0], whole[0].actions[0, 30:], atol=1e-3)
     assert not np.allclose(first[0].actions[0], whole[0].actions[0, 30:], atol=1e-3)
 
@@ -234,7 +241,6 @@ def test_the_official_agent_starts_a_fresh_memory_with_no_previous_action_or_rew
     """Under Meta-World's evaluation the inputs carry the last action and reward across resets (a new
     episode of the same trial); at a fresh memory (a new goal) the agent sees zeros, as a training trial does."""
     from metarl_ray.config import TrainConfig
-    from metarl_ray.evaluation.agent import InContextAgent
     from metarl_ray.policies import build_policy
 
     config = TrainConfig(
@@ -245,16 +251,15 @@ def test_the_official_agent_starts_a_fresh_memory_with_no_previous_action_or_rew
     policy = build_policy(IN_CONTEXT_INPUT_DIM, ACTION_DIM, config.policy)
     for p in policy.parameters():
         p.data.add_(0.3 * torch.randn_like(p))
-    params = {k: v.detach().numpy() for k, v in policy.named_parameters()}
     obs = np.random.default_rng(0).standard_normal((3, OBS_DIM)).astype(np.float32)
     carried = in_context_step_inputs(obs, np.ones((3, ACTION_DIM), np.float32), np.full(3, 5.0, np.float32), True)
-    fresh = in_context_step_inputs(obs, None, None, True)
-    agent = InContextAgent.from_params(config, params)
+    fresh = in_context_step_inputs(obs, np.zeros((3, ACTION_DIM), np.float32), np.zeros(3, np.float32), True)
+    agent = InContextAgent(policy, config, OBS_DIM)
     first = agent.eval_action(carried)
     agent.init()
     np.testing.assert_array_equal(agent.eval_action(fresh), first)
     # Continuing a memory, the carried inputs are seen: two agents at the same memory act differently.
-    other = InContextAgent.from_params(config, params)
+    other = InContextAgent(policy, config, OBS_DIM)
     other.eval_action(fresh)
     assert not np.allclose(agent.eval_action(carried), other.eval_action(fresh), atol=1e-4)
 
@@ -263,7 +268,6 @@ def test_official_inputs_carry_the_last_action_and_reward_across_a_reset_and_int
     """``InContextInputs`` on Meta-World's own ML1 test vector env: the first reset sees zeros; an
     episode's autoreset step and a later explicit reset both see the last action and reward."""
     from metarl_ray.envs.metaworld import make_eval_vector_env
-    from metarl_ray.evaluation.agent import InContextInputs
 
     env_config = EnvConfig(benchmark="ML1", task="reach-v3", max_episode_length=5)
     envs = InContextInputs(make_eval_vector_env(env_config, seed=0, meta_batch_size=2))

@@ -19,10 +19,11 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from metarl_ray.algorithms.maml_ppo import MAMLAgent
 from metarl_ray.config import EnvConfig, TrainConfig
 from metarl_ray.envs import fast_stepping as fast_envs
 from metarl_ray.envs.metaworld import ACTION_DIM, OBS_DIM, all_task_names, make_eval_vector_env, make_task_env
-from metarl_ray.evaluation.agent import MAMLAgent, evaluate_official
+from metarl_ray.evaluation.agent import evaluate_official
 from metarl_ray.policies import build_policy
 
 EPISODE_STEPS = 500

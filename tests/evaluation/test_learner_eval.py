@@ -4,10 +4,9 @@ import numpy as np
 import torch
 from metaworld.evaluation import Timestep
 
-from metarl_ray.algorithms.maml_ppo import TensorBatch, adapt
+from metarl_ray.algorithms.maml_ppo import MAMLAgent, TensorBatch, adapt
 from metarl_ray.config import build_config
 from metarl_ray.envs.metaworld import BenchmarkTasks, TaskSampler
-from metarl_ray.evaluation.agent import MAMLAgent
 from metarl_ray.training.learner import Learner
 from metarl_ray.training.rollout import RolloutWorker
 

@@ -182,15 +182,22 @@ def test_a_faulted_env_is_rebuilt_and_its_episode_sampled_again_with_the_same_no
 def test_an_env_that_keeps_faulting_fails_the_sample_call(setup):
     config, policy, specs, _ = setup
     worker = RolloutWorker(config.env, config.policy, config.maml, config.ppo, seed=0)
-    import metarl_ray.training.rollout as rollout_module
 
-    real_make = rollout_module.make_task_env
-    try:  # every rebuilt env faults again at its first step
-        rollout_module.make_task_env = lambda name, env_config: FaultyEnv(real_make(name, env_config), 1, "raise")
-        inject_fault(worker, specs[:1], 0, fail_at_step=1, mode="raise")
-        with pytest.raises(
-            EnvFaultError, match="faulted 4 times in one episode, rebuilt each time .last: at step 0, ValueError"
-        ):
-            worker.sample(params_to_numpy(detached_params(policy)), specs[:1], iteration=5)
-    finally:
-        rollout_module.make_task_env = real_make
+    class EveryRebuildFaults:
+        """The worker's env family, except that every env it builds faults at its first step."""
+
+        def __init__(self, family):
+            self.family = family
+
+        def __getattr__(self, name):
+            return getattr(self.family, name)
+
+        def make_task_env(self, name, env_config):
+            return FaultyEnv(self.family.make_task_env(name, env_config), 1, "raise")
+
+    worker.family = EveryRebuildFaults(worker.family)
+    inject_fault(worker, specs[:1], 0, fail_at_step=1, mode="raise")
+    with pytest.raises(
+        EnvFaultError, match="faulted 4 times in one episode, rebuilt each time .last: at step 0, ValueError"
+    ):
+        worker.sample(params_to_numpy(detached_params(policy)), specs[:1], iteration=5)

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from metarl_ray.algorithms.base import EvalPlan, SamplePlan
 from metarl_ray.algorithms.ppo import clipped_surrogate
-from metarl_ray.batch import EpisodeBatch, GoalEvaluation, TaskRollouts
+from metarl_ray.batch import EpisodeBatch, TaskRollouts
 from metarl_ray.config import MAMLConfig, PPOConfig
 from metarl_ray.policies.common import Params, as_policy, log_prob
 
@@ -48,6 +46,8 @@ class TensorBatch:
         def to(array: np.ndarray) -> torch.Tensor:
             return torch.tensor(array, device=device, dtype=dtype)  # copies: Ray hands out read-only arrays
 
+        if batch.advantages is None:
+            raise ValueError("episodes without advantages: the rollout program computes them (MAMLRollouts.collect)")
         return TensorBatch(to(batch.observations), to(batch.actions), to(batch.log_probs), to(batch.advantages))
 
 
@@ -225,104 +225,3 @@ class MAMLPPO:
         """Mean PPO loss over tasks, one graph per task (for tests and diagnostics)."""
         meta_params = self.meta_params()
         return torch.stack([self.task_outer_loss(meta_params, task)[0] for task in tasks]).mean()
-
-
-class MAMLRollouts:
-    """MAML's rollout program: per task, support episodes -> inner step (x num_inner_steps) -> query
-    episodes, the inner steps taken in the rollout actor itself, so an iteration costs one parameter
-    broadcast and one gather."""
-
-    def __init__(self, maml: MAMLConfig) -> None:
-        self.maml = maml
-
-    def sample(
-        self,
-        collector: Any,
-        envs: Sequence[Any],
-        tasks: Sequence[Any],
-        params: Params,
-        rngs: Sequence[np.random.Generator],
-        plan: SamplePlan | None,
-        inner_lr: float | None,
-    ) -> list[TaskRollouts]:
-        plan = plan or SamplePlan(self.maml.episodes_per_task, self.maml.episodes_per_task)
-        per_task: list[Params] = [params] * len(tasks)
-        supports: list[list[EpisodeBatch]] = [[] for _ in tasks]
-        for _ in range(self.maml.num_inner_steps):
-            batches = collector.collect(envs, per_task, rngs, plan.num_support_episodes)
-            for index, batch in enumerate(batches):
-                supports[index].append(batch)
-                per_task[index] = self.adapt_one(collector.policy, per_task[index], batch, inner_lr)
-        queries = collector.collect(envs, per_task, rngs, plan.num_query_episodes)
-        return [
-            TaskRollouts(spec.slot, spec.env_name, spec.goal_index, tuple(support), query)
-            for spec, support, query in zip(tasks, supports, queries)
-        ]
-
-    def evaluate(
-        self,
-        collector: Any,
-        envs: Sequence[Any],
-        tasks: Sequence[Any],
-        params: Params,
-        rngs: Sequence[np.random.Generator],
-        plan: EvalPlan,
-        inner_lr: float | None,
-    ) -> list[GoalEvaluation]:
-        """A mean-action episode, adaptation on sampled episodes (the first K of which are the
-        pre-adaptation sampled figure), then a mean-action and K sampled episodes."""
-        per_task: list[Params] = [params] * len(tasks)
-        pre_mean = collector.collect(envs, per_task, rngs, 1, deterministic=True)
-        first_support: list[EpisodeBatch] = []
-        for _ in range(self.maml.num_inner_steps):  # at least one (MAMLConfig)
-            batches = collector.collect(envs, per_task, rngs, plan.num_adaptation_episodes)
-            first_support = first_support or batches
-            per_task = [self.adapt_one(collector.policy, p, batch, inner_lr) for p, batch in zip(per_task, batches)]
-        post_mean = collector.collect(envs, per_task, rngs, 1, deterministic=True)
-        post_sampled = collector.collect(envs, per_task, rngs, plan.num_sampled_episodes)
-        k = plan.num_sampled_episodes
-        steps_per_task = (2 + k + plan.num_adaptation_episodes * self.maml.num_inner_steps) * collector.episode_length
-        return [
-            GoalEvaluation(
-                slot=spec.slot,
-                env_name=spec.env_name,
-                goal_index=spec.goal_index,
-                pre_mean_success=bool(pre.successes[0]),
-                post_mean_success=bool(post.successes[0]),
-                pre_mean_return=float(pre.episode_returns[0]),
-                post_mean_return=float(post.episode_returns[0]),
-                pre_sampled_successes=support.successes[:k].copy(),
-                post_sampled_successes=sampled.successes.copy(),
-                pre_sampled_returns=support.episode_returns[:k].copy(),
-                post_sampled_returns=sampled.episode_returns.copy(),
-                num_steps=steps_per_task,
-            )
-            for spec, pre, support, post, sampled in zip(tasks, pre_mean, first_support, post_mean, post_sampled)
-        ]
-
-    def adapt_to_goal(
-        self,
-        collector: Any,
-        envs: Sequence[Any],
-        params: Params,
-        rngs: Sequence[np.random.Generator],
-        plan: EvalPlan,
-        inner_lr: float | None,
-    ) -> Params:
-        """The adapted parameters ``evaluate`` reaches on one goal: its adaptation episodes, same noise."""
-        for _ in range(self.maml.num_inner_steps):
-            batch = collector.collect(envs, [params], rngs, plan.num_adaptation_episodes)[0]
-            params = self.adapt_one(collector.policy, params, batch, inner_lr)
-        return params
-
-    def adapt_one(self, policy: nn.Module, params: Params, batch: EpisodeBatch, inner_lr: float | None) -> Params:
-        """One task's first-order inner steps on its batch (rollouts need no graph)."""
-        leaf_params = {name: p.detach().requires_grad_(True) for name, p in params.items()}
-        adapted = adapt(
-            policy,
-            leaf_params,
-            [TensorBatch.from_numpy(batch)],
-            self.maml.inner_lr if inner_lr is None else inner_lr,
-            create_graph=False,
-        )
-        return {name: p.detach() for name, p in adapted.items()}
