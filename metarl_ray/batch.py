@@ -3,8 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
+
+
+class TaskData(Protocol):
+    """What a meta-learner's rollout program samples for one task of a meta-batch (``TaskRollouts``,
+    ``TaskTrials``, or a meta-learner's own type): the learner routes it by slot and journals it."""
+
+    @property
+    def slot(self) -> int: ...  # position in the meta-batch
+
+    @property
+    def num_steps(self) -> int: ...
+
+    @property
+    def num_env_faults(self) -> int: ...
+
+    def before_and_after_adaptation(self) -> tuple[EpisodeBatch, EpisodeBatch]:
+        """Episodes of the meta-parameters and of the adapted policy (for the journal)."""
+        ...
 
 
 @dataclass(frozen=True)

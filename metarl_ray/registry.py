@@ -15,6 +15,7 @@ from typing import Any
 META_LEARNERS: dict[str, str] = {
     "maml_ppo": "metarl_ray.algorithms.maml_ppo",
     "rl2": "metarl_ray.algorithms.rl2",
+    "mt_ppo": "metarl_ray.algorithms.mt_ppo",
 }
 
 

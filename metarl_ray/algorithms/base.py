@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from metarl_ray.batch import EpisodeBatch, GoalEvaluation, TrialBatch
+from metarl_ray.batch import EpisodeBatch, GoalEvaluation, TaskData, TrialBatch
 from metarl_ray.config import MAMLConfig, MetaLearnerConfig, PPOConfig, TrainConfig
 from metarl_ray.envs import EnvFamily, TaskSpec
 from metarl_ray.policies.common import Params, State
@@ -122,8 +122,8 @@ class RolloutProgram(Protocol):
         rngs: Sequence[np.random.Generator],
         plan: SamplePlan | None,
         inner_lr: float | None,
-    ) -> list[Any]:
-        """One iteration's training data per task (``TaskRollouts`` or ``TaskTrials``)."""
+    ) -> Sequence[TaskData]:
+        """One iteration's training data per task (MAML: ``TaskRollouts``; in context: ``TaskTrials``)."""
         ...
 
     def evaluate(

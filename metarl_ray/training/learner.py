@@ -23,14 +23,14 @@ import torch
 import torch.distributed as dist
 
 from metarl_ray.algorithms.base import MetaLearner, builder_for
-from metarl_ray.batch import TaskRollouts, TaskTrials
+from metarl_ray.batch import TaskData
 from metarl_ray.config import EnvConfig, LearnerConfig, MAMLConfig, MetaLearnerConfig, PolicyConfig, PPOConfig
 from metarl_ray.envs import env_family
 from metarl_ray.policies import build_policy
 from metarl_ray.policies.common import params_to_numpy
 
 
-def rollout_metrics(rollouts: Sequence[TaskRollouts | TaskTrials]) -> dict[str, float]:
+def rollout_metrics(rollouts: Sequence[TaskData]) -> dict[str, float]:
     """Return and success before adaptation (MAML: the first support batch; in context: first episodes
     of the trials) and after it (the query batch; the trials' last episodes)."""
     before, after = zip(*(task.before_and_after_adaptation() for task in rollouts))
@@ -220,7 +220,7 @@ class Learner:
 
     def update(
         self,
-        rollouts: Sequence[TaskRollouts | TaskTrials],
+        rollouts: Sequence[TaskData],
         num_tasks_total: int | None = None,
         iteration: int | None = None,
     ) -> dict[str, float]:

@@ -19,7 +19,7 @@ from metarl_ray.algorithms.base import (  # noqa: F401  (EvalPlan, SamplePlan re
     StepInputs,
     builder_for,
 )
-from metarl_ray.batch import EpisodeBatch, GoalEvaluation, TaskRollouts, TaskTrials, TrialBatch
+from metarl_ray.batch import EpisodeBatch, GoalEvaluation, TaskData, TrialBatch
 from metarl_ray.config import EnvConfig, MAMLConfig, MetaLearnerConfig, PolicyConfig, PPOConfig
 from metarl_ray.envs import EnvFamily, TaskSpec, env_family
 from metarl_ray.errors import EnvFaultError
@@ -121,7 +121,7 @@ class RolloutWorker:
         iteration: int,
         plan: SamplePlan | None = None,
         inner_lr: float | None = None,
-    ) -> list[TaskRollouts | TaskTrials]:
+    ) -> Sequence[TaskData]:
         """One iteration's training data per task, as the meta-learner's rollout program samples it
         (MAML: support -> inner step -> query). ``inner_lr``: the learner's current one (lower after a
         rolled-back update), default the config's."""
