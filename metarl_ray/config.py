@@ -209,9 +209,8 @@ class MAMLConfig:
 class MetaLearnerConfig:
     algorithm: str = setting(
         "maml_ppo",
-        f"Meta-learner, one of {', '.join(algorithm_names())} (metarl_ray/registry.py): maml_ppo adapts by an "
-        "inner policy-gradient step, rl2 in context (a recurrent policy's memory across a trial's episodes), "
-        "mt_ppo not at all (multi-task PPO); each folder under algorithms/ says how its learner works.",
+        f"Meta-learner, one of {', '.join(algorithm_names())} (metarl_ray/registry.py; how each adapts: the "
+        "docstring of its folder under metarl_ray/algorithms/, and the README's table).",
     )
     episodes_per_trial: int = setting(
         10, "rl2: consecutive episodes of one task in a trial; the policy's memory carries across them."

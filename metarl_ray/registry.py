@@ -16,6 +16,7 @@ META_LEARNERS: dict[str, str] = {
     "maml_ppo": "metarl_ray.algorithms.maml_ppo",
     "rl2": "metarl_ray.algorithms.rl2",
     "mt_ppo": "metarl_ray.algorithms.mt_ppo",
+    "meta_sgd": "metarl_ray.algorithms.meta_sgd",
 }
 
 

@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from metarl_ray.batch import EpisodeBatch, GoalEvaluation, TaskData, TrialBatch
-from metarl_ray.config import MAMLConfig, MetaLearnerConfig, PPOConfig, TrainConfig
+from metarl_ray.config import MAMLConfig, MetaLearnerConfig, PolicyConfig, PPOConfig, TrainConfig
 from metarl_ray.envs import EnvFamily, TaskSpec
+from metarl_ray.policies import build_policy
 from metarl_ray.policies.common import Params, State
 from metarl_ray.registry import get_builder
 
@@ -248,6 +249,11 @@ class MetaLearnerBuilder(Protocol):
         """What the policy sees per step."""
         ...
 
+    def extend_policy(self, policy: nn.Module, maml: MAMLConfig) -> None:
+        """Add the meta-learner's own meta-parameters to the policy module, in place (Meta-SGD: its
+        learned step sizes), so the learner optimises, publishes and checkpoints them with the rest."""
+        ...
+
     def rollout_program(self, meta_learner: MetaLearnerConfig, maml: MAMLConfig, ppo: PPOConfig) -> RolloutProgram: ...
 
     def meta_learner(
@@ -271,3 +277,13 @@ class MetaLearnerBuilder(Protocol):
 def builder_for(meta_learner: MetaLearnerConfig) -> MetaLearnerBuilder:
     """The builder of the meta-learner a config names (``metarl_ray.registry.META_LEARNERS``)."""
     return cast(MetaLearnerBuilder, get_builder(meta_learner.algorithm))
+
+
+def build_meta_policy(
+    meta_learner: MetaLearnerConfig, family: EnvFamily, policy: PolicyConfig, maml: MAMLConfig
+) -> nn.Module:
+    """The policy module a meta-learner trains: the policy for its inputs, with its own meta-parameters."""
+    builder = builder_for(meta_learner)
+    module = build_policy(builder.policy_input_dim(family), family.action_dim, policy)
+    builder.extend_policy(module, maml)
+    return module

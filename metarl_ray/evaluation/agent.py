@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metarl_ray.algorithms.base import Agent, builder_for
+from metarl_ray.algorithms.base import Agent, build_meta_policy, builder_for
 from metarl_ray.config import TrainConfig
 from metarl_ray.envs import env_family
-from metarl_ray.policies import build_policy
 from metarl_ray.training.checkpoint import load_checkpoint, resolve_checkpoint, trained_config
 
 logger = logging.getLogger(__name__)
@@ -28,7 +27,7 @@ logger = logging.getLogger(__name__)
 def build_agent(config: TrainConfig, meta_params: dict[str, np.ndarray], seed: int = 0) -> Agent:
     """The agent of the run's meta-learner, holding ``meta_params``."""
     builder, family = builder_for(config.meta_learner), env_family(config.env)
-    policy = build_policy(builder.policy_input_dim(family), family.action_dim, config.policy)
+    policy = build_meta_policy(config.meta_learner, family, config.policy, config.maml)
     policy.load_state_dict({name: torch.tensor(value) for name, value in meta_params.items()})
     return builder.agent(policy, config, family, seed)
 

@@ -21,13 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from metarl_ray.algorithms.base import builder_for
+from metarl_ray.algorithms.base import build_meta_policy, builder_for
 from metarl_ray.batch import GoalEvaluation
 from metarl_ray.config import EVAL_SPLITS, ConfigError, TrainConfig, config_from_dict, method_settings
 from metarl_ray.envs import TaskSpec, env_family, fixed_task_specs
 from metarl_ray.evaluation.agent import build_agent, evaluate_official
 from metarl_ray.evaluation.statistics import estimate
-from metarl_ray.policies import build_policy
 from metarl_ray.policies.common import params_to_numpy
 from metarl_ray.training.checkpoint import CHECKPOINT_DIR, load_checkpoint, resolve_checkpoint, trained_config
 from metarl_ray.training.rollout import EvalPlan
@@ -109,8 +108,7 @@ def load_run(checkpoint: StoragePath) -> RunToEvaluate:
         config = config_from_dict(state["config"])
         adapting_config = trained_config(state)  # runs are compared by ``config``, adapt by this
         family = env_family(config.env)
-        input_dim = builder_for(config.meta_learner).policy_input_dim(family)
-        policy = build_policy(input_dim, family.action_dim, config.policy)
+        policy = build_meta_policy(config.meta_learner, family, config.policy, config.maml)
         policy.load_state_dict(state["learner"]["policy"])  # also checks the checkpoint fits the config
     except (KeyError, RuntimeError, TypeError, ValueError) as error:  # a damaged or foreign checkpoint is input
         reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__

@@ -22,11 +22,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from metarl_ray.algorithms.base import MetaLearner, builder_for
+from metarl_ray.algorithms.base import MetaLearner, build_meta_policy, builder_for
 from metarl_ray.batch import TaskData
 from metarl_ray.config import EnvConfig, LearnerConfig, MAMLConfig, MetaLearnerConfig, PolicyConfig, PPOConfig
 from metarl_ray.envs import env_family
-from metarl_ray.policies import build_policy
 from metarl_ray.policies.common import params_to_numpy
 
 
@@ -204,7 +203,7 @@ class Learner:
         meta_learner_config = meta_learner_config or MetaLearnerConfig()
         family = env_family(env_config or EnvConfig())
         builder = builder_for(meta_learner_config)
-        self.policy = build_policy(builder.policy_input_dim(family), family.action_dim, policy_config).to(self.device)
+        self.policy = build_meta_policy(meta_learner_config, family, policy_config, maml_config).to(self.device)
         self.algorithm: MetaLearner = builder.meta_learner(self.policy, meta_learner_config, maml_config, ppo_config)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.algorithm.learning_rate)
         # Product of the nonfinite_lr_factor of every rollback so far: scales meta_lr and inner_lr.

@@ -17,13 +17,13 @@ from metarl_ray.algorithms.base import (  # noqa: F401  (EvalPlan, SamplePlan re
     EvalPlan,
     SamplePlan,
     StepInputs,
+    build_meta_policy,
     builder_for,
 )
 from metarl_ray.batch import EpisodeBatch, GoalEvaluation, TaskData, TrialBatch
 from metarl_ray.config import EnvConfig, MAMLConfig, MetaLearnerConfig, PolicyConfig, PPOConfig
 from metarl_ray.envs import EnvFamily, TaskSpec, env_family
 from metarl_ray.errors import EnvFaultError
-from metarl_ray.policies import build_policy
 from metarl_ray.policies.common import BatchedPolicy, Params, State, params_from_numpy
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class RolloutWorker:
         self.program = builder.rollout_program(self.meta_learner_config, maml_config, ppo_config)
         self.input_dim = builder.policy_input_dim(self.family)
         self.action_dim = self.family.action_dim
-        self.policy = build_policy(self.input_dim, self.action_dim, policy_config)
+        self.policy = build_meta_policy(self.meta_learner_config, self.family, policy_config, maml_config)
         self.actor = BatchedPolicy(self.policy)
         self._env_pool: dict[str, list[Any]] = {}
         self._task_of: dict[int, tuple[str, Any]] = {}  # id(env) -> (class, task), to rebuild a faulted env

@@ -18,6 +18,7 @@ __all__ = [
     "BUILDER",
     "MAMLPPO",
     "MAMLAgent",
+    "MAMLPPOBuilder",
     "MAMLRollouts",
     "TaskTensors",
     "TensorBatch",
@@ -40,6 +41,9 @@ class MAMLPPOBuilder:
 
     def policy_input_dim(self, family: EnvFamily) -> int:
         return family.observation_dim
+
+    def extend_policy(self, policy: nn.Module, maml: MAMLConfig) -> None:
+        """No meta-parameters besides the policy's."""
 
     def rollout_program(self, meta_learner: MetaLearnerConfig, maml: MAMLConfig, ppo: PPOConfig) -> MAMLRollouts:
         return MAMLRollouts(maml, ppo)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from metarl_ray.algorithms.advantages import compute_advantages
-from metarl_ray.algorithms.maml_ppo.objective import TensorBatch, adapt
+from metarl_ray.algorithms.maml_ppo.objective import StepSizes, TensorBatch, adapt
 from metarl_ray.batch import EpisodeBatch
 from metarl_ray.config import TrainConfig
 from metarl_ray.policies.common import BatchedPolicy, Params, detached_params, gaussian_log_prob
@@ -85,11 +85,15 @@ class MAMLAgent:
             if episodes:
                 batch = episodes_to_batch(episodes, self.config)
                 leaf = {name: p.detach().requires_grad_(True) for name, p in params[env_index].items()}
-                adapted = adapt(self.policy, leaf, [TensorBatch.from_numpy(batch)], self.config.maml.inner_lr, False)
+                adapted = adapt(self.policy, leaf, [TensorBatch.from_numpy(batch)], self.step_sizes(leaf), False)
                 params[env_index] = {name: p.detach() for name, p in adapted.items()}
         self._open = [[] for _ in self._episodes]
         self._episodes = [[] for _ in self._episodes]
         self._rebind(params)
+
+    def step_sizes(self, params: Params) -> StepSizes:
+        """The inner learning rate the run trained with (Meta-SGD: one per parameter, from ``params``)."""
+        return self.config.maml.inner_lr
 
     def eval_action(self, observations: np.ndarray) -> np.ndarray:
         return self._distribution(observations)[0].numpy().astype(np.float64)

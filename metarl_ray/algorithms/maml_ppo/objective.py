@@ -83,17 +83,40 @@ def lvc_loss(new_log_probs: torch.Tensor, batch: TensorBatch) -> torch.Tensor:
     return -(torch.exp(new_log_probs - batch.log_probs) * batch.advantages).flatten(-2).mean(-1)
 
 
+StepSizes = float | Params  # one inner learning rate, or one per adapted parameter (Meta-SGD)
+
+
+def adapted_names(policy: nn.Module, params: Params, inner_lr: StepSizes) -> list[str]:
+    """The parameters an inner step moves: those with a step size of their own, else every one the
+    policy does not mark ``fixed_in_inner_loop``."""
+    if isinstance(inner_lr, dict):
+        return [name for name in params if name in inner_lr]
+    return [name for name in params if not as_policy(policy).fixed_in_inner_loop(name)]
+
+
+def sgd_step(params: Params, names: Sequence[str], grads: Sequence[torch.Tensor], inner_lr: StepSizes) -> Params:
+    """theta' = theta - alpha * g on ``names``, alpha a scalar or per parameter (elementwise)."""
+    return {
+        **params,
+        **{
+            name: params[name] - (inner_lr[name] if isinstance(inner_lr, dict) else inner_lr) * g
+            for name, g in zip(names, grads)
+        },
+    }
+
+
 def adapt(
-    policy: nn.Module, params: Params, support: Sequence[TensorBatch], inner_lr: float, create_graph: bool
+    policy: nn.Module, params: Params, support: Sequence[TensorBatch], inner_lr: StepSizes, create_graph: bool
 ) -> Params:
     """One inner SGD step per support batch. With create_graph the result is differentiable in
-    ``params`` (second order); without it the steps are constants and d theta'/d theta = I (first order).
-    Parameters the policy marks ``fixed_in_inner_loop`` pass through unchanged (still meta-learned)."""
-    names = [name for name in params if not as_policy(policy).fixed_in_inner_loop(name)]
+    ``params`` (and in per-parameter step sizes: second order); without it the steps are constants and
+    d theta'/d theta = I (first order). Parameters the policy marks ``fixed_in_inner_loop`` pass through
+    unchanged (still meta-learned)."""
+    names = adapted_names(policy, params, inner_lr)
     for batch in support:
         loss = inner_loss(policy, params, batch)
         grads = torch.autograd.grad(loss, [params[name] for name in names], create_graph=create_graph)
-        params = {**params, **{name: params[name] - inner_lr * g for name, g in zip(names, grads)}}
+        params = sgd_step(params, names, grads, inner_lr)
     return params
 
 
@@ -130,17 +153,17 @@ def batched_log_prob(
 
 
 def adapt_batched(
-    policy: nn.Module, params: Params, support: Sequence[TensorBatch], inner_lr: float, create_graph: bool
+    policy: nn.Module, params: Params, support: Sequence[TensorBatch], inner_lr: StepSizes, create_graph: bool
 ) -> Params:
     """``adapt`` for K tasks at once: params and support batches carry a leading task dim K. The K inner
     losses are independent, so the gradient of their sum with respect to the stacked parameters is
-    every task's own gradient, in one backward pass."""
-    names = [name for name in params if not as_policy(policy).fixed_in_inner_loop(name)]
+    every task's own gradient, in one backward pass (per-parameter step sizes broadcast over K)."""
+    names = adapted_names(policy, params, inner_lr)
     for batch in support:
         new_log_probs = batched_log_prob(policy, params, batch.observations, batch.actions)  # (K, N, T)
         losses = lvc_loss(new_log_probs, batch)  # (K,)
         grads = torch.autograd.grad(losses.sum(), [params[name] for name in names], create_graph=create_graph)
-        params = {**params, **{name: params[name] - inner_lr * g for name, g in zip(names, grads)}}
+        params = sgd_step(params, names, grads, inner_lr)
     return params
 
 
@@ -183,7 +206,11 @@ class MAMLPPO:
         return dict(self.policy.named_parameters())
 
     def adapt(self, params: Params, support: Sequence[TensorBatch], create_graph: bool) -> Params:
-        return adapt(self.policy, params, support, self.inner_lr, create_graph)
+        return adapt(self.policy, params, support, self.step_sizes(params), create_graph)
+
+    def step_sizes(self, meta_params: Params) -> StepSizes:
+        """The inner step's learning rate (Meta-SGD: one per parameter, read from ``meta_params``)."""
+        return self.inner_lr
 
     def _clipped_surrogate(
         self, new_log_probs: torch.Tensor, query: TensorBatch
@@ -203,7 +230,7 @@ class MAMLPPO:
         num_tasks = stacked.query.observations.shape[0]
         per_task = {name: p.unsqueeze(0).expand(num_tasks, *p.shape) for name, p in meta_params.items()}
         adapted = adapt_batched(
-            self.policy, per_task, stacked.support, self.inner_lr, create_graph=not self.maml.first_order
+            self.policy, per_task, stacked.support, self.step_sizes(meta_params), create_graph=not self.maml.first_order
         )
         new_log_probs = batched_log_prob(self.policy, adapted, stacked.query.observations, stacked.query.actions)
         return self._clipped_surrogate(new_log_probs, stacked.query)

@@ -11,7 +11,7 @@ from torch import nn
 
 from metarl_ray.algorithms.advantages import compute_advantages
 from metarl_ray.algorithms.base import Collector, EvalPlan, SamplePlan
-from metarl_ray.algorithms.maml_ppo.objective import TensorBatch, adapt
+from metarl_ray.algorithms.maml_ppo.objective import StepSizes, TensorBatch, adapt
 from metarl_ray.batch import EpisodeBatch, GoalEvaluation, TaskRollouts
 from metarl_ray.config import MAMLConfig, PPOConfig
 from metarl_ray.envs import TaskSpec
@@ -119,10 +119,11 @@ class MAMLRollouts:
         """One task's first-order inner steps on its batch (rollouts need no graph)."""
         leaf_params = {name: p.detach().requires_grad_(True) for name, p in params.items()}
         adapted = adapt(
-            policy,
-            leaf_params,
-            [TensorBatch.from_numpy(batch)],
-            self.maml.inner_lr if inner_lr is None else inner_lr,
-            create_graph=False,
+            policy, leaf_params, [TensorBatch.from_numpy(batch)], self.step_sizes(leaf_params, inner_lr), False
         )
         return {name: p.detach() for name, p in adapted.items()}
+
+    def step_sizes(self, params: Params, inner_lr: float | None) -> StepSizes:
+        """The inner step's learning rate: the learner's current one, default the config's (Meta-SGD:
+        one per parameter, read from ``params``)."""
+        return self.maml.inner_lr if inner_lr is None else inner_lr

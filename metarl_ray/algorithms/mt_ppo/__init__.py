@@ -33,6 +33,9 @@ class MultiTaskPPOBuilder:
     def policy_input_dim(self, family: EnvFamily) -> int:
         return family.observation_dim
 
+    def extend_policy(self, policy: nn.Module, maml: MAMLConfig) -> None:
+        """No meta-parameters besides the policy's."""
+
     def rollout_program(self, meta_learner: MetaLearnerConfig, maml: MAMLConfig, ppo: PPOConfig) -> MultiTaskRollouts:
         return MultiTaskRollouts(maml, ppo)
 

@@ -115,6 +115,9 @@ class RL2Builder:
     def policy_input_dim(self, family: EnvFamily) -> int:
         return policy_input_dim(family.observation_dim, family.action_dim)
 
+    def extend_policy(self, policy: nn.Module, maml: MAMLConfig) -> None:
+        """No meta-parameters besides the policy's."""
+
     def rollout_program(self, meta_learner: MetaLearnerConfig, maml: MAMLConfig, ppo: PPOConfig) -> InContextRollouts:
         return InContextRollouts(meta_learner, ppo.gamma)
 
