@@ -78,6 +78,11 @@ def in_context(memory: str, *extra: str, seeds: tuple[int, ...] = (0,)) -> Group
     return Group(("--algorithm", "rl2", "--policy_type", memory, *extra), seeds)
 
 
+def multi_task_ppo(*extra: str, seeds: tuple[int, ...] = (0,)) -> Group:
+    """Multi-task PPO with the MLP: no adaptation, MAML+PPO's env steps per task (the zero-shot control)."""
+    return Group(("--algorithm", "mt_ppo", "--policy_type", "mlp", *extra), seeds)
+
+
 # Meta-World+'s official ML10 protocol (metaworld-algorithms' maml_trpo_ml10.py): 20 sub-envs (4 per test
 # class) over 40 goals per class, 10 rounds, 10 adaptation and 3 evaluation episodes.
 METAWORLD_PLUS_ML10 = {"official_meta_batch_size": 20, "official_goals_per_class": 40, "num_evals": 10}
@@ -148,6 +153,7 @@ SUITES = {
             "ssm": maml("ssm"),
             "rl2-ssm": in_context("ssm", seeds=(0, 1, 2)),
             "rl2-gru": in_context("gru"),
+            "mt-ppo": multi_task_ppo("--hidden_size", "128"),  # the mlp group's width
         },
         eval_goals_per_class=10,
         final_goals_per_class=50,
@@ -173,7 +179,7 @@ SUITES = {
     # MT10 has no held-out goals; 10 of each class's 50 training goals keep a point at ~4 minutes.
     "mt10": Suite(
         ("--env_name", "MT10", "--num_tasks", "20"),
-        {"mlp": maml("mlp")},
+        {"mlp": maml("mlp"), "mt-ppo": multi_task_ppo()},
         eval_goals_per_class=10,
         official_at_every_point=True,
         title="MT10 (20 tasks x 10 episodes x 500 steps x 2 per iteration)",

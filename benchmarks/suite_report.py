@@ -11,11 +11,27 @@ from report import write_report  # benchmarks/report.py
 RESULTS = Path(__file__).parent / "results"
 
 
-GROUP_COLORS = {"mlp": "tab:blue", "ssm": "tab:red", "rl2-ssm": "tab:green", "rl2-gru": "tab:purple"}
+GROUP_COLORS = {
+    "mlp": "tab:blue",
+    "ssm": "tab:red",
+    "rl2-ssm": "tab:green",
+    "rl2-gru": "tab:purple",
+    "mt-ppo": "tab:orange",
+}
+# A group's meta-learner from its name's prefix (learning.py names them so); the rest are MAML+PPO's.
+GROUP_PREFIXES = {"rl2-": "rl2 (in context)", "mt-ppo": "mt_ppo (no adaptation)", "meta-sgd": "meta_sgd"}
 
 
 def is_in_context(group: str) -> bool:
     return group.startswith("rl2-")
+
+
+def algorithm_of(group: str) -> str:
+    return next((name for prefix, name in GROUP_PREFIXES.items() if group.startswith(prefix)), "maml_ppo")
+
+
+def curve_label(group: str) -> str:
+    return group if algorithm_of(group) != "maml_ppo" else f"{group} MAML"
 
 
 def draw_curve(ax, group: str, points: list[dict], rule: str, phase: str, style: str, label: str) -> None:
@@ -57,7 +73,7 @@ def cmd_plot(suite_name: str, title: str) -> None:
                     rule,
                     phase,
                     style,
-                    f"{name}{'' if is_in_context(name) else ' MAML'} {phase}-adapt ({seeds} seed(s))",
+                    f"{curve_label(name)} {phase}-adapt ({seeds} seed(s))",
                 )
         ax.set_title(f"{held_out} goals, {rule.replace('_', ' ')} rule")
     for name, group in results["groups"].items():
@@ -153,7 +169,7 @@ def _estimate(point: dict, rule: str, phase: str) -> dict:
 
 def _group_row(group: str, point: dict) -> dict:
     return {
-        "algorithm": "rl2 (in context)" if is_in_context(group) else "maml_ppo",
+        "algorithm": algorithm_of(group),
         "policy": group.removeprefix("rl2-"),
         "iteration": point["iteration"],
         "env_steps": point["env_steps"],
