@@ -47,6 +47,9 @@ def test_samples_the_episodes_maml_spends_and_starts_at_minus_the_mean_advantage
     expected = -np.mean([task.episodes.advantages.mean() for task in rollouts])
     assert float(loss) == pytest.approx(expected, abs=1e-5)
     assert stats["ppo/kl"] == pytest.approx(0.0, abs=1e-6) and stats["ppo/clip_fraction"] == 0.0
+    # One batched pass over the tasks is the mean of each task's own loss.
+    per_task = [float(objective.loss([task])[0]) for task in tasks]
+    assert float(loss) == pytest.approx(np.mean(per_task), abs=1e-6)
     loss.backward()
     assert float(worker.policy.log_std.grad.abs().sum()) > 0.0
 

@@ -91,16 +91,31 @@ class MultiTaskPPO:
             yield tasks
 
     def loss(self, tasks: Sequence[EpisodeTensors]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean over tasks of each task's clipped surrogate (tasks weigh equally, as MAML+PPO's do)."""
+        """Mean over tasks of each task's clipped surrogate (tasks weigh equally, as MAML+PPO's do);
+        tasks of one shape (training batches always are) go through the policy as one batch."""
         params: Params = dict(self.policy.named_parameters())
-        losses, kls, clips = [], [], []
+        groups: dict[tuple[int, ...], list[EpisodeTensors]] = {}
         for task in tasks:
-            new_log_probs = log_prob(self.policy, params, task.observations, task.actions)
-            loss, stats = clipped_surrogate(new_log_probs, task.log_probs, task.advantages, self.ppo.clip_eps)
+            groups.setdefault(tuple(task.observations.shape), []).append(task)
+        losses, kls, clips = [], [], []
+        for group in groups.values():
+            num_tasks, (num_episodes, horizon) = len(group), group[0].log_probs.shape
+            stack = {
+                name: torch.cat([getattr(task, name) for task in group])  # (K * N, T, ...)
+                for name in ("observations", "actions", "log_probs", "advantages")
+            }
+            new_log_probs = log_prob(self.policy, params, stack["observations"], stack["actions"])
+            shape = (num_tasks, num_episodes, horizon)
+            loss, stats = clipped_surrogate(  # (K,) each
+                new_log_probs.view(shape),
+                stack["log_probs"].view(shape),
+                stack["advantages"].view(shape),
+                self.ppo.clip_eps,
+            )
             losses.append(loss)
             kls.append(stats["ppo/kl"])
             clips.append(stats["ppo/clip_fraction"])
-        return torch.stack(losses).mean(), {
-            "ppo/kl": float(torch.stack(kls).double().mean()),
-            "ppo/clip_fraction": float(torch.stack(clips).double().mean()),
+        return torch.cat(losses).mean(), {
+            "ppo/kl": float(torch.cat(kls).double().mean()),
+            "ppo/clip_fraction": float(torch.cat(clips).double().mean()),
         }
