@@ -8,9 +8,12 @@ same advantages from the same data.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
+
+from metarl_ray.batch import EpisodeBatch
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +84,13 @@ def compute_advantages(observations: np.ndarray, rewards: np.ndarray, gamma: flo
     # Per-batch normalisation keeps the inner step size meaningful across tasks of different reward scale.
     advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     return np.asarray(advantages, dtype=np.float32)
+
+
+def with_advantages(batch: EpisodeBatch, gamma: float, gae_lambda: float) -> EpisodeBatch:
+    """``batch`` with its normalised GAE advantages (``compute_advantages``)."""
+    return dataclasses.replace(
+        batch, advantages=compute_advantages(batch.observations, batch.rewards, gamma, gae_lambda)
+    )
 
 
 def trial_baseline_features(observations: np.ndarray, episode_length: int) -> np.ndarray:

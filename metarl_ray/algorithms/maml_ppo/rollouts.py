@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from torch import nn
 
-from metarl_ray.algorithms.advantages import compute_advantages
+from metarl_ray.algorithms.advantages import with_advantages
 from metarl_ray.algorithms.base import Collector, EvalPlan, SamplePlan
 from metarl_ray.algorithms.maml_ppo.objective import StepSizes, TensorBatch, adapt
 from metarl_ray.batch import EpisodeBatch, GoalEvaluation, TaskRollouts
@@ -38,10 +37,7 @@ class MAMLRollouts:
     ) -> list[EpisodeBatch]:
         """The collector's episodes with their advantages (GAE over a linear baseline, per batch)."""
         return [
-            dataclasses.replace(
-                batch,
-                advantages=compute_advantages(batch.observations, batch.rewards, self.ppo.gamma, self.ppo.gae_lambda),
-            )
+            with_advantages(batch, self.ppo.gamma, self.ppo.gae_lambda)
             for batch in collector.collect(envs, params, rngs, num_episodes, deterministic)
         ]
 

@@ -3,13 +3,12 @@ that scores them without adaptation (its pre- and post-adaptation figures are th
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from metarl_ray.algorithms.advantages import compute_advantages
+from metarl_ray.algorithms.advantages import with_advantages
 from metarl_ray.algorithms.base import Collector, EvalPlan, SamplePlan
 from metarl_ray.algorithms.mt_ppo.objective import TaskEpisodes
 from metarl_ray.batch import EpisodeBatch, GoalEvaluation
@@ -36,13 +35,9 @@ class MultiTaskRollouts:
         deterministic: bool = False,
     ) -> list[EpisodeBatch]:
         """The collector's episodes with GAE advantages over the linear baseline (PPO section's gamma, lambda)."""
-        batches = collector.collect(envs, [params] * len(envs), rngs, num_episodes, deterministic)
         return [
-            dataclasses.replace(
-                batch,
-                advantages=compute_advantages(batch.observations, batch.rewards, self.ppo.gamma, self.ppo.gae_lambda),
-            )
-            for batch in batches
+            with_advantages(batch, self.ppo.gamma, self.ppo.gae_lambda)
+            for batch in collector.collect(envs, [params] * len(envs), rngs, num_episodes, deterministic)
         ]
 
     def sample(
